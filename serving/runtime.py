@@ -1,0 +1,451 @@
+"""onnxruntime inference for an exported tf-minilm model folder.
+
+The exported folder (written by `tf-minilm export`) holds:
+
+- `model.onnx` (fp32) and usually `model.int8.onnx`, with int64 inputs
+  `input_ids`, `attention_mask`, `token_type_ids` of shape [batch, seq] and float32
+  outputs `last_hidden_state` [batch, seq, hidden] and `sentence_embedding`
+  [batch, hidden] (pooled and L2-normalised inside the graph);
+- `tokenizer.json` (Hugging Face `tokenizers`);
+- `export_report.json` with at least `max_seq_len`, `pooling` and `hidden_size`.
+
+Nothing here imports TensorFlow: serving needs onnxruntime, tokenizers and NumPy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_FILE = "model.onnx"
+INT8_MODEL_FILE = "model.int8.onnx"
+DEFAULT_MAX_SEQ_LEN = 128
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+HIDDEN_OUTPUT = "last_hidden_state"
+EMBEDDING_OUTPUT = "sentence_embedding"
+POOLINGS = ("mean", "cls")
+
+
+class ModelFolderError(ValueError):
+    """The model folder or one of its files is missing or invalid; the message names it."""
+
+
+def resolve_model_path(model_path: str | os.PathLike[str],
+                       model_file: str = DEFAULT_MODEL_FILE) -> tuple[Path, Path]:
+    """Finds the ONNX file and the folder holding the tokenizer and report.
+
+    Args:
+        model_path: an exported model folder, or directly a `.onnx` file whose folder
+            holds the tokenizer.
+        model_file: file name inside the folder (ignored when `model_path` is a file).
+
+    Returns:
+        `(folder, onnx_file)`.
+
+    Raises:
+        ModelFolderError: the path or the ONNX file does not exist.
+    """
+    path = Path(model_path)
+    if path.is_file():
+        if path.suffix != ".onnx":
+            raise ModelFolderError(
+                f"model path {str(path)!r} is a file but not an .onnx model; pass the exported "
+                "model folder or its .onnx file")
+        return path.parent, path
+    if not path.is_dir():
+        raise ModelFolderError(f"model path {str(path)!r} does not exist")
+    onnx_file = path / model_file
+    if not onnx_file.is_file():
+        present = sorted(p.name for p in path.glob("*.onnx"))
+        hint = (f"; ONNX files present: {', '.join(present)} (choose one with --model-file)"
+                if present else "; no .onnx file is present (run `tf-minilm export` first)")
+        raise ModelFolderError(f"model folder {str(path)!r} has no {model_file!r}{hint}")
+    return path, onnx_file
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """The fields of `export_report.json` that serving relies on.
+
+    Args:
+        max_seq_len: longest token sequence the model was exported for.
+        pooling: "mean" or "cls" (how `sentence_embedding` is pooled in the graph).
+        hidden_size: embedding width, or None when the report does not say.
+        raw: the whole report as read (empty when the file is absent).
+    """
+
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+    pooling: str = "mean"
+    hidden_size: int | None = None
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def load_export_report(folder: str | os.PathLike[str]) -> ExportReport:
+    """Reads `export_report.json` from `folder`, with defaults for missing keys.
+
+    Args:
+        folder: exported model folder.
+
+    Returns:
+        An `ExportReport`; all defaults when the file does not exist.
+
+    Raises:
+        ModelFolderError: the file exists but is not a JSON object or holds a bad value.
+    """
+    path = Path(folder) / "export_report.json"
+    if not path.is_file():
+        logger.warning("%s not found; assuming max_seq_len=%d and mean pooling",
+                       path, DEFAULT_MAX_SEQ_LEN)
+        return ExportReport()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFolderError(f"cannot read {str(path)!r}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ModelFolderError(f"{str(path)!r} must hold a JSON object, got {type(raw).__name__}")
+    max_seq_len = raw.get("max_seq_len", DEFAULT_MAX_SEQ_LEN)
+    if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len < 2:
+        raise ModelFolderError(
+            f"{str(path)!r}: field 'max_seq_len' must be an integer >= 2, got {max_seq_len!r}")
+    pooling = raw.get("pooling", "mean")
+    if pooling not in POOLINGS:
+        raise ModelFolderError(
+            f"{str(path)!r}: field 'pooling' must be one of {POOLINGS}, got {pooling!r}")
+    hidden_size = raw.get("hidden_size")
+    if hidden_size is not None and (not isinstance(hidden_size, int) or hidden_size < 1):
+        raise ModelFolderError(
+            f"{str(path)!r}: field 'hidden_size' must be a positive integer, got {hidden_size!r}")
+    return ExportReport(max_seq_len=max_seq_len, pooling=pooling, hidden_size=hidden_size, raw=raw)
+
+
+def make_session(onnx_file: str | os.PathLike[str], intra_op_threads: int | None = None) -> Any:
+    """Creates a CPU onnxruntime session with all graph optimisations enabled.
+
+    Args:
+        onnx_file: path of the `.onnx` model.
+        intra_op_threads: threads for one operator; None or 0 lets onnxruntime decide
+            (one per physical core).
+
+    Returns:
+        An `onnxruntime.InferenceSession`.
+
+    Raises:
+        ModelFolderError: onnxruntime cannot load the file.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if intra_op_threads:
+        if intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0, got {intra_op_threads}")
+        options.intra_op_num_threads = int(intra_op_threads)
+    try:
+        return ort.InferenceSession(os.fspath(onnx_file), sess_options=options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelFolderError(f"onnxruntime cannot load {str(onnx_file)!r}: {err}") from err
+
+
+def pool_and_normalize(hidden: np.ndarray, attention_mask: np.ndarray,
+                       pooling: str = "mean") -> np.ndarray:
+    """Pools token states into L2-normalised sentence embeddings (NumPy).
+
+    Used only when a graph lacks the `sentence_embedding` output.
+
+    Args:
+        hidden: [batch, seq, hidden] token states.
+        attention_mask: [batch, seq], 1 for real tokens and 0 for padding.
+        pooling: "mean" (masked mean over real tokens) or "cls" (first token).
+
+    Returns:
+        float32 [batch, hidden] with unit L2 norm per row (zero rows stay zero).
+    """
+    hidden = hidden.astype(np.float32, copy=False)
+    if pooling == "cls":
+        pooled = hidden[:, 0, :]
+    elif pooling == "mean":
+        mask = attention_mask.astype(np.float32)[:, :, None]
+        pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+    else:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    norm = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return (pooled / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """Result of `EmbeddingModel.embed`.
+
+    Args:
+        vectors: float32 [n, hidden], row i for text i.
+        token_counts: tokens fed to the model for each text (after truncation,
+            special tokens included).
+    """
+
+    vectors: np.ndarray
+    token_counts: list[int]
+
+
+class EmbeddingModel:
+    """Sentence embeddings from an exported ONNX model folder, on onnxruntime.
+
+    Texts are tokenized with the folder's `tokenizer.json` (truncated to
+    `max_seq_len`, padded per batch to the longest text), sorted by length so each
+    batch carries little padding, run through the graph, and returned in input order.
+
+    Args:
+        model_dir: exported folder (or a `.onnx` file whose folder holds the tokenizer).
+        model_file: ONNX file inside the folder: "model.onnx" (fp32) or
+            "model.int8.onnx" (int8).
+        max_seq_len: truncation length in tokens; default: `export_report.json`'s
+            `max_seq_len` (128 when absent).
+        intra_op_threads: onnxruntime threads per operator; None lets it decide.
+
+    Example:
+    >>> model = EmbeddingModel("runs/student-onnx", model_file="model.int8.onnx")
+    >>> vectors = model.encode(["a first sentence", "another one"])
+    >>> vectors.shape == (2, model.dimension)
+    True
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], model_file: str = DEFAULT_MODEL_FILE,
+                 max_seq_len: int | None = None, intra_op_threads: int | None = None) -> None:
+        self.folder, self.model_path = resolve_model_path(model_dir, model_file)
+        self.report = load_export_report(self.folder)
+        if max_seq_len is None:
+            max_seq_len = self.report.max_seq_len
+        if not isinstance(max_seq_len, int) or max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be an integer >= 2, got {max_seq_len!r}")
+        if max_seq_len > self.report.max_seq_len and "max_seq_len" in self.report.raw:
+            logger.warning("max_seq_len=%d exceeds the exported max_seq_len=%d of %s",
+                           max_seq_len, self.report.max_seq_len, self.folder)
+        self.max_seq_len = max_seq_len
+        self.intra_op_threads = intra_op_threads
+        self.tokenizer, self.pad_id = self._load_tokenizer()
+        self.session = make_session(self.model_path, intra_op_threads)
+        self._check_graph()
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load_tokenizer(self) -> tuple[Any, int]:
+        from tokenizers import Tokenizer
+
+        path = self.folder / "tokenizer.json"
+        if not path.is_file():
+            raise ModelFolderError(
+                f"model folder {str(self.folder)!r} has no 'tokenizer.json' (the export writes it "
+                "next to the .onnx files)")
+        try:
+            tokenizer = Tokenizer.from_file(os.fspath(path))
+        except Exception as err:  # tokenizers raises a bare Exception subclass
+            raise ModelFolderError(f"cannot load tokenizer {str(path)!r}: {err}") from err
+        pad_id = 0
+        padding = tokenizer.padding
+        if padding and padding.get("pad_id") is not None:
+            pad_id = int(padding["pad_id"])
+        else:
+            for token in ("[PAD]", "<pad>"):
+                token_id = tokenizer.token_to_id(token)
+                if token_id is not None:
+                    pad_id = token_id
+                    break
+        # Padding is done here per batch (to the longest text), never to a fixed length.
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=self.max_seq_len)
+        return tokenizer, pad_id
+
+    def _check_graph(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        missing = [name for name in ("input_ids", "attention_mask") if name not in inputs]
+        unknown = [name for name in inputs if name not in INPUT_NAMES]
+        if missing or unknown:
+            raise ModelFolderError(
+                f"{str(self.model_path)!r} has inputs {sorted(inputs)}; expected {list(INPUT_NAMES)}")
+        if EMBEDDING_OUTPUT not in outputs and HIDDEN_OUTPUT not in outputs:
+            raise ModelFolderError(
+                f"{str(self.model_path)!r} has outputs {sorted(outputs)}; expected "
+                f"{EMBEDDING_OUTPUT!r} and {HIDDEN_OUTPUT!r}")
+        self._input_names = [name for name in INPUT_NAMES if name in inputs]
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        self._has_embedding_output = EMBEDDING_OUTPUT in outputs
+        dim = None
+        if self._has_embedding_output:
+            dim = outputs[EMBEDDING_OUTPUT].shape[-1]
+        elif HIDDEN_OUTPUT in outputs:
+            dim = outputs[HIDDEN_OUTPUT].shape[-1]
+        if not isinstance(dim, int):
+            dim = self.report.hidden_size
+        if dim is None:
+            probe = self.run(np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64))
+            dim = int(probe[EMBEDDING_OUTPUT].shape[-1])
+        self._dimension = int(dim)
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def dimension(self) -> int:
+        """Width of the sentence embeddings."""
+        return self._dimension
+
+    @property
+    def name(self) -> str:
+        """Model name reported by the server: the folder's name."""
+        return self.folder.resolve().name
+
+    @property
+    def precision(self) -> str:
+        """"int8" for a quantized file (name contains "int8"), else "fp32"."""
+        return "int8" if "int8" in self.model_path.name else "fp32"
+
+    @property
+    def pooling(self) -> str:
+        """Pooling recorded in the export report ("mean" or "cls")."""
+        return self.report.pooling
+
+    def info(self) -> dict[str, Any]:
+        """Model facts for health checks and logs.
+
+        Returns:
+            JSON-serialisable dict: name, folder, model_file, precision, dimension,
+            max_seq_len, pooling, intra_op_threads.
+        """
+        return {
+            "name": self.name,
+            "folder": str(self.folder),
+            "model_file": self.model_path.name,
+            "precision": self.precision,
+            "dimension": self.dimension,
+            "max_seq_len": self.max_seq_len,
+            "pooling": self.pooling,
+            "intra_op_threads": self.intra_op_threads,
+        }
+
+    # -- inference -------------------------------------------------------------------------
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+            token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Runs the graph on already tokenized, padded inputs.
+
+        Args:
+            input_ids: int [batch, seq] token ids.
+            attention_mask: int [batch, seq], 1 for real tokens, 0 for padding.
+            token_type_ids: int [batch, seq]; zeros when None.
+
+        Returns:
+            Dict with `last_hidden_state` float32 [batch, seq, hidden] (when the graph
+            has it) and `sentence_embedding` float32 [batch, hidden].
+
+        Raises:
+            ValueError: the arrays are not 2-D or their shapes differ.
+        """
+        input_ids = np.asarray(input_ids)
+        attention_mask = np.asarray(attention_mask)
+        if token_type_ids is None:
+            token_type_ids = np.zeros_like(input_ids)
+        token_type_ids = np.asarray(token_type_ids)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be 2-D [batch, seq], got shape {input_ids.shape}")
+        for name, array in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if array.shape != input_ids.shape:
+                raise ValueError(
+                    f"{name} has shape {array.shape}, input_ids has {input_ids.shape}; they must match")
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "token_type_ids": token_type_ids}
+        feeds = {name: feeds[name].astype(np.int64, copy=False) for name in self._input_names}
+        values = self.session.run(self._output_names, feeds)
+        result = dict(zip(self._output_names, values, strict=True))
+        if EMBEDDING_OUTPUT not in result:
+            result[EMBEDDING_OUTPUT] = pool_and_normalize(
+                result[HIDDEN_OUTPUT], feeds["attention_mask"], self.pooling)
+        return result
+
+    def _embed_padded(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if not self._has_embedding_output:
+            return self.run(**batch)[EMBEDDING_OUTPUT]
+        feeds = {name: batch[name] for name in self._input_names}
+        (vectors,) = self.session.run([EMBEDDING_OUTPUT], feeds)
+        return vectors
+
+    def _encodings(self, texts: Sequence[str]) -> list[Any]:
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, got a single str; wrap it in a list")
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{index}] must be a str, got {type(text).__name__}")
+        return self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
+
+    def _pad(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+        length = max(len(e.ids) for e in encodings)
+        input_ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(encodings), length), dtype=np.int64)
+        token_type_ids = np.zeros((len(encodings), length), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            input_ids[row, :n] = encoding.ids
+            attention_mask[row, :n] = 1
+            token_type_ids[row, :n] = encoding.type_ids
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids}
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Tokenizes texts into padded int64 model inputs (input order kept).
+
+        Args:
+            texts: list of strings.
+
+        Returns:
+            Dict of int64 [len(texts), longest] arrays `input_ids`, `attention_mask`,
+            `token_type_ids`; each text truncated to `max_seq_len` tokens.
+        """
+        encodings = self._encodings(texts)
+        if not encodings:
+            empty = np.zeros((0, 0), dtype=np.int64)
+            return {"input_ids": empty, "attention_mask": empty.copy(),
+                    "token_type_ids": empty.copy()}
+        return self._pad(encodings)
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> Embeddings:
+        """Embeds texts and counts their tokens.
+
+        Args:
+            texts: list of strings.
+            batch_size: texts per onnxruntime call.
+
+        Returns:
+            `Embeddings` with float32 [len(texts), dimension] vectors in input order and
+            the token count of each text.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        encodings = self._encodings(texts)
+        counts = [len(e.ids) for e in encodings]
+        vectors = np.zeros((len(encodings), self.dimension), dtype=np.float32)
+        # Longest first: texts of similar length share a batch, so padding stays small.
+        order = sorted(range(len(encodings)), key=lambda i: counts[i], reverse=True)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = self._pad([encodings[i] for i in rows])
+            vectors[rows] = self._embed_padded(batch)
+        return Embeddings(vectors=vectors, token_counts=counts)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Embeds texts.
+
+        Args:
+            texts: list of strings.
+            batch_size: texts per onnxruntime call.
+
+        Returns:
+            float32 [len(texts), dimension], L2-normalised rows in input order.
+        """
+        return self.embed(texts, batch_size=batch_size).vectors
