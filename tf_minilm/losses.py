@@ -145,7 +145,7 @@ def _check_static_shapes(
     batch_seq = mask.shape.as_list() if mask.shape.rank == 2 else [None, None]
     for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
         hidden_seen: dict[str, int] = {}
-        for letter in sorted(letters):
+        for letter in [c for c in _LETTERS if c in letters]:
             shape = tf.TensorShape(getattr(qkv[_LETTERS.index(letter)], "shape", None))
             if shape.rank is None:
                 continue
@@ -250,7 +250,7 @@ def _relation_kl_losses(
     _check_static_shapes(teacher_qkv, student_qkv, mask, needed)
     split = {}
     for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
-        for letter in sorted(needed):
+        for letter in [c for c in _LETTERS if c in needed]:
             split[side, letter] = _split_heads(
                 qkv[_LETTERS.index(letter)], num_heads, heads_name, side, letter
             )
