@@ -1,0 +1,1 @@
+"""One module per `tf-minilm` subcommand (argument definitions are light; work imports lazily)."""
