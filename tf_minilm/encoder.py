@@ -1,0 +1,152 @@
+"""`Encoder`: a BERT / RoBERTa / XLM-R encoder as a Keras 3 model that exposes Q/K/V."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from tf_minilm.config import EncoderConfig
+from tf_minilm.layers import Embeddings, TransformerBlock, additive_attention_mask
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@keras.saving.register_keras_serializable(package="tf_minilm")
+class Encoder(keras.Model):
+    """BERT-family encoder (post-LayerNorm, absolute positions, erf GELU, HF mask).
+
+    Called on a dict of int tensors `input_ids`, `attention_mask` (1 real, 0 pad) and
+    optionally `token_type_ids`, all [batch, seq]. Returns a dict with
+    `last_hidden_state` [batch, seq, hidden] and `pooler_output` [batch, hidden]
+    (tanh dense on the first token, as in HF). With `qkv_layers` (1-based) it also
+    returns `qkv`: one (q, k, v) tuple per requested layer, each [batch, seq, hidden]
+    with heads concatenated. With `stop_after_qkv=True` nothing runs past the last
+    requested layer's Q/K/V projections and only `qkv` is returned.
+
+    Args:
+        config: an `EncoderConfig` (or its dict form, as stored by `get_config`).
+
+    Example:
+    >>> config = EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+    ...                        num_attention_heads=4, intermediate_size=128)
+    >>> encoder = Encoder(config)
+    >>> inputs = {"input_ids": keras.ops.ones((2, 7), "int32"),
+    ...           "attention_mask": keras.ops.ones((2, 7), "int32")}
+    >>> encoder(inputs)["last_hidden_state"].shape
+    (2, 7, 32)
+    >>> q, k, v = encoder(inputs, qkv_layers=(2,), stop_after_qkv=True)["qkv"][0]
+    """
+
+    def __init__(self, config: EncoderConfig | dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = EncoderConfig.from_dict(config, source=f"{self.name} config")
+        self.config = config
+        policy = self.dtype_policy
+        self.embeddings = Embeddings(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            max_position_embeddings=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            pad_token_id=config.pad_token_id,
+            position_offset=config.position_offset,
+            layer_norm_eps=config.layer_norm_eps,
+            dropout=config.hidden_dropout_prob,
+            initializer_range=config.initializer_range,
+            dtype=policy,
+            name="embeddings",
+        )
+        self.blocks = [
+            TransformerBlock(
+                hidden_size=config.hidden_size,
+                num_heads=config.num_attention_heads,
+                intermediate_size=config.intermediate_size,
+                dropout=config.hidden_dropout_prob,
+                attention_dropout=config.attention_probs_dropout_prob,
+                layer_norm_eps=config.layer_norm_eps,
+                initializer_range=config.initializer_range,
+                dtype=policy,
+                name=f"layer_{index}",
+            )
+            for index in range(config.num_hidden_layers)
+        ]
+        self.pooler = keras.layers.Dense(
+            config.hidden_size,
+            activation="tanh",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=config.initializer_range),
+            dtype=policy,
+            name="pooler",
+        )
+        self.build(None)
+
+    def build(self, input_shape: Any = None) -> None:
+        """Create every weight up front so checkpoints can be assigned before a call."""
+        if self.built:
+            return
+        hidden_shape = (None, None, self.config.hidden_size)
+        self.embeddings.build((None, None))
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.pooler.build((None, self.config.hidden_size))
+        self.built = True
+
+    def resolve_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
+        """Check 1-based layer numbers against the depth; returns them as a tuple."""
+        depth = self.config.num_hidden_layers
+        resolved = tuple(int(layer) for layer in layers)
+        for layer in resolved:
+            if not 1 <= layer <= depth:
+                raise ValueError(
+                    f"layer {layer} is out of range for an encoder with {depth} layers "
+                    f"(layer numbers are 1-based: 1..{depth})"
+                )
+        return resolved
+
+    def call(
+        self,
+        inputs: dict[str, Any],
+        training: bool | None = None,
+        qkv_layers: Sequence[int] | None = None,
+        stop_after_qkv: bool = False,
+    ) -> dict[str, Any]:
+        input_ids = inputs["input_ids"]
+        attention_mask = inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = ops.ones_like(input_ids)
+        token_type_ids = inputs.get("token_type_ids")
+        requested = self.resolve_layers(qkv_layers or ())
+        if stop_after_qkv and not requested:
+            raise ValueError("stop_after_qkv=True needs at least one layer in qkv_layers")
+        last_needed = max(requested) if stop_after_qkv else self.config.num_hidden_layers
+
+        hidden = self.embeddings(input_ids, token_type_ids, training=training)
+        mask = additive_attention_mask(attention_mask, self.compute_dtype)
+        captured: dict[int, tuple[Any, Any, Any]] = {}
+        for number, block in enumerate(self.blocks[:last_needed], start=1):
+            qkv = block.project_qkv(hidden)
+            if number in requested:
+                captured[number] = qkv
+            if number == last_needed and stop_after_qkv:
+                break
+            hidden = block.finish(hidden, qkv, mask, training)
+
+        outputs: dict[str, Any] = {}
+        if not stop_after_qkv:
+            outputs["last_hidden_state"] = hidden
+            outputs["pooler_output"] = self.pooler(hidden[:, 0])
+        if requested:
+            outputs["qkv"] = tuple(captured[layer] for layer in requested)
+        return outputs
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["config"] = self.config.to_dict()
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Encoder:
+        config = dict(config)
+        return cls(config.pop("config"), **config)
