@@ -1,0 +1,322 @@
+"""Hugging Face checkpoint folders in and out (BERT, RoBERTa, XLM-R).
+
+`load_hf_checkpoint` reads `config.json`, `model.safetensors` (or `pytorch_model.bin`
+when torch is installed) and `tokenizer.json` (or `vocab.txt`); `save_hf_checkpoint`
+writes a folder that `transformers.AutoModel.from_pretrained` loads. HF Linear weights
+are [out, in]; Keras Dense kernels are [in, out], so they are transposed both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+from tf_minilm.config import ConfigError, EncoderConfig
+from tf_minilm.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+KNOWN_PREFIXES = ("bert.", "roberta.", "model.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be read or written; the message names file and field."""
+
+
+# --------------------------------------------------------------------------- naming
+def weight_map(encoder: Encoder) -> Iterator[tuple[str, Any, bool]]:
+    """Yield (HF tensor name, Keras variable, is_linear_kernel) for every encoder weight."""
+    emb = encoder.embeddings
+    yield "embeddings.word_embeddings.weight", emb.word_embeddings, False
+    yield "embeddings.position_embeddings.weight", emb.position_embeddings, False
+    yield "embeddings.token_type_embeddings.weight", emb.token_type_embeddings, False
+    yield "embeddings.LayerNorm.weight", emb.layer_norm.gamma, False
+    yield "embeddings.LayerNorm.bias", emb.layer_norm.beta, False
+    for index, block in enumerate(encoder.blocks):
+        prefix = f"encoder.layer.{index}."
+        dense_layers = {
+            "attention.self.query": block.attention.query,
+            "attention.self.key": block.attention.key,
+            "attention.self.value": block.attention.value,
+            "attention.output.dense": block.attention_output,
+            "intermediate.dense": block.intermediate,
+            "output.dense": block.output_dense,
+        }
+        for name, dense in dense_layers.items():
+            yield prefix + name + ".weight", dense.kernel, True
+            yield prefix + name + ".bias", dense.bias, False
+        for name, norm in (
+            ("attention.output.LayerNorm", block.attention_layer_norm),
+            ("output.LayerNorm", block.output_layer_norm),
+        ):
+            yield prefix + name + ".weight", norm.gamma, False
+            yield prefix + name + ".bias", norm.beta, False
+    yield "pooler.dense.weight", encoder.pooler.kernel, True
+    yield "pooler.dense.bias", encoder.pooler.bias, False
+
+
+def _canonical_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Strip a `bert.`/`roberta.` prefix and map old `gamma`/`beta` LayerNorm names."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        for prefix in KNOWN_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        if ".LayerNorm." in name:
+            name = name.replace(".LayerNorm.gamma", ".LayerNorm.weight")
+            name = name.replace(".LayerNorm.beta", ".LayerNorm.bias")
+        out[name] = value
+    return out
+
+
+def encoder_state_dict(encoder: Encoder) -> dict[str, np.ndarray]:
+    """The encoder's weights under HF names, as float32 arrays in HF layout."""
+    state = {}
+    for name, variable, kernel in weight_map(encoder):
+        value = np.asarray(variable.numpy(), dtype=np.float32)
+        state[name] = np.ascontiguousarray(value.T if kernel else value)
+    return state
+
+
+def assign_state_dict(encoder: Encoder, state: dict[str, np.ndarray], source: str) -> None:
+    """Assign HF-named arrays to the encoder; errors name `source` and the tensor.
+
+    The pooler is optional (sentence-embedding checkpoints often drop it); every other
+    tensor must be present with the expected shape.
+    """
+    state = _canonical_names(state)
+    missing = []
+    for name, variable, kernel in weight_map(encoder):
+        if name not in state:
+            if not name.startswith("pooler."):
+                missing.append(name)
+            continue
+        value = np.asarray(state[name], dtype=np.float32)
+        if kernel:
+            value = value.T
+        if tuple(value.shape) != tuple(variable.shape):
+            raise CheckpointError(
+                f"{source}: tensor '{name}' has shape {tuple(np.asarray(state[name]).shape)}, "
+                f"expected {tuple(variable.shape[::-1]) if kernel else tuple(variable.shape)} "
+                "from config.json"
+            )
+        variable.assign(value)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise CheckpointError(f"{source}: missing tensor(s) {shown}")
+
+
+# --------------------------------------------------------------------------- reading
+def _read_weights(folder: str) -> tuple[dict[str, np.ndarray], str]:
+    safetensors_path = os.path.join(folder, "model.safetensors")
+    torch_path = os.path.join(folder, "pytorch_model.bin")
+    if os.path.exists(safetensors_path):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(safetensors_path), safetensors_path
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{safetensors_path}: cannot read weights ({err})") from err
+    if os.path.exists(torch_path):
+        try:
+            import torch
+        except ImportError as err:
+            raise CheckpointError(
+                f"{torch_path}: reading pytorch_model.bin needs torch; install it or convert the "
+                "checkpoint to model.safetensors"
+            ) from err
+        try:
+            raw = torch.load(torch_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a corrupt pickle/zip
+            raise CheckpointError(f"{torch_path}: cannot read weights ({err})") from err
+        return {k: v.float().numpy() for k, v in raw.items()}, torch_path
+    raise CheckpointError(
+        f"{folder}: no weights file (expected one of {', '.join(WEIGHT_FILES)})"
+    )
+
+
+def _wordpiece_tokenizer(vocab_path: str, lowercase: bool) -> tokenizers.Tokenizer:
+    vocab: dict[str, int] = {}
+    with open(vocab_path, encoding="utf-8") as handle:
+        for index, line in enumerate(handle):
+            token = line.rstrip("\n")
+            if token:
+                vocab[token] = index
+    for special in ("[UNK]", "[CLS]", "[SEP]", "[PAD]"):
+        if special not in vocab:
+            raise CheckpointError(f"{vocab_path}: special token {special} is not in the vocabulary")
+    tokenizer = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return tokenizer
+
+
+def load_tokenizer(folder: str) -> tokenizers.Tokenizer:
+    """`tokenizer.json` if present, else a BERT WordPiece tokenizer from `vocab.txt`.
+
+    Padding and truncation stored in `tokenizer.json` are switched off: every caller sets
+    its own (packing, serving and evaluation want different ones).
+    """
+    json_path = os.path.join(folder, "tokenizer.json")
+    if os.path.exists(json_path):
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(json_path)
+        except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+            raise CheckpointError(f"{json_path}: cannot read tokenizer ({err})") from err
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+    vocab_path = os.path.join(folder, "vocab.txt")
+    if os.path.exists(vocab_path):
+        lowercase = True
+        config_path = os.path.join(folder, "tokenizer_config.json")
+        if os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as handle:
+                lowercase = bool(json.load(handle).get("do_lower_case", True))
+        return _wordpiece_tokenizer(vocab_path, lowercase)
+    raise CheckpointError(f"{folder}: no tokenizer (expected tokenizer.json or vocab.txt)")
+
+
+def load_hf_checkpoint(
+    folder: str | os.PathLike, dtype: str | None = None
+) -> tuple[Encoder, tokenizers.Tokenizer]:
+    """Read an HF BERT/RoBERTa/XLM-R folder into an `Encoder` and its tokenizer.
+
+    Args:
+        folder: folder with `config.json`, weights and tokenizer files.
+        dtype: optional Keras dtype policy for the encoder (e.g. "mixed_bfloat16").
+
+    Returns:
+        `(encoder, tokenizer)`.
+
+    Raises:
+        CheckpointError: missing/corrupt files, unknown architecture, shape mismatches,
+            a tokenizer larger than the embedding table.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"{folder}: not a folder (expected an HF checkpoint folder)")
+    try:
+        config = EncoderConfig.from_json_file(os.path.join(folder, "config.json"))
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from err
+    tokenizer = load_tokenizer(folder)
+    tokenizer_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if tokenizer_size > config.vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer has {tokenizer_size} tokens but config.json field 'vocab_size' "
+            f"is {config.vocab_size}; the tokenizer does not belong to this model"
+        )
+    state, source = _read_weights(folder)
+    kwargs = {"dtype": dtype} if dtype else {}
+    encoder = Encoder(config, **kwargs)
+    assign_state_dict(encoder, state, source)
+    logger.info("loaded %s (%s, %d layers x %d)", folder, config.model_type,
+                config.num_hidden_layers, config.hidden_size)
+    return encoder, tokenizer
+
+
+# --------------------------------------------------------------------------- writing
+def _tokenizer_files(tokenizer: tokenizers.Tokenizer, config: EncoderConfig) -> dict[str, str]:
+    """Text of the tokenizer side files that let `AutoTokenizer` load the folder."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    if config.is_roberta_like:
+        special = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>",
+                   "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+                   "mask_token": "<mask>"}
+        tokenizer_class = (
+            "XLMRobertaTokenizerFast" if config.model_type == "xlm-roberta" else "RobertaTokenizerFast"
+        )
+    else:
+        special = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                   "unk_token": "[UNK]", "mask_token": "[MASK]"}
+        tokenizer_class = "BertTokenizerFast"
+    special = {key: token for key, token in special.items() if token in vocab}
+    normalizer = json.loads(tokenizer.to_str()).get("normalizer") or {}
+    tokenizer_config = {
+        "tokenizer_class": tokenizer_class,
+        "model_max_length": config.max_sequence_length,
+        "do_lower_case": bool(normalizer.get("lowercase", False)),
+        **special,
+    }
+    files = {
+        "tokenizer.json": tokenizer.to_str(pretty=True),
+        "tokenizer_config.json": json.dumps(tokenizer_config, indent=2),
+        "special_tokens_map.json": json.dumps(special, indent=2),
+    }
+    model = json.loads(tokenizer.to_str()).get("model", {})
+    if model.get("type") == "WordPiece":
+        ordered = sorted(vocab.items(), key=lambda item: item[1])
+        files["vocab.txt"] = "".join(token + "\n" for token, _ in ordered)
+    return files
+
+
+def replace_folder(staging: str, folder: str) -> None:
+    """Move a fully written `staging` folder to `folder`, replacing any previous one.
+
+    The old folder is kept aside until the new one is in place, so an interruption
+    never leaves a half-written checkpoint under the final name.
+    """
+    backup = None
+    if os.path.exists(folder):
+        backup = folder.rstrip(os.sep) + ".old-" + os.path.basename(staging)
+        os.rename(folder, backup)
+    os.rename(staging, folder)
+    if backup:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def save_hf_checkpoint(
+    encoder: Encoder, tokenizer: tokenizers.Tokenizer | None, folder: str | os.PathLike
+) -> str:
+    """Write `encoder` (and `tokenizer`) as an HF folder that `transformers` loads.
+
+    The folder is written beside its final place and moved in when complete.
+
+    Args:
+        encoder: the encoder to save (weights are written as float32).
+        tokenizer: its tokenizer, or None to write weights and config only.
+        folder: destination folder (replaced if it exists).
+
+    Returns:
+        The folder path.
+    """
+    from safetensors.numpy import save_file
+
+    folder = os.path.abspath(os.fspath(folder))
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
+    try:
+        config = encoder.config
+        with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
+            json.dump(config.to_hf_dict(), handle, indent=2, sort_keys=True)
+        save_file(encoder_state_dict(encoder), os.path.join(staging, "model.safetensors"),
+                  metadata={"format": "pt"})
+        if tokenizer is not None:
+            for name, text in _tokenizer_files(tokenizer, config).items():
+                with open(os.path.join(staging, name), "w", encoding="utf-8") as handle:
+                    handle.write(text)
+        replace_folder(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder

@@ -1,0 +1,113 @@
+"""Student construction: a smaller encoder sharing the teacher's vocabulary and tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from tf_minilm.config import ConfigError, EncoderConfig
+from tf_minilm.encoder import Encoder
+
+INIT_CHOICES = ("random", "teacher-layers")
+
+
+def student_config(
+    teacher_config: EncoderConfig,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    intermediate_size: int | None = None,
+) -> EncoderConfig:
+    """The teacher's config with the student's sizes (FFN defaults to 4 x hidden).
+
+    Vocabulary, positions, token types, model type and dropout are the teacher's, so
+    the teacher's tokenizer serves the student unchanged.
+    """
+    if intermediate_size is None:
+        intermediate_size = 4 * hidden_size
+    values = dataclasses.asdict(teacher_config)
+    values.update(
+        num_hidden_layers=num_layers,
+        hidden_size=hidden_size,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+    )
+    return EncoderConfig.from_dict(values, source="student")
+
+
+def copy_teacher_layers(
+    student: Encoder, teacher: Encoder, teacher_layers: Sequence[int]
+) -> None:
+    """Copy embeddings, the chosen teacher blocks (1-based) and the pooler into `student`.
+
+    Raises:
+        ConfigError: widths, heads or FFN sizes differ, or the layer list is wrong.
+    """
+    s, t = student.config, teacher.config
+    for field in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
+                  "max_position_embeddings", "type_vocab_size"):
+        if getattr(s, field) != getattr(t, field):
+            raise ConfigError(
+                f"--init teacher-layers needs the student's '{field}' ({getattr(s, field)}) to "
+                f"equal the teacher's ({getattr(t, field)})"
+            )
+    layers = teacher.resolve_layers(teacher_layers)
+    if len(layers) != s.num_hidden_layers:
+        raise ConfigError(
+            f"--init teacher-layers got {len(layers)} teacher layer(s) {list(layers)} for a "
+            f"student with {s.num_hidden_layers} layers"
+        )
+    pairs = [(student.embeddings, teacher.embeddings), (student.pooler, teacher.pooler)]
+    pairs += [(student.blocks[i], teacher.blocks[layer - 1]) for i, layer in enumerate(layers)]
+    for target, source in pairs:
+        for target_weight, source_weight in zip(target.weights, source.weights, strict=True):
+            target_weight.assign(source_weight)
+
+
+def build_student(
+    teacher: Encoder,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    intermediate_size: int | None = None,
+    init: str = "random",
+    teacher_layers: Sequence[int] | None = None,
+    seed: int | None = None,
+    dtype: Any = None,
+) -> Encoder:
+    """A student encoder for `teacher`, randomly initialised or from teacher layers.
+
+    Args:
+        teacher: the teacher encoder (its vocabulary and embedding layout are reused).
+        num_layers: student depth.
+        hidden_size: student width.
+        num_heads: student attention heads (must divide `hidden_size`).
+        intermediate_size: FFN width; default 4 x `hidden_size`.
+        init: "random" (BERT initialisation: normal(0, initializer_range) weights,
+            zero biases, unit LayerNorm) or "teacher-layers" (copy embeddings, pooler and
+            the blocks `teacher_layers`; needs equal widths).
+        teacher_layers: 1-based teacher blocks for "teacher-layers"; default the first
+            `num_layers`.
+        seed: seed for the random initialisation.
+        dtype: Keras dtype policy for the student (default: the global policy).
+
+    Returns:
+        The student `Encoder`.
+
+    Example:
+    >>> student = build_student(teacher, num_layers=3, hidden_size=384, num_heads=12,
+    ...                         init="teacher-layers")  # doctest: +SKIP
+    """
+    if init not in INIT_CHOICES:
+        raise ConfigError(f"--init is {init!r}; choose one of {', '.join(INIT_CHOICES)}")
+    config = student_config(teacher.config, num_layers, hidden_size, num_heads, intermediate_size)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    student = Encoder(config, name="student", **kwargs)
+    if init == "teacher-layers":
+        copy_teacher_layers(student, teacher, teacher_layers or range(1, num_layers + 1))
+    return student
