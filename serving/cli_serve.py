@@ -1,0 +1,82 @@
+"""`tf-minilm serve`: OpenAI-compatible embedding server over an exported ONNX folder.
+
+Imports nothing heavy at module level (no TensorFlow ever; onnxruntime and aiohttp
+only inside `run`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+
+HELP = ("serve an exported ONNX model folder over HTTP (POST /v1/embeddings, GET /healthz, "
+        "GET /metrics) with dynamic batching on onnxruntime")
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `serve` flags to `parser`."""
+    parser.add_argument("model_dir", metavar="MODEL_DIR",
+                        help="exported model folder (model.onnx, tokenizer.json, "
+                             "export_report.json) or a .onnx file inside one")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind; anything but loopback exposes the server")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port")
+    parser.add_argument("--model-file", default="model.onnx",
+                        help="ONNX file in MODEL_DIR: model.onnx (fp32) or model.int8.onnx (int8)")
+    parser.add_argument("--model-name", default=None,
+                        help="model name in responses (default: the folder name)")
+    parser.add_argument("--max-seq-len", type=int, default=None,
+                        help="truncation length in tokens (default: export_report.json's "
+                             "max_seq_len, else 128)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime intra-op threads (0: one per physical core)")
+    parser.add_argument("--max-batch-size", type=int, default=32,
+                        help="most texts per model call (dynamic batch)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long a request waits for others to share its batch, in ms")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="most requests waiting for the model; more are answered 503")
+    parser.add_argument("--max-texts", type=int, default=256,
+                        help="most texts per request")
+    parser.add_argument("--max-chars", type=int, default=20_000,
+                        help="most characters per text")
+    parser.add_argument("--max-body-mb", type=float, default=8.0,
+                        help="largest request body, in MiB")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log one line per request")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serves until interrupted; returns the exit code (2 on a bad model folder/flag)."""
+    from serving.runtime import ModelFolderError
+    from serving.server import ServerConfig, serve
+
+    if args.threads < 0:
+        logger.error("--threads must be >= 0, got %d", args.threads)
+        return 2
+    if not 0 <= args.port <= 65535:
+        logger.error("--port must be in 0..65535, got %d", args.port)
+        return 2
+    try:
+        if not ipaddress.ip_address(args.host).is_loopback:
+            logger.warning("binding %s: the server is reachable from other machines", args.host)
+    except ValueError:
+        if args.host != "localhost":
+            logger.warning("binding %s: the server may be reachable from other machines",
+                           args.host)
+    try:
+        config = ServerConfig(
+            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue, max_texts_per_request=args.max_texts,
+            max_chars_per_text=args.max_chars,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024), model_name=args.model_name)
+        serve(args.model_dir, host=args.host, port=args.port, model_file=args.model_file,
+              max_seq_len=args.max_seq_len, threads=args.threads or None, config=config,
+              access_log=args.access_log)
+    except (ModelFolderError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+    return 0

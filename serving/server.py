@@ -1,0 +1,384 @@
+"""OpenAI-compatible embedding HTTP server (aiohttp) over an `EmbeddingModel`.
+
+Endpoints:
+
+- `POST /v1/embeddings` with `{"input": "text" | ["text", ...], "model": optional,
+  "encoding_format": "float" | "base64"}` answers
+  `{"object": "list", "data": [{"object": "embedding", "index": i, "embedding": [...]}],
+  "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}`.
+- `GET /healthz`: model facts as JSON.
+- `GET /metrics`: Prometheus text format.
+
+Errors are JSON `{"error": {"message": ..., "type": ...}}`: 400 for malformed or
+invalid bodies, 413 for requests over the configured limits, 503 when the request
+queue is full. No TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from serving.metrics import CONTENT_TYPE, ServingMetrics
+from serving.runtime import DEFAULT_MODEL_FILE, EmbeddingModel, Embeddings
+
+logger = logging.getLogger(__name__)
+
+ENCODING_FORMATS = ("float", "base64")
+
+
+class Embedder(Protocol):
+    """What the server needs from a model (`EmbeddingModel` satisfies it)."""
+
+    name: str
+    dimension: int
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> Embeddings: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """Limits and batching of the embedding server.
+
+    Args:
+        max_batch_size: most texts per model call (dynamic batch).
+        max_wait_ms: how long a request waits for others to share its batch, in ms.
+        max_queue: most requests waiting for the model; more get 503.
+        max_texts_per_request: most texts in one request's `input`.
+        max_chars_per_text: most characters in one text.
+        max_body_bytes: largest request body in bytes.
+        model_name: name reported in responses; default: the model's name.
+
+    Example:
+    >>> config = ServerConfig(max_batch_size=64, max_wait_ms=2.0)
+    """
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 64
+    max_texts_per_request: int = 256
+    max_chars_per_text: int = 20_000
+    max_body_bytes: int = 8 * 1024 * 1024
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("max_batch_size", "max_queue", "max_texts_per_request",
+                      "max_chars_per_text", "max_body_bytes"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ServerConfig.{field} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_wait_ms, int | float) or self.max_wait_ms < 0:
+            raise ValueError(f"ServerConfig.max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+
+
+class RequestError(Exception):
+    """A client error answered as JSON with `status`."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+
+
+MODEL_KEY = web.AppKey("model", object)
+CONFIG_KEY = web.AppKey("config", ServerConfig)
+METRICS_KEY = web.AppKey("metrics", ServingMetrics)
+BATCHER_KEY = web.AppKey("batcher", DynamicBatcher)
+NAME_KEY = web.AppKey("model_name", str)
+
+_STATUS_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def error_response(status: int, message: str, kind: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON error body `{"error": {"message", "type"}}` with `status`."""
+    return web.json_response({"error": {"message": message, "type": kind}}, status=status,
+                             headers=headers)
+
+
+def parse_embedding_request(body: Any, config: ServerConfig) -> tuple[list[str], str]:
+    """Validates a decoded `/v1/embeddings` body.
+
+    Args:
+        body: the decoded JSON.
+        config: limits.
+
+    Returns:
+        `(texts, encoding_format)`.
+
+    Raises:
+        RequestError: the body is invalid (400) or over a limit (413).
+    """
+    if not isinstance(body, dict):
+        raise RequestError(400, "request body must be a JSON object with an 'input' field, "
+                                f"got {type(body).__name__}")
+    if "input" not in body:
+        raise RequestError(400, "missing required field 'input' (a string or a list of strings)")
+    raw = body["input"]
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list):
+        texts = raw
+    else:
+        raise RequestError(400, "'input' must be a string or a list of strings, got "
+                                f"{type(raw).__name__}")
+    if not texts:
+        raise RequestError(400, "'input' must not be an empty list")
+    if len(texts) > config.max_texts_per_request:
+        raise RequestError(413, f"'input' has {len(texts)} texts; the limit is "
+                                f"{config.max_texts_per_request} per request",
+                           "request_too_large")
+    for index, text in enumerate(texts):
+        where = "'input'" if isinstance(raw, str) else f"'input[{index}]'"
+        if not isinstance(text, str):
+            hint = " (token arrays are not supported; send text)" if isinstance(
+                text, int | list) else ""
+            raise RequestError(400, f"{where} must be a string, got {type(text).__name__}{hint}")
+        if not text:
+            raise RequestError(400, f"{where} is an empty string")
+        if len(text) > config.max_chars_per_text:
+            raise RequestError(413, f"{where} has {len(text)} characters; the limit is "
+                                    f"{config.max_chars_per_text}", "request_too_large")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(400, f"'model' must be a string, got {type(model).__name__}")
+    encoding_format = body.get("encoding_format", "float")
+    if encoding_format not in ENCODING_FORMATS:
+        raise RequestError(400, f"'encoding_format' must be one of {list(ENCODING_FORMATS)}, "
+                                f"got {encoding_format!r}")
+    return texts, encoding_format
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    app = request.app
+    config = app[CONFIG_KEY]
+    try:
+        if request.content_length is not None and request.content_length > config.max_body_bytes:
+            raise RequestError(413, f"request body has {request.content_length} bytes; the limit "
+                                    f"is {config.max_body_bytes}", "request_too_large")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestError(413, f"request body is larger than the limit of "
+                                    f"{config.max_body_bytes} bytes", "request_too_large") from None
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RequestError(400, f"request body is not valid JSON: {err}") from None
+        texts, encoding_format = parse_embedding_request(body, config)
+    except RequestError as err:
+        return error_response(err.status, err.message, err.kind)
+
+    try:
+        result = await app[BATCHER_KEY].submit(texts)
+    except QueueFullError as err:
+        return error_response(503, f"server is overloaded: {err}; retry later",
+                              "server_overloaded", headers={"Retry-After": "1"})
+    except BatcherClosedError as err:
+        return error_response(503, str(err), "server_unavailable")
+
+    data = []
+    for index, vector in enumerate(result.vectors):
+        if encoding_format == "base64":
+            embedding: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        else:
+            embedding = vector.tolist()
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    tokens = int(sum(result.token_counts))
+    return web.json_response({
+        "object": "list",
+        "data": data,
+        "model": app[NAME_KEY],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    app = request.app
+    config = app[CONFIG_KEY]
+    return web.json_response({
+        "status": "ok",
+        "model": app[NAME_KEY],
+        "model_info": app[MODEL_KEY].info(),
+        "queue_depth": app[BATCHER_KEY].depth,
+        "limits": dataclasses.asdict(config),
+    })
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS_KEY].render().encode("utf-8"),
+                        headers={"Content-Type": CONTENT_TYPE})
+
+
+@web.middleware
+async def _observe(request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+    """Counts every request and turns aiohttp's own HTTP errors into JSON errors."""
+    start = time.perf_counter()
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "unmatched"
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                status = exc.status
+                raise
+            response = error_response(exc.status, exc.reason,
+                                      _STATUS_KINDS.get(exc.status, "http_error"))
+        except Exception:
+            logger.exception("unhandled error on %s %s", request.method, request.path)
+            response = error_response(500, "internal server error", "internal_error")
+        status = response.status
+        return response
+    finally:
+        request.app[METRICS_KEY].observe_request(endpoint, request.method, status,
+                                                 time.perf_counter() - start)
+
+
+def create_app(model: Embedder, config: ServerConfig | None = None) -> web.Application:
+    """Builds the aiohttp application serving `model`.
+
+    The dynamic batcher and its model thread start with the application and stop with
+    its cleanup.
+
+    Args:
+        model: an `EmbeddingModel` (or anything with `embed`, `info`, `name`, `dimension`).
+        config: limits and batching; defaults when None.
+
+    Returns:
+        The `web.Application`.
+
+    Example:
+    >>> app = create_app(EmbeddingModel("runs/student-onnx"), ServerConfig(max_wait_ms=2))
+    >>> web.run_app(app, host="127.0.0.1", port=8080)
+    """
+    config = config or ServerConfig()
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_observe])
+    app[MODEL_KEY] = model
+    app[CONFIG_KEY] = config
+    app[NAME_KEY] = config.model_name or model.name
+    batcher = DynamicBatcher(
+        lambda texts: model.embed(texts, batch_size=config.max_batch_size),
+        max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
+        max_queue=config.max_queue)
+    metrics = ServingMetrics(queue_depth=lambda: batcher.depth)
+    batcher.metrics = metrics
+    app[BATCHER_KEY] = batcher
+    app[METRICS_KEY] = metrics
+
+    async def start_batcher(app: web.Application) -> None:
+        await app[BATCHER_KEY].start()
+
+    async def stop_batcher(app: web.Application) -> None:
+        await app[BATCHER_KEY].close()
+
+    app.on_startup.append(start_batcher)
+    app.on_cleanup.append(stop_batcher)
+    app.router.add_post("/v1/embeddings", _embeddings)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+class BackgroundServer:
+    """Runs an aiohttp application on 127.0.0.1 in a background thread.
+
+    Used by the load test (`tf-minilm bench --load-test`) and by tests.
+
+    Args:
+        app: the application.
+        host: address to bind; loopback by default.
+        port: TCP port; 0 picks a free one (see `port` / `url` after `start`).
+
+    Example:
+    >>> with BackgroundServer(create_app(model)) as server:
+    ...     requests.post(server.url + "/v1/embeddings", json={"input": "hi"})
+    """
+
+    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. `http://127.0.0.1:41234`."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> BackgroundServer:
+        """Starts the server; returns once it accepts connections."""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="serving-http",
+                                        daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = int(self._runner.addresses[0][1])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stops the server and its thread."""
+        if self._loop is None:
+            return
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._loop.close()
+        self._loop = self._thread = self._runner = None
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(model_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8080,
+          model_file: str = DEFAULT_MODEL_FILE, max_seq_len: int | None = None,
+          threads: int | None = None, config: ServerConfig | None = None,
+          access_log: bool = False) -> None:
+    """Loads the model folder and serves it until interrupted (SIGINT/SIGTERM).
+
+    Args:
+        model_dir: exported model folder (or a `.onnx` file in it).
+        host: address to bind (loopback by default).
+        port: TCP port.
+        model_file: ONNX file in the folder ("model.onnx" or "model.int8.onnx").
+        max_seq_len: truncation length; default from `export_report.json`.
+        threads: onnxruntime intra-op threads; None lets onnxruntime decide.
+        config: limits and batching.
+        access_log: log one line per request (logger `aiohttp.access`).
+    """
+    model = EmbeddingModel(model_dir, model_file=model_file, max_seq_len=max_seq_len,
+                           intra_op_threads=threads)
+    app = create_app(model, config)
+    logger.info("serving %s (%s, %s, dim %d) on http://%s:%d", app[NAME_KEY],
+                model.model_path.name, model.precision, model.dimension, host, port)
+    web.run_app(app, host=host, port=port, print=None,
+                access_log=logging.getLogger("aiohttp.access") if access_log else None)
