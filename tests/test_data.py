@@ -361,3 +361,24 @@ def test_real_teacher_tokenizer_on_bbc():
     got = rows.input_ids[:n_rows][rows.attention_mask[:n_rows] == 1]
     got = [t for t in got.tolist() if t not in (101, 102)]
     assert got == want
+
+
+def test_progress_reporting(bert_tok, caplog):
+    docs = [doc_text(w) for w in DOC_WORDS]
+    with caplog.at_level(logging.INFO, logger="tf_minilm.data"):
+        pack_documents(docs, bert_tok, max_seq_len=8, progress=None, total_files=1)
+    assert "tokenized: 0/1 files, 0 documents, 37 tokens" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tf_minilm.data"):
+        quiet = pack_documents(docs, bert_tok, max_seq_len=8, progress=False)
+    assert "tokenized" not in caplog.text
+    with_bar = pack_documents(docs, bert_tok, max_seq_len=8, progress=True, total_files=1)
+    np.testing.assert_array_equal(quiet.input_ids, with_bar.input_ids)
+
+
+def test_infinite_dataset_has_infinite_cardinality():
+    import tensorflow as tf
+
+    ds = make_dataset(make_rows(10), 4)
+    assert ds.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+    assert make_dataset(make_rows(10), 4, num_steps=3).cardinality().numpy() == 3

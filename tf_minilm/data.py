@@ -562,8 +562,10 @@ def make_dataset(
         mask.set_shape([per_shard, max_seq_len])
         return _batch_dict(tf, ids, mask)
 
-    stop = np.iinfo(np.int64).max if num_steps is None else start_step + num_steps
-    ds = tf.data.Dataset.range(start_step, stop)
+    if num_steps is None:
+        ds = tf.data.Dataset.counter(start_step)  # infinite cardinality: Keras needs steps
+    else:
+        ds = tf.data.Dataset.range(start_step, start_step + num_steps)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
