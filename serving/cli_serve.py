@@ -80,3 +80,14 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", err)
         return 2
     return 0
+
+
+if __name__ == "__main__":  # `python -m serving.cli_serve MODEL_DIR ...` (used by the load test)
+    import sys
+
+    _parser = argparse.ArgumentParser(prog="python -m serving.cli_serve", description=HELP,
+                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(_parser)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(run(_parser.parse_args()))
