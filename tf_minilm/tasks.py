@@ -242,14 +242,16 @@ def package_path(task: str, relative: str) -> str:
 
 
 def _deduplicate(texts: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
-    """Keep the first occurrence of every text."""
-    seen: set[str] = set()
+    """Keep the first occurrence of every text; drop texts seen with different labels."""
+    seen: dict[str, set[int]] = {}
+    for text, label in zip(texts, labels, strict=True):
+        seen.setdefault(text, set()).add(label)
     kept_texts, kept_labels = [], []
     for text, label in zip(texts, labels, strict=True):
-        if text not in seen:
-            seen.add(text)
+        if len(seen.get(text, ())) == 1:
             kept_texts.append(text)
             kept_labels.append(label)
+            del seen[text]
     return kept_texts, kept_labels
 
 
@@ -339,8 +341,9 @@ def load_task(
         test_fraction: share of examples held out (default 20%).
         max_train: keep at most this many training examples (stratified; for quick runs).
         max_test: keep at most this many held-out examples.
-        deduplicate: drop exact duplicate texts before splitting (MR has 56, BBC 98),
-            so no held-out text is also a training text.
+        deduplicate: drop exact duplicate texts before splitting (MR has 56, BBC 98,
+            none with conflicting labels), so no held-out text is also a training text;
+            a text seen under two labels would be dropped altogether.
 
     Returns:
         The `TaskData`.
