@@ -32,10 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", metavar="MODEL_DIR", nargs="*",
                         help="exported ONNX folders (fp32 + int8 rows), .onnx files, Keras "
                              "students (folder with student.keras, .keras file, or HF folder "
-                             "with config.json + model.safetensors); list the baseline first")
+                             "with config.json + model.safetensors); list the baseline first%(default).0s")
     parser.add_argument("--threads", type=int, default=2,
                         help="intra-op threads for onnxruntime and TensorFlow (and the server)")
-    parser.add_argument("--seq-lens", type=_int_list, default=(16, 32, 128),
+    parser.add_argument("--seq-lens", type=_int_list, default="16,32,128",
                         help="sequence lengths of the latency rows, comma-separated (tokens)")
     parser.add_argument("--latency-batch", type=int, default=1,
                         help="batch size of the latency rows")
@@ -49,16 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most seconds of timed calls per row")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
     parser.add_argument("--json", metavar="FILE", default=None,
-                        help="also write every figure (and versions) to this JSON file")
+                        help="also write every figure (and versions) to this JSON file%(default).0s")
     load = parser.add_argument_group("HTTP load test (loopback only)")
     load.add_argument("--server-url", default=None,
-                      help="load-test a running server, e.g. http://127.0.0.1:8080")
+                      help="load-test a running server, e.g. http://127.0.0.1:8080%(default).0s")
     load.add_argument("--load-test", action="store_true",
                       help="start `serve` on a free 127.0.0.1 port with the first ONNX model "
                            "and load-test it")
     load.add_argument("--load-model-file", default="model.onnx",
                       help="ONNX file the --load-test server loads")
-    load.add_argument("--concurrency", type=_int_list, default=(1, 4, 16),
+    load.add_argument("--concurrency", type=_int_list, default="1,4,16",
                       help="concurrency levels, comma-separated (simultaneous clients)")
     load.add_argument("--load-requests", type=int, default=200,
                       help="most requests per concurrency level")

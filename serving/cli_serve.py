@@ -20,22 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `serve` flags to `parser`."""
     parser.add_argument("model_dir", metavar="MODEL_DIR",
                         help="exported model folder (model.onnx, tokenizer.json, "
-                             "export_report.json) or a .onnx file inside one")
+                             "export_report.json) or a .onnx file inside one%(default).0s")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind; anything but loopback exposes the server")
     parser.add_argument("--port", type=int, default=8080, help="TCP port")
     parser.add_argument("--model-file", default="model.onnx",
                         help="ONNX file in MODEL_DIR: model.onnx (fp32) or model.int8.onnx (int8)")
     parser.add_argument("--model-name", default=None,
-                        help="model name in responses (default: the folder name)")
+                        help="model name in responses (default: the folder name)%(default).0s")
     parser.add_argument("--max-seq-len", type=int, default=None,
                         help="truncation length in tokens (default: export_report.json's "
-                             "max_seq_len, else 128)")
+                             "max_seq_len, else 128)%(default).0s")
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime intra-op threads (0: one per physical core)")
     parser.add_argument("--max-batch-size", type=int, default=32,
                         help="most texts per model call (dynamic batch)")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
+    parser.add_argument("--max-wait-ms", type=float, default=2.0,
                         help="how long a request waits for others to share its batch, in ms")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="most requests waiting for the model; more are answered 503")

@@ -9,6 +9,9 @@ Endpoints:
 - `GET /healthz`: model facts as JSON.
 - `GET /metrics`: Prometheus text format.
 
+`model` is optional and only type-checked: one server serves one model, whose name
+every response reports. Unknown fields (e.g. `user`) are ignored.
+
 Errors are JSON `{"error": {"message": ..., "type": ...}}`: 400 for malformed or
 invalid bodies, 413 for requests over the configured limits, 503 when the request
 queue is full. No TensorFlow is imported.
@@ -67,7 +70,7 @@ class ServerConfig:
     """
 
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 2.0
     max_queue: int = 64
     max_texts_per_request: int = 256
     max_chars_per_text: int = 20_000
