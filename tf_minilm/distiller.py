@@ -1,0 +1,386 @@
+"""`Distiller`: MiniLM / MiniLMv2 self-attention distillation as a Keras model.
+
+The distiller holds a frozen teacher and a trainable student (both `Encoder`s). One
+training step runs the teacher without dropout up to the Q/K/V projections of its
+chosen layer, the student (with dropout) up to the Q/K/V projections of its chosen
+layer, compares the two with the relation losses of `tf_minilm.losses` (float32)
+and updates only the student variables that feed that loss.
+
+Distribution and precision: the per-replica loss is divided by the number of
+replicas in sync (the optimizer sums replica gradients); under `mixed_float16` the
+loss goes through `optimizer.scale_loss` (Keras wraps the optimizer in a
+`LossScaleOptimizer`). Gradient clipping by global norm is done here, on the
+all-reduced gradient (`clipnorm`), because Keras 3.15 optimizers clip each
+replica's local gradient before the all-reduce, which changes the result as soon
+as more than one replica trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tf_minilm import losses as losses_lib
+from tf_minilm.encoder import INPUT_NAMES, Encoder
+
+METHODS = ("minilmv2", "minilm")
+_QKV_LETTERS = "qkv"
+
+
+def _check_relations(relations: Sequence[str]) -> tuple[str, ...]:
+    """Validate MiniLMv2 relation names ("qq", "kk", "vv", "qk", ...)."""
+    if isinstance(relations, str) or not isinstance(relations, Sequence):
+        raise ValueError(
+            f"relations must be a list of names such as ('qq', 'kk', 'vv'), got {relations!r}"
+        )
+    names = tuple(relations)
+    if not names:
+        raise ValueError("relations is empty; give at least one of 'qq', 'kk', 'vv', ...")
+    for name in names:
+        if not (isinstance(name, str) and len(name) == 2 and set(name) <= set(_QKV_LETTERS)):
+            raise ValueError(
+                f"unknown relation {name!r}: a relation is two letters from q, k, v "
+                "(for example 'qq', 'kk', 'vv')"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"relations {names!r} name the same relation twice")
+    return names
+
+
+def _resolve_layer(layer: int | None, encoder: Encoder, side: str) -> int:
+    depth = encoder.config.num_hidden_layers
+    if layer is None:
+        return depth
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= depth:
+        raise ValueError(
+            f"{side}_layer={layer!r} is out of range: the {side} has {depth} layers and layer "
+            f"numbers are 1-based (1..{depth}, default: the last, {depth})"
+        )
+    return layer
+
+
+def _dense_gradient(gradient: Any) -> Any:
+    """IndexedSlices (embedding lookups) -> dense tensor, so norms count duplicates right."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True under a MultiWorkerMirroredStrategy that spans a cluster (TF_CONFIG)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = strategy.cluster_resolver
+    return resolver is not None and bool(resolver.cluster_spec().as_dict())
+
+
+@keras.saving.register_keras_serializable(package="tf_minilm")
+class Distiller(keras.Model):
+    """Self-attention distillation of a frozen teacher into a student encoder.
+
+    `fit` / `evaluate` take batches that are dicts of int32 [batch, seq] tensors
+    `input_ids`, `attention_mask` and optionally `token_type_ids`. The reported
+    metrics are "loss" plus one per term: "loss_qq", "loss_kk", "loss_vv" (the
+    chosen `relations`) for MiniLMv2, "loss_attention" and "loss_value_relation"
+    for MiniLM (v1).
+
+    Only student variables that feed the loss are trainable through the distiller
+    (`trainable_weights`): everything up to the chosen student layer's Q/K/V
+    projections. The attention output, feed-forward and LayerNorms of that layer,
+    the layers after it and the pooler get no gradient and are left as they are.
+
+    The teacher is frozen in place (`teacher.trainable = False`).
+
+    Args:
+        teacher: the teacher `Encoder`.
+        student: the student `Encoder` (same vocabulary as the teacher).
+        method: "minilmv2" (relation heads; any head counts and widths) or "minilm"
+            (v1: attention distributions + value relation; equal head counts).
+        teacher_layer: 1-based teacher layer whose Q/K/V are distilled; default the last.
+            MiniLMv2 uses an upper-middle layer for large teachers (e.g. 21 of 24).
+        student_layer: 1-based student layer; default (and paper setting) the last.
+        num_relation_heads: A_r for MiniLMv2 (48 for base teachers, 64 for large);
+            must divide both hidden sizes. Ignored by "minilm".
+        relations: MiniLMv2 relations to sum, default ("qq", "kk", "vv").
+        clipnorm: clip the (all-reduced, unscaled) gradient to this global norm;
+            None disables clipping. Do not also set `global_clipnorm` on the
+            optimizer when training on more than one replica (Keras clips per
+            replica, before the all-reduce).
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+    >>> from tf_minilm.config import EncoderConfig
+    >>> from tf_minilm.student import build_student
+    >>> teacher = Encoder(EncoderConfig(vocab_size=100, hidden_size=32,
+    ...     num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+    >>> student = build_student(teacher, num_layers=1, hidden_size=16, num_heads=2)
+    >>> distiller = Distiller(teacher, student, num_relation_heads=4)
+    >>> distiller.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    >>> batch = {"input_ids": keras.ops.ones((2, 8), "int32"),
+    ...          "attention_mask": keras.ops.ones((2, 8), "int32")}
+    >>> sorted(distiller(batch))
+    ['loss', 'loss_kk', 'loss_qq', 'loss_vv']
+    """
+
+    def __init__(
+        self,
+        teacher: Encoder,
+        student: Encoder,
+        method: str = "minilmv2",
+        teacher_layer: int | None = None,
+        student_layer: int | None = None,
+        num_relation_heads: int = 48,
+        relations: Sequence[str] = losses_lib.DEFAULT_RELATIONS,
+        clipnorm: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        for side, model in (("teacher", teacher), ("student", student)):
+            if not isinstance(model, Encoder):
+                raise TypeError(
+                    f"{side} must be a tf_minilm Encoder, got {type(model).__name__}"
+                )
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if teacher.config.vocab_size != student.config.vocab_size:
+            raise ValueError(
+                f"teacher vocab_size ({teacher.config.vocab_size}) and student vocab_size "
+                f"({student.config.vocab_size}) differ; the student must use the teacher's "
+                "tokenizer"
+            )
+        self.method = method
+        self.teacher_layer = _resolve_layer(teacher_layer, teacher, "teacher")
+        self.student_layer = _resolve_layer(student_layer, student, "student")
+        self.relations = _check_relations(relations)
+        self.num_relation_heads = num_relation_heads
+        if clipnorm is not None and not float(clipnorm) > 0.0:
+            raise ValueError(f"clipnorm must be a positive number or None, got {clipnorm!r}")
+        self.clipnorm = None if clipnorm is None else float(clipnorm)
+
+        if method == "minilmv2":
+            if isinstance(num_relation_heads, bool) or not isinstance(num_relation_heads, int) \
+                    or num_relation_heads < 1:
+                raise ValueError(
+                    f"num_relation_heads must be a positive integer, got {num_relation_heads!r}"
+                )
+            for side, model in (("teacher", teacher), ("student", student)):
+                hidden = model.config.hidden_size
+                if hidden % num_relation_heads:
+                    raise ValueError(
+                        f"num_relation_heads={num_relation_heads} does not divide the {side} "
+                        f"hidden size {hidden}; pick A_r dividing both the teacher "
+                        f"({teacher.config.hidden_size}) and the student "
+                        f"({student.config.hidden_size}) hidden sizes"
+                    )
+            self.term_names = tuple(f"loss_{name}" for name in self.relations)
+            needed = set("".join(self.relations))
+        else:
+            losses_lib.check_minilm_v1_heads(
+                teacher.config.num_attention_heads, student.config.num_attention_heads
+            )
+            self.term_names = tuple(f"loss_{name}" for name in losses_lib.V1_TERMS)
+            needed = set("".join(losses_lib.V1_TERMS.values()))
+        self._needed_projections = tuple(c for c in _QKV_LETTERS if c in needed)
+
+        teacher.trainable = False
+        self.teacher = teacher
+        self.student = student
+        self._trackers = [keras.metrics.Mean(name=name) for name in ("loss",) + self.term_names]
+        self._connected_ids = {id(v) for v in self._connected_variables()}
+        self.built = True
+
+    # ------------------------------------------------------------ variables
+    def _connected_variables(self) -> list[Any]:
+        """Student variables on the path to the chosen layer's needed Q/K/V projections."""
+        student = self.student
+        layers: list[Any] = [student.embeddings]
+        layers += student.blocks[: self.student_layer - 1]
+        attention = student.blocks[self.student_layer - 1].attention
+        layers += [getattr(attention, {"q": "query", "k": "key", "v": "value"}[c])
+                   for c in self._needed_projections]
+        connected = []
+        for layer in layers:
+            connected += [v for v in layer.trainable_weights]
+        return connected
+
+    @property
+    def trainable_weights(self) -> list[Any]:
+        """The student variables that receive a gradient from the distillation loss."""
+        if not self.trainable or not self.student.trainable:
+            return []
+        return [v for v in self.student.trainable_weights if id(v) in self._connected_ids]
+
+    @property
+    def non_trainable_weights(self) -> list[Any]:
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        """Same as `trainable_weights` (Keras builds optimizers from this list)."""
+        return self.trainable_weights
+
+    @property
+    def non_trainable_variables(self) -> list[Any]:
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.variables if id(v) not in trainable]
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self._trackers)
+
+    # ------------------------------------------------------------- forward
+    def _qkv(self, inputs: dict[str, Any], training: bool) -> tuple[tuple, tuple]:
+        model_inputs = {name: inputs[name] for name in INPUT_NAMES if name in inputs}
+        teacher_qkv = self.teacher(
+            model_inputs, training=False, qkv_layers=(self.teacher_layer,), stop_after_qkv=True
+        )["qkv"][0]
+        teacher_qkv = tuple(tf.stop_gradient(x) for x in teacher_qkv)
+        student_qkv = self.student(
+            model_inputs, training=training, qkv_layers=(self.student_layer,), stop_after_qkv=True
+        )["qkv"][0]
+        return teacher_qkv, student_qkv
+
+    def compute_losses(self, inputs: dict[str, Any], training: bool = False) -> dict[str, Any]:
+        """All loss terms for one batch: {"loss": total, "loss_<term>": ...}, float32 scalars.
+
+        Args:
+            inputs: dict with `input_ids`, `attention_mask` (and optionally
+                `token_type_ids`), each [batch, seq].
+            training: run the student with dropout.
+
+        Returns:
+            Dict of float32 scalars; each term is a mean over the (local) batch.
+        """
+        if "input_ids" not in inputs or "attention_mask" not in inputs:
+            raise ValueError(
+                "a distillation batch is a dict with 'input_ids' and 'attention_mask' "
+                f"(and optionally 'token_type_ids'); got keys {sorted(inputs)}"
+            )
+        teacher_qkv, student_qkv = self._qkv(inputs, training)
+        mask = inputs["attention_mask"]
+        if self.method == "minilmv2":
+            terms = losses_lib.relation_losses(
+                teacher_qkv, student_qkv, mask, self.num_relation_heads, self.relations
+            )
+        else:
+            terms = losses_lib.minilm_v1_losses(
+                teacher_qkv, student_qkv, mask, self.student.config.num_attention_heads
+            )
+        out = {f"loss_{name}": tf.cast(value, tf.float32) for name, value in terms.items()}
+        out = {"loss": tf.add_n(list(out.values())), **out}
+        return out
+
+    def call(self, inputs: dict[str, Any], training: bool | None = False) -> dict[str, Any]:
+        return self.compute_losses(inputs, training=bool(training))
+
+    # ------------------------------------------------------------- training
+    @staticmethod
+    def _unpack(data: Any) -> dict[str, Any]:
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if not isinstance(x, dict):
+            raise ValueError(
+                "Distiller expects each batch to be a dict of tensors (input_ids, "
+                f"attention_mask, token_type_ids), got {type(x).__name__}"
+            )
+        return x
+
+    def _update_trackers(self, values: dict[str, Any]) -> dict[str, Any]:
+        for tracker in self._trackers:
+            tracker.update_state(values[tracker.name])
+        results = {tracker.name: tracker.result() for tracker in self._trackers}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras 3.15 reduces step outputs across workers with reduce(MEAN, axis=0),
+            # which rejects scalars; a [1] vector reduces to the scalar mean.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
+
+    def _process_gradients(self, gradients: list[Any], replicas: int) -> list[Any]:
+        """Densify; clip by the global norm of the summed, unscaled gradient; agree on finiteness.
+
+        Returns the local gradients times one factor shared by all replicas (the
+        optimizer then sums them across replicas). The factor is NaN when the global
+        gradient is not finite, so that every replica sees a non-finite gradient
+        (the loss-scale optimizer then skips the step on all of them consistently).
+        """
+        # Embedding lookups give IndexedSlices with one row per token, so repeated ids
+        # repeat rows; Keras 3.15 Adam squares such rows one by one (sum of squares
+        # instead of square of sum) and takes a wrong step. Dense gradients are exact.
+        gradients = [_dense_gradient(g) for g in gradients]
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.clipnorm is None and (replicas == 1 or not loss_scaled):
+            return gradients
+        context = tf.distribute.get_replica_context()
+        scale = tf.cast(self.optimizer.scale_loss(tf.constant(1.0, tf.float32)), tf.float32)
+        if self.clipnorm is not None:
+            full = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients) \
+                if replicas > 1 else gradients
+            norm = tf.linalg.global_norm(full) / scale
+            factor = self.clipnorm / tf.maximum(norm, self.clipnorm)
+        else:
+            local = tf.add_n([tf.reduce_sum(tf.square(g)) for g in gradients])
+            norm = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+            factor = tf.constant(1.0, tf.float32)
+        factor = tf.where(tf.math.is_finite(norm), factor, float("nan"))
+        return [g * tf.cast(factor, g.dtype) for g in gradients]
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        inputs = self._unpack(data)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        variables = self.trainable_weights
+        with tf.GradientTape() as tape:
+            values = self.compute_losses(inputs, training=True)
+            loss = values["loss"] / tf.cast(replicas, tf.float32)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
+        gradients = self._process_gradients(gradients, replicas)
+        self.optimizer.apply(gradients, variables)
+        return self._update_trackers(values)
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        return self._update_trackers(self.compute_losses(self._unpack(data), training=False))
+
+    def _build_optimizer(self) -> None:
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_weights)
+
+    def make_train_function(self, force: bool = False) -> Any:
+        # Build the optimizer before tracing: LossScaleOptimizer.scale_loss would
+        # otherwise bake its initial scale into the traced step as a constant.
+        self._build_optimizer()
+        return super().make_train_function(force)
+
+    def _maybe_symbolic_build(self, iterator: Any = None, data_batch: Any = None) -> None:
+        # Keras 3.15 pulls one batch here and reduces it across replicas to build the
+        # model symbolically; under MultiWorkerMirroredStrategy that reduce fails on
+        # dict batches. Every weight exists from construction, so only the optimizer
+        # needs building.
+        self._build_optimizer()
+
+    # --------------------------------------------------------- serialisation
+    def get_config(self) -> dict[str, Any]:
+        config = {"name": self.name, "trainable": self.trainable}
+        config.update(
+            {
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "method": self.method,
+                "teacher_layer": self.teacher_layer,
+                "student_layer": self.student_layer,
+                "num_relation_heads": self.num_relation_heads,
+                "relations": list(self.relations),
+                "clipnorm": self.clipnorm,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Distiller:
+        config = dict(config)
+        teacher = keras.saving.deserialize_keras_object(config.pop("teacher"))
+        student = keras.saving.deserialize_keras_object(config.pop("student"))
+        return cls(teacher, student, **config)

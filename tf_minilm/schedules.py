@@ -1,0 +1,68 @@
+"""Learning-rate schedule of the MiniLM recipe: linear warm-up, then linear decay to 0."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tf_minilm")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak_learning_rate`, then linear decay to 0.
+
+    With `step` the number of optimizer updates already applied (Keras'
+    `optimizer.iterations`, so the first update uses step 0):
+
+        lr(step) = peak * step / warmup_steps                      if step < warmup_steps
+        lr(step) = peak * (total - step) / (total - warmup_steps)  if warmup_steps <= step < total
+        lr(step) = 0                                               if step >= total
+
+    This is the schedule of BERT/MiniLM (and Hugging Face
+    `get_linear_schedule_with_warmup`); the very first update has learning rate 0
+    when `warmup_steps > 0`.
+
+    Args:
+        peak_learning_rate: learning rate at the end of warm-up.
+        warmup_steps: number of warm-up updates (0 starts at the peak).
+        total_steps: number of updates after which the rate is 0; must exceed
+            `warmup_steps`.
+
+    Example:
+    >>> schedule = WarmupLinearDecay(1e-3, warmup_steps=10, total_steps=110)
+    >>> [round(float(schedule(step)), 6) for step in (0, 5, 10, 60, 110)]
+    [0.0, 0.0005, 0.001, 0.0005, 0.0]
+    """
+
+    def __init__(self, peak_learning_rate: float, warmup_steps: int, total_steps: int) -> None:
+        if not float(peak_learning_rate) > 0.0:
+            raise ValueError(f"peak learning rate must be > 0, got {peak_learning_rate!r}")
+        if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        if isinstance(total_steps, bool) or int(total_steps) != total_steps or total_steps < 1:
+            raise ValueError(f"total steps must be a positive integer, got {total_steps!r}")
+        if warmup_steps >= total_steps:
+            raise ValueError(
+                f"warmup_steps ({warmup_steps}) must be smaller than the total number of steps "
+                f"({total_steps})"
+            )
+        self.peak_learning_rate = float(peak_learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step: Any) -> Any:
+        step = ops.cast(step, "float32")
+        peak = ops.cast(self.peak_learning_rate, "float32")
+        warmup = float(self.warmup_steps)
+        total = float(self.total_steps)
+        warm = peak * step / max(warmup, 1.0)
+        decay = peak * ops.maximum(total - step, 0.0) / (total - warmup)
+        return ops.where(step < warmup, warm, decay)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "peak_learning_rate": self.peak_learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
