@@ -1,0 +1,226 @@
+"""`tf-minilm distill` end to end on a tiny teacher: outputs, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from tests.conftest import WORDS, make_wordpiece_tokenizer
+from tf_minilm.checkpoints import load_hf_checkpoint, save_hf_checkpoint
+from tf_minilm.cli import main
+from tf_minilm.config import ConfigError, DistillConfig, EncoderConfig
+from tf_minilm.encoder import Encoder
+from tf_minilm.job import resolve
+
+TEACHER = EncoderConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3,
+                        num_attention_heads=4, intermediate_size=128, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    teacher = Encoder(TEACHER)
+    rng = np.random.default_rng(0)
+    for weight in teacher.weights:  # a teacher with sharp, non-uniform attention
+        if len(weight.shape) == 2:
+            weight.assign(0.2 * rng.standard_normal(weight.shape).astype("float32"))
+    return save_hf_checkpoint(teacher, make_wordpiece_tokenizer(),
+                              tmp_path_factory.mktemp("teacher") / "teacher")
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    with open(folder / "lines.txt", "w", encoding="utf-8") as handle:
+        for _ in range(300):
+            handle.write(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) + "\n")
+    (folder / "bad.txt").write_bytes(b"good words here\n\xff\xfe broken bytes\nthe model\n")
+    (folder / "image.txt").write_bytes(b"\x89PNG\x00\x00\x01binary")
+    return folder
+
+
+def tiny_args(teacher_dir, corpus_dir, output, *extra):
+    return ["--log-level", "WARNING", "distill", "--teacher", str(teacher_dir), "--corpus",
+            str(corpus_dir), "--doc-separator", "line", "--student-layers", "2",
+            "--student-hidden", "16", "--student-heads", "4", "--relation-heads", "4",
+            "--max-seq-len", "32", "--batch-size", "8", "--steps", "24", "--checkpoint-every", "8",
+            "--log-every", "4", "--learning-rate", "1e-3", "--output", str(output), *extra]
+
+
+def student_inputs():
+    ids = np.array([[2, 10, 11, 12, 13, 3, 0, 0], [2, 20, 21, 3, 0, 0, 0, 0]], dtype="int32")
+    return {"input_ids": ids, "attention_mask": (ids > 0).astype("int32"),
+            "token_type_ids": np.zeros_like(ids)}
+
+
+def test_end_to_end_outputs_and_resume(teacher_dir, corpus_dir, tmp_path, caplog):
+    output = tmp_path / "run"
+    assert main(tiny_args(teacher_dir, corpus_dir, output)) == 0
+
+    for name in ("student", "student.keras", "checkpoints", "logs", "config.json",
+                 "metrics.jsonl", "versions.json", "result.json"):
+        assert (output / name).exists(), name
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt"):
+        assert (output / "student" / name).exists(), name
+    config = json.loads((output / "config.json").read_text())
+    assert config["teacher"] == str(teacher_dir) and config["student_intermediate"] == 64
+    assert config["init"] == "random" and config["teacher_layer"] == 3
+    assert "tensorflow-cpu" in json.loads((output / "versions.json").read_text())
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "loss_qq" in r]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 24
+    assert any(name.startswith("events") for name in os.listdir(output / "logs"))
+    result = json.loads((output / "result.json").read_text())
+    assert result["step"] == 24
+    assert result["corpus"]["skipped_undecodable"] == 1
+    assert result["corpus"]["binary_files"] and "image.txt" in result["corpus"]["binary_files"][0]
+    first_loss = next(r["loss"] for r in records if "loss_qq" in r)
+    assert result["train"]["loss"] < first_loss
+
+    # The HF folder and the .keras file hold the same student.
+    hf_student, _ = load_hf_checkpoint(output / "student")
+    keras_student = keras.saving.load_model(output / "student.keras")
+    batch = student_inputs()
+    np.testing.assert_array_equal(hf_student(batch)["last_hidden_state"].numpy(),
+                                  keras_student(batch)["last_hidden_state"].numpy())
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    reference = transformers.AutoModel.from_pretrained(output / "student").eval()
+    with torch.no_grad():
+        theirs = reference(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
+    real = batch["attention_mask"].astype(bool)
+    assert np.abs(theirs.last_hidden_state.numpy()[real]
+                  - keras_student(batch)["last_hidden_state"].numpy()[real]).max() < 1e-4
+
+    # Simulate a run killed after its step-16 checkpoint: drop the later state, resume.
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(output, interrupted)
+    for name in os.listdir(interrupted / "checkpoints"):
+        if "00000024" in name:
+            os.remove(interrupted / "checkpoints" / name)
+    for name in ("student", "student.keras", "result.json"):
+        path = interrupted / name
+        shutil.rmtree(path) if path.is_dir() else os.remove(path)
+    args = tiny_args(teacher_dir, corpus_dir, interrupted, "--resume")
+    caplog.set_level(logging.INFO, logger="tf_minilm.train")
+    assert main(args) == 0
+    assert re.search(r"resuming from .*ckpt-00000016.* at step 16", caplog.text), caplog.text
+    resumed = keras.saving.load_model(interrupted / "student.keras")
+    for a, b in zip(keras_student.weights, resumed.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    again = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    resumed_steps = [r["step"] for r in again if "loss_qq" in r]
+    assert resumed_steps == train_steps
+
+
+def test_existing_run_is_never_overwritten(teacher_dir, corpus_dir, tmp_path, caplog):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "config.json").write_text("{}")
+    assert main(tiny_args(teacher_dir, corpus_dir, output)) == 2
+    assert "already holds a run" in caplog.text and "--resume" in caplog.text
+    assert (output / "config.json").read_text() == "{}"
+
+
+def test_resume_refuses_changed_settings(teacher_dir, corpus_dir, tmp_path, caplog):
+    output = tmp_path / "run"
+    output.mkdir()
+    saved = resolve(DistillConfig(teacher=str(teacher_dir), corpus=[str(corpus_dir)],
+                                  student_layers=2, student_hidden=16, student_heads=4,
+                                  relation_heads=4, max_seq_len=32, output=str(output)))
+    (output / "config.json").write_text(json.dumps(saved.to_dict()))
+    assert main(tiny_args(teacher_dir, corpus_dir, output, "--resume")) == 2
+    assert "settings differ" in caplog.text and "--batch-size (run: 32, now: 8)" in caplog.text
+    assert main(tiny_args(teacher_dir, corpus_dir, tmp_path / "none", "--resume")) == 2
+    assert "there is no run to resume" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--student-heads", "5"], r"--student-heads \(5\) does not divide --student-hidden \(16\)"),
+        (["--relation-heads", "3"], r"--relation-heads \(3\) does not divide the teacher hidden size \(32\)"),
+        (["--teacher-layer", "4"], r"--teacher-layer 4 is out of range: the teacher has 3 layers"),
+        (["--method", "minilm", "--student-heads", "2"], r"--method minilm \(v1\) needs equal attention heads"),
+        (["--init", "teacher-layers"], r"--init teacher-layers needs a student as wide as the teacher"),
+        (["--max-seq-len", "100"], r"--max-seq-len 100 exceeds the teacher's 64 positions"),
+        (["--warmup-steps", "50"], r"--warmup-steps must be in \[0, --steps=24\]"),
+        (["--relations", "qx"], r"--relations has 'qx'"),
+        (["--assistant-hidden", "18"], r"--assistant-hidden \(18\) is not divisible"),
+        (["--batch-size", "4096"], r"--batch-size 4096 is larger than the \d+ training sequences"),
+    ],
+)
+def test_invalid_combinations_name_the_flag(teacher_dir, corpus_dir, tmp_path, caplog, flags, message):
+    output = tmp_path / "run"
+    assert main(tiny_args(teacher_dir, corpus_dir, output, *flags)) == 2
+    assert caplog.records and re.search(message, caplog.text), caplog.text
+    assert not (output / "checkpoints").exists()
+
+
+def test_bad_corpus_and_teacher_paths(teacher_dir, corpus_dir, tmp_path, caplog):
+    assert main(tiny_args(teacher_dir, tmp_path / "missing", tmp_path / "a")) == 2
+    assert "missing" in caplog.text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "blank.txt").write_text("\n\n   \n")
+    assert main(tiny_args(teacher_dir, empty, tmp_path / "b")) == 2
+    assert "empty" in caplog.text.lower() or "no document" in caplog.text.lower()
+    assert main(tiny_args(tmp_path / "no_teacher", corpus_dir, tmp_path / "c")) == 2
+    assert "--teacher" in caplog.text and "not a folder" in caplog.text
+
+
+def test_config_file_keys_and_flag_precedence(teacher_dir, corpus_dir, tmp_path, caplog):
+    config_file = tmp_path / "distill.yaml"
+    config_file.write_text(f"teacher: {teacher_dir}\ncorpus: [{corpus_dir}]\nstudent-layers: 2\n"
+                           "student_hidden: 16\nrelation_heads: 4\nmax_seq_len: 32\n"
+                           "student_heads: 3\n")
+    # The file's student_heads (3) is invalid; the flag (4) wins and fixes it.
+    args = ["distill", "--config", str(config_file), "--student-heads", "4", "--steps", "2",
+            "--batch-size", "8", "--doc-separator", "line", "--output", str(tmp_path / "run")]
+    assert main(args) == 0
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert resolved["student_heads"] == 4 and resolved["student_layers"] == 2
+    config_file.write_text("teacher: x\nstudent_layerz: 2\n")
+    assert main(["distill", "--config", str(config_file)]) == 2
+    assert "unknown key 'student_layerz'" in caplog.text
+    config_file.write_text("student_layers: [2\n")
+    assert main(["distill", "--config", str(config_file)]) == 2
+    assert "not valid YAML" in caplog.text
+    config_file.write_text("steps: many\n")
+    assert main(["distill", "--config", str(config_file)]) == 2
+    assert "--steps has value 'many' of the wrong type" in caplog.text
+
+
+def test_embedded_default_resolves_to_packaged_teacher_and_corpus(real_teacher_dir):
+    job = resolve(DistillConfig())
+    assert job.teacher_dir == real_teacher_dir
+    assert job.corpus[0].endswith(os.path.join("bbcnews", "data"))
+    student = job.student_config
+    assert (student.num_hidden_layers, student.hidden_size, student.num_attention_heads,
+            student.intermediate_size) == (3, 384, 12, 1536)
+    assert job.init == "teacher-layers" and job.teacher_layer == 6
+    assert job.config.method == "minilmv2" and 384 % job.config.relation_heads == 0
+
+
+def test_help_lists_units_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--teacher", "--student-layers", "--relation-heads", "--precision", "--resume",
+                 "--config", "1-based"):
+        assert flag in text
+    assert "(default: 128)" in text
+
+
+def test_unknown_config_error_type_is_config_error():
+    with pytest.raises(ConfigError, match="--init is 'x'"):
+        DistillConfig(init="x").validate()
