@@ -419,8 +419,8 @@ class MetricsLogger(_StepCallback):
 
     def _log_interval(self, logs: dict[str, Any] | None) -> None:
         steps = self.step - self.last_logged
-        if steps <= 0:
-            return
+        if steps <= 0 or not _finite_losses(logs)[0]:
+            return  # non-finite intervals are reported by NonFiniteGuard, not recorded
         now = time.perf_counter()
         seconds = max(now - self._interval_start, 1e-9)
         record: dict[str, Any] = {"step": self.step}

@@ -605,23 +605,24 @@ def _train(
             distiller.fit(dataset, epochs=1, steps_per_epoch=options.steps - start_step,
                           callbacks=callbacks, verbose=verbose, shuffle=False)
             step = checkpointer.step
+        if guard.tripped:
+            raise NonFiniteLossError(guard.message)
+        saved = manager.checkpoints()
+        checkpoint = saved[-1][1] if saved else None
+        if chief and (not saved or saved[-1][0] != step):
+            checkpoint = save(step)
+        if step < options.steps:
+            raise DataExhaustedError(
+                f"the training dataset ended after global step {step} of {options.steps}; the "
+                f"state of step {step} is saved in {checkpoint}. Make the dataset repeat (or "
+                "yield at least steps - start_step batches)."
+            )
+        eval_metrics = None
+        if eval_dataset is not None:
+            eval_metrics = evaluator.last_result if evaluator.last_step == step \
+                else evaluator.run(step, write=step > start_step)
     finally:
         metrics_logger.close()
-    if guard.tripped:
-        raise NonFiniteLossError(guard.message)
-    saved = manager.checkpoints()
-    checkpoint = saved[-1][1] if saved else None
-    if chief and (not saved or saved[-1][0] != step):
-        checkpoint = save(step)
-    if step < options.steps:
-        raise DataExhaustedError(
-            f"the training dataset ended after global step {step} of {options.steps}; the state "
-            f"of step {step} is saved in {checkpoint}. Make the dataset repeat (or yield at least "
-            "steps - start_step batches)."
-        )
-    eval_metrics = None
-    if eval_dataset is not None:
-        eval_metrics = evaluator.run(step)
     return DistillationResult(
         distiller=distiller, teacher=distiller.teacher, student=student, step=step,
         train_metrics=dict(metrics_logger.last_values), eval_metrics=eval_metrics,
@@ -641,15 +642,19 @@ class _PeriodicEvaluation(keras.callbacks.Callback):
         self.eval_steps = options.eval_steps
         self.metrics_logger = metrics_logger
         self.step = initial_step
+        self.last_step: int | None = None
+        self.last_result: dict[str, float] | None = None
 
-    def run(self, step: int) -> dict[str, float]:
-        """Evaluate now; write and return {"loss": ..., "loss_qq": ...}."""
+    def run(self, step: int, write: bool = True) -> dict[str, float]:
+        """Evaluate now; record (unless `write` is False) and return {"loss": ..., ...}."""
         values = self.model.evaluate(self.dataset, steps=self.eval_steps, verbose=0,
                                      return_dict=True)
         values = {key: float(value) for key, value in values.items()}
-        self.metrics_logger.write_record(
-            {"step": step, **{f"eval_{k}": v for k, v in values.items()}}
-        )
+        self.last_step, self.last_result = step, values
+        if write:
+            self.metrics_logger.write_record(
+                {"step": step, **{f"eval_{k}": v for k, v in values.items()}}
+            )
         logger.info("step %d eval %s", step,
                     " ".join(f"{k}={v:.6g}" for k, v in sorted(values.items())))
         return values
