@@ -4,6 +4,16 @@ The attention is spelled out as Dense -> reshape -> transpose -> matmul with a s
 `Div` and an HF-style additive mask, which is both what `transformers` computes and
 the subgraph onnxruntime's transformer optimizer knows how to fuse. GELU is the exact
 erf form written out (tf2onnx cannot convert `Erfc`).
+
+onnxruntime's fusions (EmbedLayerNormalization, Attention, SkipLayerNormalization,
+BiasGelu) match exact ONNX subgraphs and fail silently otherwise, so the forward pass
+is spelled to export (through tf2onnx) as the subgraphs PyTorch's HF BERT exports:
+token projections as one einsum (ONNX MatMul + Add; Keras `Dense` on 3-D inputs
+exports a Reshape/MatMul/Reshape `tensordot`), LayerNorm as ReduceMean, Sub, Pow,
+ReduceMean, Add, Sqrt, Div, Mul, Add (`layer_norm`), GELU as x * (0.5 * (1 + erf)),
+embedding lookups as plain gathers (`ops.take` adds a negative-index fix-up) and BERT
+position ids as Range(Gather(Shape(ids), 1)) expanded to the ids' shape. The
+numerics are those of the plain Keras layers up to float rounding.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import math
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 MASK_VALUE = -10000.0
@@ -19,8 +30,35 @@ MASK_VALUE = -10000.0
 
 
 def gelu_erf(x: Any) -> Any:
-    """Exact GELU, 0.5 * x * (1 + erf(x / sqrt(2))), in ops tf2onnx exports and ORT fuses."""
-    return 0.5 * x * (1.0 + ops.erf(x / math.sqrt(2.0)))
+    """Exact GELU, 0.5 * x * (1 + erf(x / sqrt(2))), in ops tf2onnx exports and ORT fuses.
+
+    The order x * (0.5 * (1 + erf(.))) is the one onnxruntime's Gelu fusion matches.
+    """
+    return x * (0.5 * (1.0 + ops.erf(x / math.sqrt(2.0))))
+
+
+def dense_tokens(dense: keras.layers.Dense, x: Any) -> Any:
+    """`dense(x)` (no activation) for x [batch, seq, in], exported as one MatMul + Add.
+
+    Uses the layer's own `kernel` and `bias`; computes in the dtype of `x`.
+    """
+    kernel = ops.cast(dense.kernel, x.dtype)
+    return ops.einsum("bsi,io->bso", x, kernel) + ops.cast(dense.bias, x.dtype)
+
+
+def layer_norm(norm: keras.layers.LayerNormalization, x: Any) -> Any:
+    """`norm(x)` over the last axis, computed in float32 as Keras does, HF-spelled.
+
+    (x - mean) / sqrt(mean((x - mean) ** 2) + eps) * gamma + beta, returned in the
+    layer's compute dtype; exports as the subgraph onnxruntime fuses to LayerNormalization.
+    """
+    x = ops.cast(x, "float32")
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    centered = x - mean
+    variance = ops.mean(ops.power(centered, 2.0), axis=-1, keepdims=True)
+    normed = centered / ops.sqrt(variance + norm.epsilon)
+    out = normed * ops.cast(norm.gamma, "float32") + ops.cast(norm.beta, "float32")
+    return ops.cast(out, norm.compute_dtype)
 
 
 def additive_attention_mask(attention_mask: Any, dtype: str) -> Any:
@@ -111,19 +149,24 @@ class Embeddings(keras.layers.Layer):
     def position_ids(self, input_ids: Any) -> Any:
         """Position id of every token, following the HF convention of the architecture."""
         if self.position_offset == 0:
-            seq_len = ops.shape(input_ids)[1]
-            return ops.expand_dims(ops.arange(seq_len, dtype="int32"), 0)
+            # Range(0, Gather(Shape(ids), 1)) expanded to Shape(ids): the position
+            # subgraph onnxruntime's EmbedLayerNormalization fusion recognises.
+            shape = tf.shape(input_ids, out_type="int64")
+            positions = tf.range(0, tf.gather(shape, 1), 1, dtype="int64")
+            return tf.broadcast_to(tf.expand_dims(positions, 0), shape)
         real = ops.cast(ops.not_equal(input_ids, self.pad_token_id), "int32")
         return ops.cumsum(real, axis=1) * real + self.pad_token_id
 
     def call(self, input_ids: Any, token_type_ids: Any = None, training: bool | None = None) -> Any:
         if token_type_ids is None:
             token_type_ids = ops.zeros_like(input_ids)
-        words = ops.take(self.word_embeddings, input_ids, axis=0)
-        positions = ops.take(self.position_embeddings, self.position_ids(input_ids), axis=0)
-        types = ops.take(self.token_type_embeddings, token_type_ids, axis=0)
+        # Plain gathers: ids are never negative, and `ops.take`'s negative-index
+        # fix-up would hide the lookups from onnxruntime's embedding fusion.
+        words = tf.gather(self.word_embeddings, input_ids)
+        positions = tf.gather(self.position_embeddings, self.position_ids(input_ids))
+        types = tf.gather(self.token_type_embeddings, token_type_ids)
         hidden = words + positions + types
-        return self.dropout(self.layer_norm(hidden), training=training)
+        return self.dropout(layer_norm(self.layer_norm, hidden), training=training)
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
         return tuple(input_shape) + (self.hidden_size,)
@@ -195,7 +238,8 @@ class SelfAttention(keras.layers.Layer):
 
     def project_qkv(self, hidden: Any) -> tuple[Any, Any, Any]:
         """Q, K, V projections, each [batch, seq, hidden] with heads concatenated."""
-        return self.query(hidden), self.key(hidden), self.value(hidden)
+        return (dense_tokens(self.query, hidden), dense_tokens(self.key, hidden),
+                dense_tokens(self.value, hidden))
 
     def _split_heads(self, x: Any) -> Any:
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
@@ -307,11 +351,11 @@ class TransformerBlock(keras.layers.Layer):
     ) -> Any:
         """The rest of the block after the Q/K/V projections."""
         context = self.attention.attend(qkv, additive_mask, training)
-        attended = self.dropout(self.attention_output(context), training=training)
-        hidden = self.attention_layer_norm(attended + hidden)
-        inner = gelu_erf(self.intermediate(hidden))
-        out = self.dropout(self.output_dense(inner), training=training)
-        return self.output_layer_norm(out + hidden)
+        attended = self.dropout(dense_tokens(self.attention_output, context), training=training)
+        hidden = layer_norm(self.attention_layer_norm, attended + hidden)
+        inner = gelu_erf(dense_tokens(self.intermediate, hidden))
+        out = self.dropout(dense_tokens(self.output_dense, inner), training=training)
+        return layer_norm(self.output_layer_norm, out + hidden)
 
     def call(self, hidden: Any, additive_mask: Any, training: bool | None = None) -> Any:
         return self.finish(hidden, self.project_qkv(hidden), additive_mask, training)
