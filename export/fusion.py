@@ -1,0 +1,223 @@
+"""onnxruntime transformer fusions (Attention, SkipLayerNormalization, BiasGelu,
+EmbedLayerNormalization), applied and then checked, because they fail silently.
+
+onnxruntime's optimizer matches the exact subgraphs PyTorch's HF BERT exports. The
+encoder layers are spelled to export those subgraphs (see `tf_minilm.layers`);
+`prepare_for_fusion` undoes the two rewrites tf2onnx/grappler make on top:
+
+- a mean over the last axis of a rank-3 tensor becomes `GlobalAveragePool`
+  (tf2onnx's global-pool optimizer); it is put back as `ReduceMean(axes=[-1])`;
+- the attention scale `scores / sqrt(d)` becomes `scores * (1 / sqrt(d))` (grappler
+  constant folding); onnxruntime takes the first `Mul` parent of the mask `Add` as the
+  mask, so the scale is put back as a `Div`.
+
+Both are exact rewrites (the second up to one float rounding of the scale).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from export.errors import FusionError
+from export.logs import quiet
+
+logger = logging.getLogger(__name__)
+
+GELU_OPS = ("BiasGelu", "FastGelu", "Gelu")
+ATTENTION_OPS = ("Attention", "MultiHeadAttention")
+
+
+def _producers(model: Any) -> dict[str, Any]:
+    return {output: node for node in model.graph.node for output in node.output}
+
+
+def _ranks(model: Any) -> dict[str, int]:
+    """Rank of every tensor ONNX shape inference can tell (graph inputs included)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        tensor_type = value.type.tensor_type
+        if tensor_type.HasField("shape"):
+            ranks[value.name] = len(tensor_type.shape.dim)
+    return ranks
+
+
+def _restore_reduce_mean(model: Any) -> int:
+    """GlobalAveragePool on rank-3 tensors -> ReduceMean(axes=[-1], keepdims=1)."""
+    from onnx import helper, numpy_helper
+
+    opset = next(e.version for e in model.opset_import if e.domain in ("", "ai.onnx"))
+    pools = [node for node in model.graph.node if node.op_type == "GlobalAveragePool"]
+    if not pools:
+        return 0
+    ranks = _ranks(model)
+    rewritten = 0
+    for node in pools:
+        if ranks.get(node.input[0]) != 3:
+            continue
+        node.op_type = "ReduceMean"
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("keepdims", 1))
+        if opset >= 18:
+            axes_name = f"{node.name}__axes"
+            model.graph.initializer.append(
+                numpy_helper.from_array(np.array([-1], dtype=np.int64), axes_name)
+            )
+            node.input.append(axes_name)
+        else:
+            node.attribute.append(helper.make_attribute("axes", [-1]))
+        rewritten += 1
+    return rewritten
+
+
+def _restore_scale_div(model: Any) -> int:
+    """Softmax(Add(Mul(MatMul, c), mask)) -> Softmax(Add(Div(MatMul, 1 / c), mask))."""
+    from onnx import numpy_helper
+
+    producers = _producers(model)
+    initializers = {init.name: init for init in model.graph.initializer}
+    rewritten = 0
+    for softmax in [node for node in model.graph.node if node.op_type == "Softmax"]:
+        add = producers.get(softmax.input[0])
+        if add is None or add.op_type != "Add":
+            continue
+        for name in add.input:
+            mul = producers.get(name)
+            if mul is None or mul.op_type != "Mul":
+                continue
+            constants = [i for i in mul.input if i in initializers]
+            others = [i for i in mul.input if i not in initializers]
+            if len(constants) != 1 or len(others) != 1:
+                continue
+            source = producers.get(others[0])
+            value = numpy_helper.to_array(initializers[constants[0]])
+            if source is None or source.op_type != "MatMul" or value.size != 1 or value.item() == 0:
+                continue
+            divisor_name = f"{mul.name}__divisor"
+            divisor = np.asarray(1.0 / float(value.item()), dtype=value.dtype)
+            model.graph.initializer.append(numpy_helper.from_array(divisor, divisor_name))
+            initializers[divisor_name] = model.graph.initializer[-1]
+            mul.op_type = "Div"
+            del mul.input[:]
+            mul.input.extend([others[0], divisor_name])
+            rewritten += 1
+    return rewritten
+
+
+def prepare_for_fusion(model: Any) -> dict[str, int]:
+    """Rewrite, in place, the tf2onnx spellings onnxruntime's matchers do not know.
+
+    Args:
+        model: an `onnx.ModelProto` from `export.convert`.
+
+    Returns:
+        How many nodes each rewrite changed: `{"reduce_mean": n, "scale_div": m}`.
+    """
+    return {"reduce_mean": _restore_reduce_mean(model), "scale_div": _restore_scale_div(model)}
+
+
+def expected_fusions(num_layers: int, embed_layer_norm: bool = True) -> dict[str, int]:
+    """Fused operator counts a BERT-family encoder of `num_layers` blocks must reach.
+
+    Args:
+        num_layers: transformer blocks.
+        embed_layer_norm: expect `EmbedLayerNormalization` (BERT position ids; onnxruntime
+            does not fuse RoBERTa's padding-offset positions).
+
+    Returns:
+        `{"Attention": L, "SkipLayerNormalization": 2L, "Gelu": L,
+        "EmbedLayerNormalization": 1 or 0}` where "Attention" counts Attention and
+        MultiHeadAttention and "Gelu" counts BiasGelu, FastGelu and Gelu.
+    """
+    return {
+        "Attention": num_layers,
+        "SkipLayerNormalization": 2 * num_layers,
+        "Gelu": num_layers,
+        "EmbedLayerNormalization": 1 if embed_layer_norm else 0,
+    }
+
+
+def grouped_counts(statistics: dict[str, int]) -> dict[str, int]:
+    """`get_fused_operator_statistics()` grouped the way `expected_fusions` counts."""
+    return {
+        "Attention": sum(statistics.get(op, 0) for op in ATTENTION_OPS),
+        "SkipLayerNormalization": statistics.get("SkipLayerNormalization", 0),
+        "Gelu": sum(statistics.get(op, 0) for op in GELU_OPS),
+        "EmbedLayerNormalization": statistics.get("EmbedLayerNormalization", 0),
+    }
+
+
+def check_fusions(statistics: dict[str, int], expected: dict[str, int]) -> None:
+    """Raise `FusionError` (with the statistics) unless every expected count is reached."""
+    got = grouped_counts(statistics)
+    wrong = [f"{name}: expected {count}, got {got.get(name, 0)}"
+             for name, count in expected.items() if got.get(name, 0) != count]
+    if wrong:
+        fused = {op: n for op, n in statistics.items() if n}
+        raise FusionError(
+            "onnxruntime's transformer optimizer did not fuse the graph as expected ("
+            + "; ".join(wrong) + f"). Fused operator statistics: {fused}. The encoder's "
+            "forward pass no longer exports the subgraphs onnxruntime matches (see "
+            "tf_minilm/layers.py); export with --no-optimize to ship the unfused graph.",
+            statistics,
+        )
+
+
+def optimize_onnx(
+    model: Any,
+    path: str | os.PathLike,
+    num_heads: int,
+    hidden_size: int,
+    expected: dict[str, int] | None = None,
+) -> dict[str, int]:
+    """Apply onnxruntime's BERT fusions to a converted encoder graph and check them.
+
+    Runs `prepare_for_fusion` on a copy, then `optimize_model(model_type="bert",
+    opt_level=0)` (Python fusions only, so torch is never imported) with the raw 2-D
+    attention mask kept as the Attention mask input (correct for any padding side).
+
+    Args:
+        model: the converted `onnx.ModelProto` (not modified).
+        path: where to save the optimized model (written only when the check passes).
+        num_heads: attention heads.
+        hidden_size: model width.
+        expected: counts from `expected_fusions`, or None to skip the check.
+
+    Returns:
+        The fused operator statistics (`get_fused_operator_statistics()`).
+
+    Raises:
+        FusionError: an expected fusion is missing (message includes the statistics).
+    """
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    rewrites = prepare_for_fusion(work)
+    logger.debug("pre-fusion rewrites: %s", rewrites)
+    options = FusionOptions("bert")
+    options.use_raw_attention_mask(True)
+    with quiet():
+        optimized = optimize_model(
+            work,
+            model_type="bert",
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            optimization_options=options,
+            opt_level=0,
+        )
+        statistics = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items()}
+    logger.info("fused operators: %s", {op: n for op, n in statistics.items() if n})
+    if expected is not None:
+        check_fusions(statistics, expected)
+    with quiet():  # also adds the com.microsoft opset import the fused nodes need
+        optimized.save_model_to_file(os.fspath(path))
+    return statistics
