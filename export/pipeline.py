@@ -1,0 +1,356 @@
+"""The whole export: load, convert, fuse, quantize, validate, then move into place.
+
+Everything is written into a staging folder beside the output folder and moved into
+place only when every check passed, so a failed export leaves no half-written model
+and an earlier good export untouched. The folder holds:
+
+    model.onnx            float32 graph (onnxruntime-fused unless optimize=False)
+    model.int8.onnx       dynamic int8 graph (unless quantize="none")
+    tokenizer.json, vocab.txt, tokenizer_config.json, special_tokens_map.json, config.json
+    export_report.json    options, fused operator counts, parity figures, sizes, versions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from export.convert import (
+    DEFAULT_OPSET,
+    EMBEDDING_OUTPUTS,
+    INPUT_NAMES,
+    check_opset,
+    check_pooling,
+    embedding_function,
+    float32_copy,
+    function_to_onnx,
+)
+from export.errors import ExportError
+from export.validate import FP32_TOLERANCE, INT8_MIN_COSINE
+
+logger = logging.getLogger(__name__)
+
+QUANTIZE_CHOICES = ("int8", "none")
+DEFAULT_MAX_SEQ_LEN = 128
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+REPORT_FILE = "export_report.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+REPORT_VERSION = 1
+VERSIONED_PACKAGES = ("tf-minilm", "tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx",
+                      "onnxruntime", "numpy", "tokenizers")
+
+
+@dataclasses.dataclass
+class Student:
+    """A loaded model to export.
+
+    Args:
+        encoder: the `Encoder` (any dtype policy).
+        tokenizer: its `tokenizers.Tokenizer`.
+        source: where it came from (absolute path, or a description).
+        source_type: "hf" (checkpoint folder), "keras" (.keras file) or "object".
+        tokenizer_dir: folder whose tokenizer files are copied next to the models, or None.
+    """
+
+    encoder: Any
+    tokenizer: Any
+    source: str
+    source_type: str
+    tokenizer_dir: str | None = None
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, name)) for name in ("tokenizer.json", "vocab.txt"))
+
+
+def _load_tokenizer_dir(folder: str) -> Any:
+    from tf_minilm.checkpoints import CheckpointError, load_tokenizer
+
+    if not os.path.isdir(folder):
+        raise ExportError(f"tokenizer folder {folder} does not exist")
+    try:
+        return load_tokenizer(folder)
+    except CheckpointError as err:
+        raise ExportError(str(err)) from err
+
+
+def load_student(source: Any, tokenizer: Any = None) -> Student:
+    """Load what `export_model` exports.
+
+    Args:
+        source: an HF checkpoint folder (config.json + weights + tokenizer), a `.keras`
+            file holding an `Encoder`, or an `Encoder` object.
+        tokenizer: for a `.keras` file or an object: a folder with tokenizer.json or
+            vocab.txt, or a `tokenizers.Tokenizer`. Default for a `.keras` file: the
+            `student/` folder beside it.
+
+    Returns:
+        A `Student`.
+
+    Raises:
+        ExportError: unreadable or corrupt source, not an Encoder, no tokenizer.
+    """
+    from tf_minilm.checkpoints import CheckpointError, load_hf_checkpoint
+    from tf_minilm.encoder import Encoder
+
+    tokenizer_dir = None
+    if isinstance(tokenizer, str | os.PathLike):
+        tokenizer_dir = os.path.abspath(os.fspath(tokenizer))
+        tokenizer = _load_tokenizer_dir(tokenizer_dir)
+
+    if isinstance(source, Encoder):
+        if tokenizer is None:
+            raise ExportError("exporting an Encoder object needs a tokenizer (folder or object)")
+        return Student(source, tokenizer, f"<{source.name}>", "object", tokenizer_dir)
+
+    if not isinstance(source, str | os.PathLike):
+        raise ExportError(f"cannot export a {type(source).__name__}; pass an HF folder, a .keras "
+                          "file or an Encoder")
+    path = os.path.abspath(os.fspath(source))
+    if os.path.isdir(path):
+        try:
+            encoder, loaded_tokenizer = load_hf_checkpoint(path)
+        except CheckpointError as err:
+            raise ExportError(f"cannot load the student: {err}") from err
+        if tokenizer is None:
+            tokenizer, tokenizer_dir = loaded_tokenizer, path
+        return Student(encoder, tokenizer, path, "hf", tokenizer_dir)
+
+    if not os.path.exists(path):
+        raise ExportError(f"student {path} does not exist (expected an HF checkpoint folder or "
+                          "a .keras file)")
+    if not path.endswith(".keras"):
+        raise ExportError(f"student {path} is neither a folder nor a .keras file")
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # Keras raises assorted types for unreadable archives
+        raise ExportError(f"cannot load {path}: {err}") from err
+    if not isinstance(model, Encoder):
+        raise ExportError(f"{path} holds a {type(model).__name__}, not a tf_minilm Encoder")
+    if tokenizer is None:
+        sibling = os.path.join(os.path.dirname(path), "student")
+        if not (os.path.isdir(sibling) and _has_tokenizer(sibling)):
+            raise ExportError(
+                f"{path} carries no tokenizer: pass --tokenizer DIR (a folder with tokenizer.json "
+                f"or vocab.txt); none was found in the sibling folder {sibling}"
+            )
+        tokenizer_dir = sibling
+        tokenizer = _load_tokenizer_dir(sibling)
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > model.config.vocab_size:
+        raise ExportError(
+            f"the tokenizer has {size} tokens but {path} has a vocabulary of "
+            f"{model.config.vocab_size}; the tokenizer does not belong to this model"
+        )
+    return Student(model, tokenizer, path, "keras", tokenizer_dir)
+
+
+def _check_output_dir(output_dir: str, student: Student) -> None:
+    if student.source_type != "object":
+        real_out = os.path.realpath(output_dir)
+        real_src = os.path.realpath(student.source)
+        if real_src == real_out or real_src.startswith(real_out + os.sep):
+            raise ExportError(f"output {output_dir} would replace the student {student.source}")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ExportError(f"output {output_dir} exists and is not a folder")
+    if os.path.isdir(output_dir):
+        entries = os.listdir(output_dir)
+        if entries and not {REPORT_FILE, MODEL_FILE} & set(entries):
+            raise ExportError(
+                f"refusing to replace {output_dir}: it is not empty and holds no {REPORT_FILE} or "
+                f"{MODEL_FILE} of an earlier export; choose a new or empty folder"
+            )
+
+
+def _write_side_files(staging: str, student: Student) -> list[str]:
+    """Tokenizer files and config.json next to the models; returns the names written."""
+    written = []
+    if student.tokenizer_dir:
+        for name in TOKENIZER_FILES:
+            path = os.path.join(student.tokenizer_dir, name)
+            if os.path.isfile(path):
+                shutil.copyfile(path, os.path.join(staging, name))
+                written.append(name)
+    if "tokenizer.json" not in written:
+        student.tokenizer.save(os.path.join(staging, "tokenizer.json"))
+        written.append("tokenizer.json")
+    with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
+        json.dump(student.encoder.config.to_hf_dict(), handle, indent=2, sort_keys=True)
+    written.append("config.json")
+    return sorted(written)
+
+
+def _graph_io(model: Any) -> tuple[list[dict], list[dict]]:
+    import onnx
+
+    def describe(values: Any) -> list[dict]:
+        out = []
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [dim.dim_param or (dim.dim_value if dim.HasField("dim_value") else None)
+                    for dim in tensor.shape.dim]
+            out.append({"name": value.name,
+                        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+                        "shape": dims})
+        return out
+
+    return describe(model.graph.input), describe(model.graph.output)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages the export depends on."""
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def export_model(
+    source: Any,
+    output_dir: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    quantize: str = "int8",
+    optimize: bool = True,
+    pooling: str = "mean",
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    tokenizer: Any = None,
+    fp32_tolerance: float = FP32_TOLERANCE,
+    int8_min_cosine: float = INT8_MIN_COSINE,
+) -> dict[str, Any]:
+    """Export a student to an ONNX model folder, checked, written atomically.
+
+    Args:
+        source: HF checkpoint folder, `.keras` file or `Encoder` (see `load_student`).
+        output_dir: destination folder; replaced only if the export succeeds (an
+            existing folder must be empty or an earlier export).
+        opset: ONNX opset, 13-18.
+        quantize: "int8" (also write model.int8.onnx) or "none".
+        optimize: apply and require onnxruntime's transformer fusions.
+        pooling: "mean" or "cls" pooling of `sentence_embedding`.
+        max_seq_len: longest input in tokens, capped by the model's position table.
+        tokenizer: tokenizer folder or object (for `.keras` files and objects).
+        fp32_tolerance: max abs difference allowed between the float32 graph and Keras.
+        int8_min_cosine: least cosine allowed between int8 and Keras sentence embeddings.
+
+    Returns:
+        The report written to `export_report.json`.
+
+    Raises:
+        ExportError: bad option or source, conversion failure; `FusionError` when
+            fusions are missing; `ParityError` when a parity check fails.
+
+    Example:
+    >>> report = export_model("runs/student", "runs/student-onnx")
+    >>> report["parity"]["int8"]["min_cosine"] >= 0.99
+    True
+    """
+    started = time.perf_counter()
+    opset = check_opset(opset)
+    pooling = check_pooling(pooling)
+    if quantize not in QUANTIZE_CHOICES:
+        raise ExportError(f"quantize is {quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
+        raise ExportError(f"max_seq_len must be an integer >= 2, got {max_seq_len!r}")
+    output_dir = os.path.abspath(os.fspath(output_dir))
+
+    student = load_student(source, tokenizer)
+    _check_output_dir(output_dir, student)
+    config = student.encoder.config
+    if max_seq_len > config.max_sequence_length:
+        logger.warning("max_seq_len %d capped to %d, the model's position table", max_seq_len,
+                       config.max_sequence_length)
+        max_seq_len = config.max_sequence_length
+
+    import onnx
+
+    from export.fusion import expected_fusions, grouped_counts, optimize_onnx
+    from export.quantize import quantize_int8
+    from export.validate import validate_export
+
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.staging-", dir=parent)
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the export is a normal folder
+        function = embedding_function(float32_copy(student.encoder), pooling)
+        logger.info("converting %s (opset %d, %s pooling)", student.source, opset, pooling)
+        model = function_to_onnx(function, opset)
+        fp32_path = os.path.join(staging, MODEL_FILE)
+        statistics = expected = None
+        if optimize:
+            expected = expected_fusions(config.num_hidden_layers,
+                                        embed_layer_norm=not config.is_roberta_like)
+            statistics = optimize_onnx(model, fp32_path, config.num_attention_heads,
+                                       config.hidden_size, expected)
+        else:
+            onnx.save(model, fp32_path)
+        int8_path = None
+        if quantize == "int8":
+            int8_path = os.path.join(staging, INT8_FILE)
+            quantize_int8(fp32_path, int8_path)
+        logger.info("validating against the Keras float32 model")
+        parity = validate_export(function, student.tokenizer, fp32_path, int8_path,
+                                 max_seq_len=max_seq_len, pad_id=config.pad_token_id,
+                                 fp32_tolerance=fp32_tolerance, int8_min_cosine=int8_min_cosine)
+        side_files = _write_side_files(staging, student)
+        inputs, outputs = _graph_io(onnx.load(fp32_path))
+        files = {name: os.path.getsize(os.path.join(staging, name))
+                 for name in (MODEL_FILE, INT8_FILE) if os.path.isfile(os.path.join(staging, name))}
+        report = {
+            "report_version": REPORT_VERSION,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "source": student.source,
+            "source_type": student.source_type,
+            "model_type": config.model_type,
+            "hidden_size": config.hidden_size,
+            "num_layers": config.num_hidden_layers,
+            "num_heads": config.num_attention_heads,
+            "intermediate_size": config.intermediate_size,
+            "vocab_size": config.vocab_size,
+            "max_seq_len": max_seq_len,
+            "pooling": pooling,
+            "opset": opset,
+            "optimized": bool(optimize),
+            "quantize": quantize,
+            "inputs": inputs,
+            "outputs": outputs,
+            "input_names": list(INPUT_NAMES),
+            "output_names": [o["name"] for o in outputs],
+            "fused_operators": ({op: n for op, n in statistics.items() if n}
+                                if statistics is not None else None),
+            "fused_operator_groups": grouped_counts(statistics) if statistics else None,
+            "expected_fusions": expected,
+            "parity": parity,
+            "files": {"model_bytes": files, "side_files": side_files},
+            "versions": package_versions(),
+            "export_seconds": round(time.perf_counter() - started, 2),
+        }
+        if tuple(report["output_names"]) != EMBEDDING_OUTPUTS:
+            raise ExportError(f"exported graph has outputs {report['output_names']}, expected "
+                              f"{list(EMBEDDING_OUTPUTS)}")
+        with open(os.path.join(staging, REPORT_FILE), "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+        from tf_minilm.checkpoints import replace_folder
+
+        replace_folder(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("exported %s -> %s in %.1f s", student.source, output_dir,
+                time.perf_counter() - started)
+    return report
