@@ -164,6 +164,8 @@ def test_probe_l2_is_chosen_on_training_data_only():
     assert scores[repr(best)] == max(scores.values())
     # ties go to the larger penalty
     assert all(scores[repr(v)] < scores[repr(best)] for v in evaluation.PROBE_L2_GRID if v > best)
+    assert evaluation.select_probe_l2(features[:15], labels[:15], 2, seed=0) == (
+        evaluation.FALLBACK_PROBE_L2, {})
 
 
 # --------------------------------------------------------------------------- tokens/batches

@@ -381,6 +381,7 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
 
 PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """L2 penalties tried when the probe chooses its own (SentEval-style model selection)."""
+FALLBACK_PROBE_L2 = 1e-2
 
 
 def select_probe_l2(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int,
@@ -388,13 +389,19 @@ def select_probe_l2(features: np.ndarray, labels: np.ndarray, num_classes: int, 
                     validation_fraction: float = 0.1) -> tuple[float, dict[str, float]]:
     """Choose the probe's L2 penalty by accuracy on a stratified slice of the training set.
 
-    The held-out test split is never looked at. Ties go to the larger penalty.
+    The held-out test split is never looked at. Ties go to the larger penalty. With
+    fewer than 20 training examples there is nothing to validate on and
+    `FALLBACK_PROBE_L2` is returned.
 
     Returns:
         `(best_l2, {str(l2): validation accuracy})`.
     """
     from tf_minilm.tasks import stratified_split
 
+    if len(labels) * validation_fraction < 2:
+        logger.warning("only %d training examples: probe L2 fixed at %g", len(labels),
+                       FALLBACK_PROBE_L2)
+        return FALLBACK_PROBE_L2, {}
     train, valid = stratified_split(labels, validation_fraction, seed)
     scores: dict[str, float] = {}
     best, best_score = None, -1.0
@@ -454,7 +461,8 @@ def probe(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettings
     The L2 penalty is `settings.probe_l2`, or chosen by `select_probe_l2` when None.
 
     Returns:
-        A dict with accuracy, macro_f1, f1_per_class, predictions and timings.
+        A dict with the held-out `predictions`, timings, the chosen L2 and training
+        loss/accuracy.
     """
     start = time.perf_counter()
     train_ids = tokenize(tokenizer, task.train_texts, settings.max_seq_len)
