@@ -12,7 +12,9 @@ MODE is one of:
                    device; prints {"max_abs_diff": ..., "clip_active": ...} as JSON.
     train          run_distillation with the options in JSON_ARGS; writes the final student
                    variables to JSON_ARGS["weights_out"] (npz). With "hang_at": N it writes
-                   JSON_ARGS["marker"] after global step N and sleeps (to be killed).
+                   JSON_ARGS["marker"] after global step N and sleeps (to be killed); with
+                   "crash_at": N it hard-exits (status 3) after step N; with
+                   "logical_cpus": K it first splits the CPU into K logical devices.
 """
 
 from __future__ import annotations
@@ -170,7 +172,32 @@ class _HangAt:
         return Hang()
 
 
+class _CrashAt:
+    """Callback: hard-exit the process (no cleanup, like a kill) after global step `step`."""
+
+    def __new__(cls, step: int, initial_step: int):
+        import keras
+
+        class Crash(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.global_step = initial_step
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.global_step += 1
+                if self.global_step == step:
+                    os._exit(3)
+
+        return Crash()
+
+
 def _train(args: dict) -> dict:
+    if args.get("logical_cpus"):
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
     import numpy as np
 
     from tf_minilm.callbacks import CheckpointManager
@@ -184,10 +211,12 @@ def _train(args: dict) -> dict:
         return teacher, tiny_student(teacher, 1)
 
     callbacks = []
+    latest = CheckpointManager(os.path.join(args["output_dir"], "checkpoints")).checkpoints()
+    start = latest[-1][0] if latest and options.resume else 0
     if args.get("hang_at"):
-        latest = CheckpointManager(os.path.join(args["output_dir"], "checkpoints")).checkpoints()
-        start = latest[-1][0] if latest and options.resume else 0
         callbacks.append(_HangAt(args["hang_at"], args["marker"], start))
+    if args.get("crash_at"):
+        callbacks.append(_CrashAt(args["crash_at"], start))
     result = run_distillation(
         build, lambda start: make_dataset(start, args.get("data_seed", 0)), args["output_dir"],
         options, callbacks=callbacks, verbose=0,
@@ -195,6 +224,7 @@ def _train(args: dict) -> dict:
     if args.get("weights_out") and result.checkpoint is not None:
         np.savez(args["weights_out"], **student_arrays(result.student))
     return {"step": result.step, "train_metrics": result.train_metrics,
+            "replicas": result.strategy.num_replicas_in_sync,
             "checkpoint": result.checkpoint}
 
 

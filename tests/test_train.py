@@ -479,3 +479,26 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
         assert x["learning_rate"] == y["learning_rate"]
 
+
+
+@pytest.mark.slow
+def test_mirrored_checkpoint_resume_matches_an_uninterrupted_mirrored_run(tmp_path):
+    run_options = {"steps": 12, "learning_rate": 3e-3, "checkpoint_every": 4, "log_every": 4,
+                   "num_relation_heads": 4, "strategy": "mirrored", "precision": "float32"}
+    common = {"options": run_options, "logical_cpus": 2}  # dropout on (0.1)
+    straight = _run_worker("train", {**common, "output_dir": str(tmp_path / "a"),
+                                     "weights_out": str(tmp_path / "a.npz")})
+    assert straight["replicas"] == 2 and straight["step"] == 12
+    crashed = subprocess.run(
+        [sys.executable, WORKER, "train", json.dumps(
+            {**common, "output_dir": str(tmp_path / "b"), "crash_at": 6})],
+        cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True,
+        timeout=240)
+    assert crashed.returncode == 3
+    assert CheckpointManager(tmp_path / "b" / "checkpoints").latest().endswith("ckpt-00000004.npz")
+    resumed = _run_worker("train", {**common, "output_dir": str(tmp_path / "b"),
+                                    "weights_out": str(tmp_path / "b.npz")})
+    assert resumed["replicas"] == 2 and resumed["step"] == 12
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
