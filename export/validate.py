@@ -193,7 +193,9 @@ def validate_export(
         if not int8["passed"]:
             failures.append(
                 f"int8 graph's sentence embeddings reach a min cosine of {int8['min_cosine']:.4f} "
-                f"to Keras float32 (threshold {int8_min_cosine}): {int8}"
+                f"to Keras float32 (threshold {int8_min_cosine}): {int8}. Dynamic int8 quantizes "
+                "activations per tensor, which costs most on inputs of 1-3 tokens; accept a lower "
+                "floor with --int8-min-cosine or export with --quantize none"
             )
     if failures:
         raise ParityError("parity check failed: " + " | ".join(failures), figures)

