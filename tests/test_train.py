@@ -270,10 +270,10 @@ def test_resume_with_different_settings_is_refused(tmp_path):
     with pytest.raises(TrainingCheckpointError, match=r"learning_rate=0\.003 in the checkpoint, 0\.001"):
         run_distillation(build_tiny(), make_dataset, tmp_path,
                          options(steps=10, checkpoint_every=5, learning_rate=1e-3), verbose=0)
-    fresh = run_distillation(build_tiny(), make_dataset, tmp_path,
-                             options(steps=10, checkpoint_every=5, learning_rate=1e-3,
-                                     resume=False), verbose=0)
-    assert fresh.step == 10
+    with pytest.raises(TrainingCheckpointError, match="already holds checkpoints.*step 10"):
+        run_distillation(build_tiny(), make_dataset, tmp_path,
+                         options(steps=10, checkpoint_every=5, resume=False), verbose=0)
+    assert [s for s, _ in CheckpointManager(tmp_path / "checkpoints").checkpoints()] == [5, 10]
 
 
 def test_nan_guard_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

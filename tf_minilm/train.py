@@ -93,7 +93,8 @@ class TrainOptions:
         log_every: steps between metrics.jsonl / TensorBoard records.
         eval_every: steps between evaluations of `eval_dataset`; None = only at the end.
         eval_steps: batches per evaluation; None = the whole (finite) eval dataset.
-        resume: continue from the newest checkpoint in the checkpoint folder.
+        resume: continue from the newest checkpoint in the checkpoint folder; when False,
+            a folder that already holds checkpoints is an error (nothing is overwritten).
         strategy: "auto", "default", "mirrored", "multi-worker" or "tpu".
         precision: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
     """
@@ -406,8 +407,7 @@ def _check_fingerprint(path: str, saved: dict[str, Any], current: dict[str, Any]
     if differences:
         raise TrainingCheckpointError(
             f"{path}: cannot resume, the run settings differ ({'; '.join(differences)}). "
-            "Resume with the original settings, or start a new run (resume=False / a new "
-            "output folder)."
+            "Resume with the original settings, or start a new run in a new output folder."
         )
 
 
@@ -565,7 +565,13 @@ def _train(
     student = distiller.student
     fingerprint = _fingerprint(options, distiller, policy)
     start_step, elapsed_offset = 0, 0.0
-    latest = manager.latest() if options.resume else None
+    existing = manager.checkpoints()
+    if existing and not options.resume:
+        raise TrainingCheckpointError(
+            f"{manager.directory} already holds checkpoints of a run (latest: step "
+            f"{existing[-1][0]}); resume it (resume=True) or use a new output folder"
+        )
+    latest = existing[-1][1] if existing else None
     if latest is not None:
         header = CheckpointManager.read(latest)[2]
         _check_fingerprint(latest, header.get("fingerprint", {}), fingerprint)
