@@ -149,3 +149,20 @@ def test_mixed_bfloat16_runs_and_stays_close():
 def test_attention_heads_must_divide_hidden():
     with pytest.raises(ValueError, match=r"hidden_size \(10\) is not divisible by num_heads \(4\)"):
         SelfAttention(hidden_size=10, num_heads=4)
+
+
+def test_fresh_weights_are_all_different_and_seeded():
+    config = EncoderConfig(**TINY)
+    keras.utils.set_random_seed(11)
+    first = Encoder(config)
+    keras.utils.set_random_seed(11)
+    second = Encoder(config)
+    matrices = [w.numpy() for w in first.weights if len(w.shape) == 2]
+    # A shared unseeded initialiser once gave Q, K and V (and the first embedding rows)
+    # identical values; every matrix must start different from every other.
+    rows = [m[:2, :4].ravel() for m in matrices]
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            assert not np.array_equal(rows[i], rows[j]), (first.weights[i].path, j)
+    for a, b in zip(first.weights, second.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -71,7 +71,13 @@ def additive_attention_mask(attention_mask: Any, dtype: str) -> Any:
     return (1.0 - mask) * MASK_VALUE
 
 
+def _dense(units: int, name: str, stddev: float, dtype: Any) -> keras.layers.Dense:
+    """A Dense layer with its own normal(0, stddev) kernel initialiser and zero bias."""
+    return keras.layers.Dense(units, name=name, kernel_initializer=_normal(stddev), dtype=dtype)
+
+
 def _normal(stddev: float) -> keras.initializers.Initializer:
+    """A fresh initialiser: one unseeded instance reused gives every weight the same values."""
     return keras.initializers.RandomNormal(mean=0.0, stddev=stddev)
 
 
@@ -129,19 +135,20 @@ class Embeddings(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
 
     def build(self, input_shape: Any = None) -> None:
-        init = _normal(self.initializer_range)
         self.word_embeddings = self.add_weight(
-            name="word_embeddings", shape=(self.vocab_size, self.hidden_size), initializer=init
+            name="word_embeddings",
+            shape=(self.vocab_size, self.hidden_size),
+            initializer=_normal(self.initializer_range),
         )
         self.position_embeddings = self.add_weight(
             name="position_embeddings",
             shape=(self.max_position_embeddings, self.hidden_size),
-            initializer=init,
+            initializer=_normal(self.initializer_range),
         )
         self.token_type_embeddings = self.add_weight(
             name="token_type_embeddings",
             shape=(self.type_vocab_size, self.hidden_size),
-            initializer=init,
+            initializer=_normal(self.initializer_range),
         )
         self.layer_norm.build((None, None, self.hidden_size))
         self.built = True
@@ -225,10 +232,9 @@ class SelfAttention(keras.layers.Layer):
         self.head_size = hidden_size // num_heads
         self.dropout_rate = dropout
         self.initializer_range = initializer_range
-        dense = {"kernel_initializer": _normal(initializer_range), "dtype": self.dtype_policy}
-        self.query = keras.layers.Dense(hidden_size, name="query", **dense)
-        self.key = keras.layers.Dense(hidden_size, name="key", **dense)
-        self.value = keras.layers.Dense(hidden_size, name="value", **dense)
+        self.query = _dense(hidden_size, "query", initializer_range, self.dtype_policy)
+        self.key = _dense(hidden_size, "key", initializer_range, self.dtype_policy)
+        self.value = _dense(hidden_size, "value", initializer_range, self.dtype_policy)
         self.dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy, name="dropout")
 
     def build(self, input_shape: Any = None) -> None:
@@ -316,17 +322,16 @@ class TransformerBlock(keras.layers.Layer):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         policy = self.dtype_policy
-        dense = {"kernel_initializer": _normal(initializer_range), "dtype": policy}
         self.attention = SelfAttention(
             hidden_size, num_heads, attention_dropout, initializer_range, dtype=policy,
             name="attention",
         )
-        self.attention_output = keras.layers.Dense(hidden_size, name="attention_output", **dense)
+        self.attention_output = _dense(hidden_size, "attention_output", initializer_range, policy)
         self.attention_layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_eps, dtype=policy, name="attention_layer_norm"
         )
-        self.intermediate = keras.layers.Dense(intermediate_size, name="intermediate", **dense)
-        self.output_dense = keras.layers.Dense(hidden_size, name="output", **dense)
+        self.intermediate = _dense(intermediate_size, "intermediate", initializer_range, policy)
+        self.output_dense = _dense(hidden_size, "output", initializer_range, policy)
         self.output_layer_norm = keras.layers.LayerNormalization(
             epsilon=layer_norm_eps, dtype=policy, name="output_layer_norm"
         )
