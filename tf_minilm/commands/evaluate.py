@@ -60,23 +60,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dropout before the fine-tuning head")
     parser.add_argument("--probe-l2", type=float, default=None,
                         help="--probe: L2 penalty on the logistic-regression weights "
-                             "(features standardised); default: chosen from 1e-4..1 by "
+                             "(features standardised); None: chosen from 1e-4..1 by "
                              "accuracy on 10%% of the training split")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the held-out split, head init, dropout and shuffling")
     parser.add_argument("--test-fraction", type=float, default=0.2,
                         help="share of the task held out for scoring (stratified)")
     parser.add_argument("--max-train", type=_positive_int, default=None,
-                        help="use at most N training examples (stratified; default: all)")
+                        help="use at most N training examples (stratified; None: all)")
     parser.add_argument("--max-test", type=_positive_int, default=None,
-                        help="score on at most N held-out examples (default: all)")
+                        help="score on at most N held-out examples (stratified; None: all)")
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep exact duplicate texts (by default they are dropped so no "
                              "held-out text is also a training text)")
     parser.add_argument("--onnx", metavar="DIR", default=None,
-                        help="exported ONNX folder to report on (default: MODEL_DIR/../onnx "
-                             "if it holds export_report.json; with several models, each "
-                             "uses its own default)")
+                        help="exported ONNX folder to report on (None: MODEL_DIR/../onnx "
+                             "of each model, if it holds export_report.json)")
     parser.add_argument("--bench", metavar="FILE", default=None,
                         help="JSON written by `tf-minilm bench --output` to take latencies "
                              "from (optional; nothing is timed here)")
