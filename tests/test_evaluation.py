@@ -34,13 +34,18 @@ FILLER = "the a of to and in is was for on that with as by at from it model film
 
 
 def toy_task(n=80, seed=0):
-    """Sentences of filler words with one 'good' (label 1) or 'bad' (label 0) inside."""
+    """1-3 filler words with 'good' (label 1) or 'bad' (label 0) inserted twice.
+
+    The sentiment word dominates the mean-pooled state, so the task is separable from
+    any random initialisation (checked over 5 initialisation seeds for both modes).
+    """
     rng = np.random.default_rng(seed)
     texts, labels = [], []
     for i in range(n):
         label = i % 2
-        words = list(rng.choice(FILLER, rng.integers(3, 8)))
-        words.insert(int(rng.integers(0, len(words) + 1)), "good" if label else "bad")
+        words = list(rng.choice(FILLER, rng.integers(1, 4)))
+        for _ in range(2):
+            words.insert(int(rng.integers(0, len(words) + 1)), "good" if label else "bad")
         texts.append(" ".join(words))
         labels.append(label)
     return make_task("toy", texts, labels, ("neg", "pos"), seed=0)
