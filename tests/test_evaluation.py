@@ -220,14 +220,17 @@ def test_training_dataset_yields_every_example_once_per_epoch():
 
 
 def test_warmup_linear_decay_matches_hf_formula():
-    schedule = evaluation.warmup_linear_decay(1e-3, warmup_steps=4, total_steps=20)
+    from tf_minilm.schedules import WarmupLinearDecay  # the schedule fine_tune uses
+
+    schedule = WarmupLinearDecay(1e-3, warmup_steps=4, total_steps=20)
     for step in range(25):
         if step < 4:
             expected = 1e-3 * step / 4
         else:
             expected = 1e-3 * max(0.0, (20 - step) / 16)
         assert float(schedule(step)) == pytest.approx(expected, abs=1e-9)
-    assert schedule.get_config() == {"peak": 1e-3, "warmup_steps": 4, "total_steps": 20}
+    assert schedule.get_config() == {"peak_learning_rate": 1e-3, "warmup_steps": 4,
+                                     "total_steps": 20}
 
 
 def test_parameter_count_matches_bert_formula(tiny_model_dir):

@@ -21,13 +21,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from tf_minilm.fileio import atomic_path, write_json_atomic
 from tf_minilm.tasks import TaskData
 
 logger = logging.getLogger(__name__)
@@ -196,48 +196,6 @@ def training_dataset(ids: Sequence[Sequence[int]], labels: np.ndarray, batch_siz
         return inputs, label
 
     return dataset.map(to_inputs).prefetch(2)
-
-
-# --------------------------------------------------------------------------- schedule
-def _warmup_decay_schedule_class() -> type:
-    import keras
-
-    @keras.saving.register_keras_serializable(package="tf_minilm")
-    class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warmup from 0 to `peak` over `warmup_steps`, then linear decay to 0 at
-        `total_steps` (HF `get_linear_schedule_with_warmup`)."""
-
-        def __init__(self, peak: float, warmup_steps: int, total_steps: int) -> None:
-            self.peak = float(peak)
-            self.warmup_steps = int(warmup_steps)
-            self.total_steps = int(total_steps)
-
-        def __call__(self, step: Any) -> Any:
-            from keras import ops
-
-            step = ops.cast(step, "float32")
-            warm = step / float(max(1, self.warmup_steps))
-            decay = (self.total_steps - step) / float(max(1, self.total_steps - self.warmup_steps))
-            factor = ops.where(step < self.warmup_steps, warm, ops.maximum(decay, 0.0))
-            return self.peak * factor
-
-        def get_config(self) -> dict[str, Any]:
-            return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                    "total_steps": self.total_steps}
-
-    return WarmupLinearDecay
-
-
-_SCHEDULE_CLASS: type | None = None
-
-
-def warmup_linear_decay(peak: float, warmup_steps: int, total_steps: int) -> Any:
-    """Keras learning-rate schedule: 0 -> `peak` linearly over `warmup_steps`, then
-    linearly to 0 at `total_steps` (the HF fine-tuning schedule)."""
-    global _SCHEDULE_CLASS
-    if _SCHEDULE_CLASS is None:
-        _SCHEDULE_CLASS = _warmup_decay_schedule_class()
-    return _SCHEDULE_CLASS(peak, warmup_steps, total_steps)
 
 
 # --------------------------------------------------------------------------- probe
@@ -508,6 +466,7 @@ def fine_tune(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettin
     import keras
 
     from tf_minilm.classifier import SequenceClassifier
+    from tf_minilm.schedules import WarmupLinearDecay
 
     keras.utils.set_random_seed(settings.seed)
     model = SequenceClassifier(encoder, task.num_classes, dropout=settings.dropout,
@@ -519,7 +478,7 @@ def fine_tune(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettin
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = int(round(settings.warmup_fraction * total_steps))
     optimizer = keras.optimizers.AdamW(
-        learning_rate=warmup_linear_decay(settings.learning_rate, warmup_steps, total_steps),
+        learning_rate=WarmupLinearDecay(settings.learning_rate, warmup_steps, total_steps),
         weight_decay=settings.weight_decay, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
         global_clipnorm=1.0)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
@@ -746,49 +705,21 @@ def model_name(model_dir: str) -> str:
 def save_classifier(model: Any, path: str) -> str:
     """Save a Keras model to `path` (.keras) atomically; returns the absolute path."""
     path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".keras", dir=folder)
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
-    """Write `payload` as indented JSON atomically (temp file in the same folder)."""
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(payload, out, indent=2, sort_keys=False)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write `payload` as indented JSON atomically, keys in the order given."""
+    write_json_atomic(path, payload, sort_keys=False)
 
 
-def versions() -> dict[str, str]:
-    """Versions of the packages that shape the numbers."""
-    import platform
-    from importlib import metadata
+def versions() -> dict[str, Any]:
+    """Versions of the packages that shape the numbers (as in a distill run's versions.json)."""
+    from tf_minilm.job import package_versions
 
-    found = {"python": platform.python_version()}
-    for package in ("tensorflow-cpu", "tensorflow", "keras", "tokenizers", "numpy"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+    return package_versions()
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:

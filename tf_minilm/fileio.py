@@ -55,6 +55,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
-def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """Write `value` as indented, key-sorted JSON to `path` atomically."""
-    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+def write_json_atomic(path: str | os.PathLike, value: Any, sort_keys: bool = True) -> None:
+    """Write `value` as indented JSON to `path` atomically (keys sorted unless told not to)."""
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=sort_keys, default=str) + "\n")
