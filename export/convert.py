@@ -6,6 +6,18 @@ its outputs `last_hidden_state` [batch, seq, hidden] and `sentence_embedding`
 [batch, hidden] (mean- or CLS-pooled, L2-normalised); `function_to_onnx` converts any
 `tf.function` with that input signature that returns a dict of named tensors (for
 example a classifier head's `{"logits": ...}`).
+
+The exported graph's structure never depends on the weight values. tf2onnx freezes the
+variables into constants and then runs grappler's constant folding, which simplifies
+arithmetic with a neutral constant (`x + 0`, `x * 1`, ...) whenever it can prove the
+shapes equal. A bias that is exactly zero (a fresh Dense, or a student layer that
+MiniLM distillation never trains past its Q/K/V projections) then loses its `Add`, and
+onnxruntime's fusions, which match the full MatMul + bias subgraph, silently skip that
+layer. `function_to_onnx` therefore freezes the function itself, marks every frozen
+weight read that feeds elementwise arithmetic `_grappler_do_not_remove` (grappler
+neither folds a preserved node nor sees through it, so the arithmetic keeps its
+operands), and hands the graph to `tf2onnx.convert.from_graph_def`, which runs the
+same grappler and ONNX optimisation as `from_function`.
 """
 
 from __future__ import annotations
@@ -30,6 +42,11 @@ COUNT_EPSILON = 1e-9
 """Floor of the real-token count in mean pooling (a row without real tokens pools to 0)."""
 NORM_EPSILON = 1e-12
 """Floor of the L2 norm (a zero vector stays zero instead of becoming NaN)."""
+ARITHMETIC_OPS = frozenset({"Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv", "Div"})
+"""TensorFlow ops grappler simplifies when one operand is a neutral constant (0 or 1)."""
+PASS_THROUGH_OPS = frozenset({"Identity", "Cast"})
+"""Ops between a weight read and the arithmetic that consumes it."""
+PROTECT_ATTR = "_grappler_do_not_remove"
 
 
 def check_opset(opset: int) -> int:
@@ -159,6 +176,82 @@ def _unconverted_ops(model: Any) -> list[str]:
     return sorted(missing)
 
 
+def protect_weight_reads(graph_def: Any) -> int:
+    """Mark, in place, the frozen weight reads that feed elementwise arithmetic.
+
+    A frozen variable read is an `Identity` of a `Const`. Marked
+    `_grappler_do_not_remove`, grappler keeps it as it is, so `x + bias` stays an
+    `Add` (and `x * gamma` a `Mul`) even when the bias is all zeros or gamma all ones;
+    tf2onnx's identity optimiser then removes the `Identity`, leaving the weight as the
+    `Add`'s initializer operand. Values are untouched. (Marking the `Add` itself does
+    not help: grappler then keeps the node's name but rewrites it into an `Identity`.)
+
+    Args:
+        graph_def: a frozen `tf.compat.v1.GraphDef` (function bodies are not visited;
+            `convert_variables_to_constants_v2(aggressive_inlining=True)` inlines them).
+
+    Returns:
+        How many reads were marked.
+    """
+    nodes = {node.name: node for node in graph_def.node}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph_def.node:
+        for name in node.input:
+            if not name.startswith("^"):
+                consumers.setdefault(name.split(":")[0], []).append(node)
+
+    def feeds_arithmetic(name: str, depth: int = 0) -> bool:
+        for node in consumers.get(name, ()):
+            if node.op in ARITHMETIC_OPS:
+                return True
+            if node.op in PASS_THROUGH_OPS and depth < 8 and feeds_arithmetic(node.name, depth + 1):
+                return True
+        return False
+
+    marked = 0
+    for node in graph_def.node:
+        if node.op != "Identity" or not node.input:
+            continue
+        source = nodes.get(node.input[0].split(":")[0])
+        if source is not None and source.op == "Const" and feeds_arithmetic(node.name):
+            node.attr[PROTECT_ATTR].b = True
+            marked += 1
+    return marked
+
+
+def _convert(function: Any, signature: list[Any], opset: int) -> Any:
+    """`tf2onnx.convert.from_function`, with the weight reads protected before grappler."""
+    import tensorflow as tf
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    concrete = function.get_concrete_function(*signature)
+    input_names = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
+    output_names = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+    with tf.device("/cpu:0"):
+        frozen = convert_variables_to_constants_v2(
+            concrete, lower_control_flow=False, aggressive_inlining=True
+        )
+    graph_def = tf2onnx.tf_loader.fix_freezing_errors_part2(
+        frozen.graph.as_graph_def(add_shapes=True)
+    )
+    marked = protect_weight_reads(graph_def)
+    logger.debug("protected %d weight reads from grappler's arithmetic simplification", marked)
+    model, _ = tf2onnx.convert.from_graph_def(
+        graph_def,
+        name=concrete.name,
+        input_names=input_names,
+        output_names=output_names,
+        opset=opset,
+        tensors_to_rename=tf2onnx.convert.tensor_names_from_structed(
+            concrete, input_names, output_names
+        ),
+    )
+    return model
+
+
 def function_to_onnx(
     function: Callable[..., dict[str, Any]],
     opset: int = DEFAULT_OPSET,
@@ -180,7 +273,6 @@ def function_to_onnx(
             convert (named in the message).
     """
     import onnx
-    import tf2onnx
 
     opset = check_opset(opset)
     signature = getattr(function, "input_signature", None)
@@ -192,9 +284,7 @@ def function_to_onnx(
         )
     try:
         with quiet():
-            model, _ = tf2onnx.convert.from_function(
-                function, input_signature=list(signature), opset=opset
-            )
+            model = _convert(function, list(signature), opset)
     except Exception as err:  # tf2onnx raises many exception types
         raise ExportError(f"tf2onnx could not convert the model at opset {opset}: {err}") from err
     missing = _unconverted_ops(model)
