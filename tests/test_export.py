@@ -22,7 +22,12 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from export.convert import embedding_function, float32_copy, function_to_onnx  # noqa: E402
+from export.convert import (  # noqa: E402
+    embedding_function,
+    float32_copy,
+    function_to_onnx,
+    to_onnx,
+)
 from export.errors import ExportError, FusionError, ParityError  # noqa: E402
 from export.pipeline import export_model  # noqa: E402
 from export.validate import VALIDATION_SENTENCES, tokenize  # noqa: E402
@@ -234,6 +239,83 @@ def test_command_module_imports_nothing_heavy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------- weights at their initial values
+def reset_to_init(weights):
+    """BERT's initial biases and LayerNorms: zero bias and beta, unit gamma."""
+    for weight in weights:
+        if weight.path.endswith("gamma"):
+            weight.assign(np.ones(weight.shape, "float32"))
+        elif weight.path.endswith(("bias", "beta")):
+            weight.assign(np.zeros(weight.shape, "float32"))
+
+
+def fresh_encoder(tokenizer):
+    """A freshly built encoder (every bias zero, every gamma one) with all-zero token types."""
+    encoder = make_encoder(tokenizer, STRONG_SCALE, seed=4)
+    reset_to_init(encoder.weights)
+    table = encoder.embeddings.token_type_embeddings
+    table.assign(np.zeros(table.shape, "float32"))
+    return encoder
+
+
+def distilled_like_encoder(tokenizer):
+    """MiniLM trains a student only up to its last layer's Q/K/V projections: the rest
+    of that block (attention output, FFN, LayerNorms) keeps its initial values."""
+    encoder = make_encoder(tokenizer, STRONG_SCALE, seed=5)
+    last = encoder.blocks[-1]
+    qkv = {weight.path for weight in last.attention.weights}
+    reset_to_init([weight for weight in last.weights if weight.path not in qkv])
+    return encoder
+
+
+def op_type_counts(model):
+    counts = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_graph_structure_does_not_depend_on_weight_values(tokenizer):
+    import tf2onnx
+
+    # Generic weights: the same graph, bit for bit the same outputs, as tf2onnx's own
+    # from_function (the conversion only adds grappler protection for weight reads).
+    encoder = make_encoder(tokenizer, STRONG_SCALE, seed=6)
+    function = embedding_function(float32_copy(encoder))
+    ours = function_to_onnx(function)
+    upstream, _ = tf2onnx.convert.from_function(function, input_signature=list(
+        function.input_signature), opset=17)
+    assert [n.op_type for n in ours.graph.node] == [n.op_type for n in upstream.graph.node]
+    feeds = tokenize(tokenizer, ["the cat sat on the mat", "ok", "a good film"], 64, 0)
+    feeds["token_type_ids"][0, 3:] = 1
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got, want = (ort.InferenceSession(m.SerializeToString(), options,
+                                      providers=["CPUExecutionProvider"]).run(None, feeds)
+                 for m in (ours, upstream))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    # Zero biases, unit gammas and zero token types keep every Add and Mul: grappler
+    # would drop `x + 0` where it proves the shapes equal (the attention output's bias).
+    reference = op_type_counts(ours)
+    for weights_at_init in (fresh_encoder(tokenizer), distilled_like_encoder(tokenizer)):
+        assert op_type_counts(to_onnx(weights_at_init)) == reference
+
+
+@pytest.mark.parametrize("build", [fresh_encoder, distilled_like_encoder],
+                         ids=["fresh", "distilled-like"])
+def test_weights_at_init_export_fully_fused(tmp_path, tokenizer, build):
+    encoder = build(tokenizer)
+    report = export_model(encoder, tmp_path / "out", quantize="none", tokenizer=tokenizer)
+    assert report["fused_operator_groups"] == report["expected_fusions"] == {
+        "Attention": LAYERS, "SkipLayerNormalization": 2 * LAYERS, "Gelu": LAYERS,
+        "EmbedLayerNormalization": 1}
+    assert report["fused_operators"].get("BiasGelu", 0) == LAYERS
+    fp32 = report["parity"]["fp32"]
+    assert fp32["max_abs_last_hidden_state"] <= 1e-4 and fp32["max_abs_sentence_embedding"] <= 1e-4
 
 
 # ------------------------------------------------------------------ clear failures
