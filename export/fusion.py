@@ -11,7 +11,11 @@ encoder layers are spelled to export those subgraphs (see `tf_minilm.layers`);
   constant folding); onnxruntime takes the first `Mul` parent of the mask `Add` as the
   mask, so the scale is put back as a `Div`.
 
-Both are exact rewrites (the second up to one float rounding of the scale).
+Both are exact rewrites (the second up to one float rounding of the scale). A third
+grappler rewrite, dropping `x + bias` / `x * gamma` when the weight is all zeros / all
+ones (a fresh or partly distilled student), is prevented at conversion instead
+(`export.convert.protect_weight_reads`), so the graph structure, and therefore the
+fusions, never depend on weight values.
 """
 
 from __future__ import annotations
