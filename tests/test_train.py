@@ -55,8 +55,11 @@ def build_tiny(dropout: float = 0.1):
 
 
 def options(**overrides) -> TrainOptions:
+    # XLA off: compiling each tiny run costs more than the run (the default, XLA on for
+    # one replica, is exercised by the metrics test and the SIGKILL test).
     values = {"steps": 30, "learning_rate": 3e-3, "checkpoint_every": 10, "log_every": 10,
-              "num_relation_heads": 4, "strategy": "default", "precision": "float32"}
+              "num_relation_heads": 4, "strategy": "default", "precision": "float32",
+              "jit_compile": False}
     values.update(overrides)
     return TrainOptions(**values)
 
@@ -186,10 +189,12 @@ def test_checkpoint_manager_rotates_atomically_and_refuses_nan(tmp_path):
 # ------------------------------------------------------------------------------- runs
 def test_run_writes_metrics_tensorboard_checkpoints_and_eval(tmp_path):
     result = run_distillation(
-        build_tiny(), make_dataset, tmp_path, options(keep_checkpoints=2, eval_every=20),
+        build_tiny(), make_dataset, tmp_path,
+        options(keep_checkpoints=2, eval_every=20, jit_compile=None),
         eval_dataset=eval_dataset(2), verbose=0,
     )
     assert result.step == 30 and result.precision == "float32"
+    assert result.distiller.jit_compile is True  # auto: XLA with a single replica
     assert [s for s, _ in CheckpointManager(tmp_path / "checkpoints").checkpoints()] == [20, 30]
     records = read_jsonl(str(tmp_path / "metrics.jsonl"))
     train = [r for r in records if "loss" in r]
@@ -397,8 +402,9 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_multi_worker_two_processes_match_a_single_process(tmp_path):
+    # XLA off on both sides: this compares distribution, not compilers
     run_options = {"steps": 6, "learning_rate": 3e-3, "checkpoint_every": 3, "log_every": 3,
-                   "num_relation_heads": 4, "precision": "float32"}
+                   "num_relation_heads": 4, "precision": "float32", "jit_compile": False}
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     args = {"output_dir": str(tmp_path / "mw"), "dropout": 0.0, "weights_out": str(tmp_path / "mw.npz"),
@@ -436,6 +442,7 @@ def test_multi_worker_two_processes_match_a_single_process(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
+    # default jit_compile: XLA on (one replica), so exact resume is checked under XLA
     run_options = {"steps": 40, "learning_rate": 3e-3, "checkpoint_every": 10, "log_every": 5,
                    "num_relation_heads": 4, "strategy": "default", "precision": "float32"}
     straight = _run_worker("train", {"output_dir": str(tmp_path / "a"), "options": run_options,

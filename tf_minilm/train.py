@@ -97,6 +97,10 @@ class TrainOptions:
             a folder that already holds checkpoints is an error (nothing is overwritten).
         strategy: "auto", "default", "mirrored", "multi-worker" or "tpu".
         precision: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
+        jit_compile: compile the train step with XLA; None (auto): on with a single
+            replica (about 15% less CPU time per step on CPU, where Keras' own "auto"
+            would leave it off), Keras' choice with several replicas (XLA with
+            MirroredStrategy over logical CPU devices fails).
     """
 
     steps: int = 1000
@@ -121,6 +125,7 @@ class TrainOptions:
     resume: bool = True
     strategy: str = "auto"
     precision: str = "auto"
+    jit_compile: bool | None = None
 
     def __post_init__(self) -> None:
         self.relations = tuple(self.relations)
@@ -170,6 +175,21 @@ class TrainOptions:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"TrainOptions.seed must be an integer, got {self.seed!r}")
+        if self.jit_compile not in (None, True, False):
+            raise ValueError(
+                f"TrainOptions.jit_compile must be True, False or None (auto), got "
+                f"{self.jit_compile!r}"
+            )
+
+    def resolved_jit_compile(self, strategy: tf.distribute.Strategy) -> bool | str:
+        """XLA on with one replica (unless set); Keras' "auto" with several."""
+        if self.jit_compile is not None:
+            return self.jit_compile
+        if strategy.num_replicas_in_sync == 1 and not isinstance(
+            strategy, tf.distribute.TPUStrategy
+        ):
+            return True
+        return "auto"
 
     @property
     def resolved_warmup_steps(self) -> int:
@@ -537,7 +557,8 @@ def run_distillation(
                 beta_2=options.adam_beta_2,
                 epsilon=options.adam_epsilon,
             )
-            distiller.compile(optimizer=optimizer, steps_per_execution=1)
+            distiller.compile(optimizer=optimizer, steps_per_execution=1,
+                              jit_compile=options.resolved_jit_compile(strategy))
             distiller.optimizer.build(distiller.trainable_variables)
         return _train(distiller, schedule, manager, make_train_dataset, options, policy,
                       strategy, chief, output_dir, log_dir, metrics_path, eval_dataset,
