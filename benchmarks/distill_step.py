@@ -23,7 +23,8 @@ d, FFN f, sequence s costs 8d^2 (Q, K, V, output projections) + 4df (FFN) + 4sd
 
 Usage:
     .venv/bin/python benchmarks/distill_step.py [--steps 10] [--warmup 3]
-        [--intra-threads N] [--inter-threads N] [--jit] [--breakdown]
+        [--intra-threads N] [--inter-threads N] [--jit on|off] [--breakdown]
+        [--malloc]
 """
 
 from __future__ import annotations
@@ -63,24 +64,22 @@ def step_flops(batch: int, seq: int, teacher: tuple[int, int, int], student: tup
     return out
 
 
-def matmul_peak(n: int = 2048, repeats: int = 8) -> float:
-    """Best float32 FLOP/s of an n x n x n tf.matmul (after a warm-up)."""
+def make_matmul(n: int = 2048):
+    """A compiled n x n x n float32 tf.matmul; returns (run, flops)."""
     import tensorflow as tf
 
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
 
     @tf.function
-    def mm(x, y):
-        return tf.reduce_sum(tf.matmul(x, y))  # reduce: a scalar to sync on
+    def mm():
+        return tf.reduce_sum(tf.matmul(a, b))  # reduce: a scalar to sync on
 
-    mm(a, b).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        mm(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    def run():
+        mm().numpy()
+
+    run()
+    return run, 2 * n**3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +92,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="TF intra-op threads (default 0 = TF's choice)")
     parser.add_argument("--inter-threads", type=int, default=0,
                         help="TF inter-op threads (default 0 = TF's choice)")
-    parser.add_argument("--jit", action="store_true", help="compile the step with XLA")
+    parser.add_argument("--jit", choices=("on", "off"), default="on",
+                        help="compile the step with XLA (default on, as run_distillation does "
+                             "with one replica)")
     parser.add_argument("--malloc", action="store_true",
                         help="use TensorFlow's default CPU allocator instead of the BFC "
                              "allocator (TF_CPU_ALLOCATOR_USE_BFC=true, set by default here)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time teacher forward, student forward+backward and the loss")
     args = parser.parse_args(argv)
+    jit = args.jit == "on"
     # The relation tensors are [batch, A_r, seq, seq] (100 MB at 32 x 48 x 128 x 128);
     # with the default allocator every such temporary is a fresh mmap whose pages fault
     # in on first touch. TensorFlow's BFC allocator reuses them (about 2.5x faster
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     distiller.compile(
         optimizer=make_optimizer(WarmupLinearDecay(1e-4, 10, 10_000), 0.01,
                                  no_decay_variables(student)),
-        jit_compile=args.jit,
+        jit_compile=jit,
     )
     rng = np.random.default_rng(0)
     vocab = teacher.config.vocab_size
@@ -140,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     distiller.make_train_function()
 
-    def timed(fn, count):
+    cpu_seconds: dict[str, list[float]] = {"step": [], "matmul": []}  # per key
+
+    def timed(fn, count, cpu_key=None):
         times = []
         for _ in range(count):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             times.append(time.perf_counter() - start)
+            if cpu_key:
+                cpu_seconds[cpu_key].append(time.process_time() - cpu_start)
         return times
 
     def train_step():
@@ -153,14 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         float(keras.ops.convert_to_numpy(logs["loss"]))
 
     timed(train_step, args.warmup)
-    step_times = timed(train_step, args.steps)
-    peak = matmul_peak()
+    # Interleave the steps with matmuls so that both see the same machine load (the
+    # peak is the best matmul of the run: the machine's capability at that time).
+    matmul, matmul_flops = make_matmul()
+    step_times, matmul_times = [], []
+    for _ in range(args.steps):
+        step_times += timed(train_step, 1, "step")
+        matmul_times += timed(matmul, 2, "matmul")
+    peak = matmul_flops / min(matmul_times)
     median = statistics.median(step_times)
     tokens = args.batch * args.seq
     flops = step_flops(args.batch, args.seq, (6, 384, 1536), (3, 384, 1536), teacher_layer=6)
     achieved = flops["total"] / median
+    achieved_best = flops["total"] / min(step_times)
 
-    print(f"tf {tf.__version__}, keras {keras.__version__}, jit={args.jit}, "
+    print(f"tf {tf.__version__}, keras {keras.__version__}, jit={jit}, "
           f"intra={args.intra_threads or 'default'}, inter={args.inter_threads or 'default'}, "
           f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', 'unset')}")
     print(f"teacher 6x384 (layer 6) -> student 3x384, A_r=48, batch {args.batch} x seq {args.seq}")
@@ -169,18 +182,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tokens/s: {tokens / median:,.0f}")
     for name, value in flops.items():
         print(f"FLOPs/step {name}: {value / 1e9:.2f} G")
-    print(f"achieved: {achieved / 1e9:.1f} GFLOP/s")
-    print(f"matmul peak (fp32 2048^3, best of 8): {peak / 1e9:.1f} GFLOP/s")
-    print(f"fraction of peak: {achieved / peak:.1%}")
+    print(f"achieved: {achieved / 1e9:.1f} GFLOP/s (median step), "
+          f"{achieved_best / 1e9:.1f} GFLOP/s (fastest step)")
+    print(f"matmul peak (fp32 2048^3, best of {len(matmul_times)} interleaved): "
+          f"{peak / 1e9:.1f} GFLOP/s (median {matmul_flops / statistics.median(matmul_times) / 1e9:.1f})")
+    print(f"fraction of peak: {achieved / peak:.1%} (median step), "
+          f"{achieved_best / peak:.1%} (fastest step)")
+    # CPU time (all threads) is far less sensitive to other processes on the machine
+    # than wall time: FLOPs per CPU-second of the step vs of the matmul.
+    step_cpu = statistics.median(cpu_seconds["step"])
+    matmul_cpu = min(cpu_seconds["matmul"])
+    print(f"CPU time: step {step_cpu:.2f} s, matmul {matmul_cpu:.3f} s -> "
+          f"fraction of peak per CPU-second: "
+          f"{(flops['total'] / step_cpu) / (matmul_flops / matmul_cpu):.1%}")
 
     if args.breakdown:
         qkv = {"qkv_layers": (6,), "stop_after_qkv": True}
 
-        @tf.function(jit_compile=args.jit)
+        @tf.function(jit_compile=jit)
         def teacher_forward(b):
             return teacher(b, training=False, **qkv)["qkv"][0]
 
-        @tf.function(jit_compile=args.jit)
+        @tf.function(jit_compile=jit)
         def student_forward_backward(b):
             with tf.GradientTape() as tape:
                 q, k, v = student(b, training=True, qkv_layers=(3,), stop_after_qkv=True)["qkv"][0]
@@ -192,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         s_qkv = student(batch, training=False, qkv_layers=(3,), stop_after_qkv=True)["qkv"][0]
         s_vars = [tf.Variable(x) for x in s_qkv]
 
-        @tf.function(jit_compile=args.jit)
+        @tf.function(jit_compile=jit)
         def loss_forward_backward(b):
             from tf_minilm import losses
 
@@ -200,18 +223,34 @@ def main(argv: list[str] | None = None) -> int:
                 loss = losses.minilm_v2_loss(t_qkv, tuple(s_vars), b["attention_mask"], 48)
             return tape.gradient(loss, s_vars)
 
+        @tf.function
+        def optimizer_update(grads):
+            distiller.optimizer.apply(grads, distiller.trainable_weights)
+            return tf.constant(0.0)
+
+        zero_grads = [tf.zeros(v.shape) for v in distiller.trainable_weights]
         parts = {
             "teacher forward": (teacher_forward, flops["teacher_forward"]),
             "student forward+backward": (student_forward_backward,
                                          flops["student_forward_backward"]),
             "relation loss forward+backward": (loss_forward_backward, flops["relations"]),
+            "optimizer update (AdamW)": (lambda b: optimizer_update(zero_grads), 0),
         }
+        peak_per_cpu_second = matmul_flops / matmul_cpu
+        print(f"breakdown (median of 5; CPU-seconds; share of the step's CPU time "
+              f"{step_cpu:.2f} s):")
         for name, (fn, part_flops) in parts.items():
+            key = f"part {name}"
+            cpu_seconds[key] = []
             for _ in range(2):
                 tf.nest.map_structure(lambda t: t.numpy(), fn(batch))
-            part = statistics.median(timed(
-                lambda fn=fn: tf.nest.map_structure(lambda t: t.numpy(), fn(batch)), 5))
-            print(f"  {name}: {part * 1e3:.1f} ms, {part_flops / part / 1e9:.1f} GFLOP/s")
+            wall = statistics.median(timed(
+                lambda fn=fn: tf.nest.map_structure(lambda t: t.numpy(), fn(batch)), 5, key))
+            cpu = statistics.median(cpu_seconds[key])
+            rate = f", {part_flops / cpu / peak_per_cpu_second:.0%} of peak per CPU-second" \
+                if part_flops else ""
+            print(f"  {name}: {wall * 1e3:.0f} ms wall, {cpu:.2f} CPU-s "
+                  f"({cpu / step_cpu:.0%} of the step){rate}")
     return 0
 
 
