@@ -269,6 +269,12 @@ class NonFiniteGuard(_StepCallback):
     Args:
         initial_step: global step before the first batch of this `fit`.
         last_checkpoint: callable returning the newest checkpoint path (for the message).
+
+    Example:
+    >>> guard = NonFiniteGuard(initial_step=0)
+    >>> distiller.fit(dataset, steps_per_epoch=100, callbacks=[guard])  # doctest: +SKIP
+    >>> if guard.tripped:  # doctest: +SKIP
+    ...     raise NonFiniteLossError(guard.message)
     """
 
     def __init__(self, initial_step: int = 0,
@@ -302,6 +308,11 @@ class PeriodicCheckpoint(_StepCallback):
         save: callable taking the global step and writing the checkpoint.
         every: interval in global steps.
         initial_step: global step before the first batch of this `fit`.
+
+    Example:
+    >>> checkpointer = PeriodicCheckpoint(
+    ...     lambda step: manager.save(step, student.variables, optimizer.variables, {}),
+    ...     every=1000)  # doctest: +SKIP
     """
 
     def __init__(self, save: Callable[[int], Any], every: int, initial_step: int = 0) -> None:
@@ -344,6 +355,13 @@ class MetricsLogger(_StepCallback):
         elapsed_offset: seconds spent before this process started (resume).
         write: False on non-chief workers (they still reset the metrics).
         total_steps: shown in the progress line logged (INFO) with each record.
+
+    The first interval includes the tracing/compilation of the train step, so its
+    tokens_per_s is low.
+
+    Example:
+    >>> logger_cb = MetricsLogger("runs/x/metrics.jsonl", "runs/x/tensorboard", every=100,
+    ...                           tokens_per_step=32 * 128)  # doctest: +SKIP
     """
 
     def __init__(

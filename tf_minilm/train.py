@@ -101,6 +101,11 @@ class TrainOptions:
             replica (about 15% less CPU time per step on CPU, where Keras' own "auto"
             would leave it off), Keras' choice with several replicas (XLA with
             MirroredStrategy over logical CPU devices fails).
+
+    Example:
+    >>> options = TrainOptions(steps=1000, learning_rate=3e-4, num_relation_heads=48)
+    >>> options.resolved_warmup_steps
+    100
     """
 
     steps: int = 1000
@@ -507,6 +512,15 @@ def run_distillation(
 
     Returns:
         A `DistillationResult`.
+
+    Example:
+    >>> from tf_minilm.checkpoints import load_hf_checkpoint
+    >>> def build():
+    ...     teacher, _ = load_hf_checkpoint("teacher_dir")
+    ...     return teacher, build_student(teacher, 3, 384, 12)
+    >>> result = run_distillation(build, lambda step: make_dataset(start_step=step),
+    ...                           "runs/x", TrainOptions(steps=400))  # doctest: +SKIP
+    >>> result.student  # doctest: +SKIP
 
     Raises:
         NonFiniteLossError: a loss became NaN/inf; the message names the step and the
