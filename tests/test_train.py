@@ -509,3 +509,15 @@ def test_mirrored_checkpoint_resume_matches_an_uninterrupted_mirrored_run(tmp_pa
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+def test_teacher_assistant_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="assistant's hidden size 20 is not divisible by its 3"):
+        distill_with_assistant(tiny_teacher, make_dataset, tmp_path, 1, 24, 3,
+                               options=options(), assistant_hidden=20)
+    with pytest.raises(ValueError, match="num_relation_heads=4 does not divide the assistant"):
+        distill_with_assistant(tiny_teacher, make_dataset, tmp_path, 1, 16, 2,
+                               options=options(), assistant_hidden=18)
+    with pytest.raises(ValueError, match="assistant_steps must be a positive integer"):
+        distill_with_assistant(tiny_teacher, make_dataset, tmp_path, 1, 16, 2,
+                               options=options(), assistant_steps=0)

@@ -775,6 +775,21 @@ def distill_with_assistant(
     options = options or TrainOptions()
     if assistant_steps is None:
         assistant_steps = max(1, options.steps // 2)
+    hidden = assistant_hidden or student_hidden
+    heads = assistant_heads or student_heads
+    if hidden % heads:
+        raise ValueError(
+            f"the assistant's hidden size {hidden} is not divisible by its {heads} heads "
+            "(default: the student's head count); set assistant_heads"
+        )
+    if options.method == "minilmv2" and hidden % options.num_relation_heads:
+        raise ValueError(
+            f"num_relation_heads={options.num_relation_heads} does not divide the assistant "
+            f"hidden size {hidden}"
+        )
+    if isinstance(assistant_steps, bool) or not isinstance(assistant_steps, int) \
+            or assistant_steps < 1:
+        raise ValueError(f"assistant_steps must be a positive integer, got {assistant_steps!r}")
     stage_one = dataclasses.replace(
         options, steps=assistant_steps,
         warmup_steps=None if options.warmup_steps is None
@@ -782,8 +797,6 @@ def distill_with_assistant(
         teacher_layer=options.teacher_layer, student_layer=None,
     )
     stage_two = dataclasses.replace(options, teacher_layer=None)
-    hidden = assistant_hidden or student_hidden
-    heads = assistant_heads or student_heads
     if strategy is None:
         strategy = resolve_strategy(options.strategy)
 
