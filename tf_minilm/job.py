@@ -9,6 +9,7 @@ second with a message naming it. The output folder then receives:
     metrics.jsonl      one JSON line per logging interval (train and eval losses)
     logs/              TensorBoard scalars
     checkpoints/       atomic training checkpoints (resume with --resume)
+    stages/            with a teacher assistant: one run folder per stage instead
     student/           the student as an HF folder (loads in transformers), with tokenizer
     student.keras      the student as a native Keras file
 """
@@ -248,8 +249,11 @@ def run(config: DistillConfig) -> dict[str, Any]:
     if config.assistant_hidden:
         from tf_minilm.train import distill_with_assistant
 
+        # Each stage is a run folder of its own (checkpoints, metrics, TensorBoard) under
+        # stages/, apart from the final student/ folder.
         result = distill_with_assistant(
-            lambda: load_hf_checkpoint(job.teacher_dir)[0], make_train_dataset, output,
+            lambda: load_hf_checkpoint(job.teacher_dir)[0], make_train_dataset,
+            os.path.join(output, "stages"),
             student_config.num_hidden_layers, student_config.hidden_size,
             student_config.num_attention_heads, student_config.intermediate_size, options,
             assistant_steps=config.assistant_steps, assistant_hidden=config.assistant_hidden,
