@@ -224,3 +224,13 @@ def test_help_lists_units_and_defaults(capsys):
 def test_unknown_config_error_type_is_config_error():
     with pytest.raises(ConfigError, match="--init is 'x'"):
         DistillConfig(init="x").validate()
+
+
+def test_cli_selects_the_bfc_allocator_unless_the_environment_says_otherwise(monkeypatch, caplog):
+    monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", "x")  # recorded, so undone after the test
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC")
+    assert main(["distill", "--steps", "0"]) == 2  # rejected before any work
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", "false")
+    assert main(["distill", "--steps", "0"]) == 2
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "false"
