@@ -410,12 +410,6 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_json(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
     """Writes `payload` as JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from tf_minilm.fileio import write_json_atomic  # no TensorFlow behind it
+
+    write_json_atomic(path, payload, sort_keys=False)

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,7 +50,8 @@ from tf_minilm.callbacks import (
     truncate_jsonl,
 )
 from tf_minilm.distiller import METHODS, Distiller
-from tf_minilm.encoder import Encoder
+from tf_minilm.encoder import Encoder, copy_encoder
+from tf_minilm.fileio import write_json_atomic
 from tf_minilm.schedules import WarmupLinearDecay
 from tf_minilm.student import build_student
 
@@ -436,18 +436,6 @@ def _check_fingerprint(path: str, saved: dict[str, Any], current: dict[str, Any]
         )
 
 
-def _write_json_atomic(path: str, value: Any) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=directory, prefix=".tmp-", suffix=".json", delete=False, encoding="utf-8"
-    )
-    with handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(handle.name, path)
-
-
 def _tokens_per_step(dataset: tf.data.Dataset) -> int:
     spec = dataset.element_spec
     if isinstance(spec, tuple):
@@ -619,8 +607,8 @@ def _train(
     elif chief and os.path.exists(metrics_path):
         truncate_jsonl(metrics_path, 0)
     if chief:
-        _write_json_atomic(os.path.join(output_dir, "train_options.json"),
-                           {**dataclasses.asdict(options), "resolved": fingerprint})
+        write_json_atomic(os.path.join(output_dir, "train_options.json"),
+                          {**dataclasses.asdict(options), "resolved": fingerprint})
 
     metrics_logger = MetricsLogger(
         metrics_path, log_dir, options.log_every, start_step, learning_rate=schedule,
@@ -719,13 +707,6 @@ class AssistantResult:
     student_stage: DistillationResult
 
 
-def _copy_encoder(source: Encoder, name: str) -> Encoder:
-    copy = Encoder(source.config, name=name, dtype=source.dtype_policy)
-    for target, value in zip(copy.weights, source.weights, strict=True):
-        target.assign(value)
-    return copy
-
-
 def distill_with_assistant(
     build_teacher: Callable[[], Encoder],
     make_train_dataset: Callable[[int], tf.data.Dataset],
@@ -815,7 +796,7 @@ def distill_with_assistant(
     )
 
     def build_stage_two() -> tuple[Encoder, Encoder]:
-        assistant = _copy_encoder(first.student, "assistant")
+        assistant = copy_encoder(first.student, first.student.dtype_policy, name="assistant")
         student = build_student(
             assistant, student_layers, student_hidden, student_heads, student_intermediate,
             init=student_init, seed=options.seed,
