@@ -21,6 +21,9 @@ Every finished row is saved under OUTPUT/rows/, so an interrupted table resumes.
 
     .venv/bin/python benchmarks/paper_table.py --output runs/paper_table --steps 200 \
         --max-train 2500
+    # the same students, fine-tuned on MR instead of probed:
+    .venv/bin/python benchmarks/paper_table.py --output runs/paper_table_ft \
+        --students-from runs/paper_table --mode fine-tune --tasks mr --max-train 2500
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import sys
 import time
 from typing import Any
 
+TASKS = ("mr", "bbc")
+MAX_SEQ_LEN = {"mr": 64, "bbc": 128}
 ROWS = ("teacher", "random", "layers", "minilm", "minilmv2", "minilmv2-layers", "minilmv2-ta")
 DISTILLED = {
     "minilm": {"method": "minilm", "init": "random"},
@@ -60,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="downstream protocol for both tasks: fine-tune the encoder, or a "
                              "logistic-regression probe on frozen mean-pooled embeddings")
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS,
+                        help="downstream tasks to score")
+    parser.add_argument("--students-from", default=None,
+                        help="an earlier table's --output whose students (rows/NAME/) are "
+                             "reused instead of distilled again, e.g. to score the same "
+                             "students by fine-tuning after probing")
     parser.add_argument("--max-train", type=int, default=None,
                         help="cap on training examples per task (quick runs)")
     parser.add_argument("--max-test", type=int, default=None,
@@ -156,7 +167,9 @@ def evaluate(model_dir: str, task: Any, mode: str, epochs: int, max_seq_len: int
 def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any]:
     from tf_minilm.checkpoints import load_hf_checkpoint
 
-    folder = os.path.join(args.output, "rows", name)
+    folder = os.path.join(args.students_from or args.output, "rows", name)
+    if name != "teacher" and args.students_from and not os.path.isdir(folder):
+        raise SystemExit(f"--students-from: {folder} does not exist (run that table first)")
     teacher_dir = context["teacher_dir"]
     distill_seconds = 0.0
     if name == "teacher":
@@ -176,10 +189,16 @@ def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dic
             teacher_dir, model_dir, context["eval_sequences"]),
     }
     start = time.perf_counter()
-    row["mr_accuracy"] = evaluate(model_dir, context["mr"], args.mode, args.epochs, 64, args.seed)
-    row["bbc_accuracy"] = evaluate(model_dir, context["bbc"], args.mode, args.epochs, 128, args.seed)
+    for task in args.tasks:
+        row[f"{task}_accuracy"] = evaluate(model_dir, context[task], args.mode, args.epochs,
+                                           MAX_SEQ_LEN[task], args.seed)
     row["eval_seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def _accuracy(row: dict[str, Any], task: str) -> str:
+    value = row.get(f"{task}_accuracy")
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def format_table(rows: list[dict[str, Any]], latency: dict[str, dict[str, float]]) -> str:
@@ -191,7 +210,7 @@ def format_table(rows: list[dict[str, Any]], latency: dict[str, dict[str, float]
         ms = latency.get(arch, {}).get("int8")
         speed = f"{teacher_ms / ms:.2f}x" if ms and teacher_ms else "n/a"
         lines.append(
-            f"| {row['row']} | {row['mr_accuracy']:.4f} | {row['bbc_accuracy']:.4f} | "
+            f"| {row['row']} | {_accuracy(row, 'mr')} | {_accuracy(row, 'bbc')} | "
             f"{row['relation_loss']:.4f} | {row['parameters'] / 1e6:.1f}M | "
             f"{f'{ms:.2f} ms' if ms else 'n/a'} | {speed} |"
         )
@@ -214,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     context = {
         "teacher_dir": teacher_dir,
         "eval_sequences": prepared.eval,
-        "mr": load_task("mr", seed=args.seed, max_train=args.max_train, max_test=args.max_test),
-        "bbc": load_task("bbc", seed=args.seed, max_train=args.max_train, max_test=args.max_test),
     }
+    for task in args.tasks:
+        context[task] = load_task(task, seed=args.seed, max_train=args.max_train,
+                                  max_test=args.max_test)
     rows = []
     for name in args.rows:
         path = os.path.join(args.output, "rows", f"{name}.json")
