@@ -1,8 +1,8 @@
 """A small-scale version of the MiniLM / MiniLMv2 papers' comparison, on this machine.
 
 Rows (all students 3 x 384, 12 heads, FFN 1536, distilled from the embedded default
-teacher all-MiniLM-L6-v2 on the BBC News corpus, every distilled row with the same
-number of steps at the same batch size):
+teacher all-MiniLM-L6-v2 on the BBC News corpus, every distilled row with --steps
+student steps at the same batch size and learning rate):
 
     teacher          the 6 x 384 teacher itself
     random           random initialisation, no distillation
@@ -10,7 +10,9 @@ number of steps at the same batch size):
     minilm           MiniLM (v1) from random initialisation
     minilmv2         MiniLMv2 from random initialisation
     minilmv2-layers  MiniLMv2 from the teacher's first 3 layers
-    minilmv2-ta      MiniLMv2 through a 6 x 384 teacher assistant (half the steps each)
+    minilmv2-ta      MiniLMv2 through a teacher assistant of the teacher's depth and the
+                     student's width (6 x 384 here): --steps / 2 teacher -> assistant steps,
+                     then --steps assistant -> student steps (more compute than other rows)
 
 Columns: MR and BBC accuracy (linear probe on frozen embeddings by default, or
 fine-tuned with --mode fine-tune), held-out MiniLMv2 relation loss to the
