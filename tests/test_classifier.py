@@ -129,3 +129,22 @@ def test_fit_lowers_the_loss():
     history = model.fit(inputs, labels, epochs=8, batch_size=8, verbose=0)
     losses = history.history["loss"]
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_exports_to_fused_onnx_like_the_encoder(tmp_path, pooling):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (extra 'export')")
+    from export.convert import function_to_onnx
+    from export.fusion import expected_fusions, optimize_onnx
+
+    model = SequenceClassifier(tiny_encoder(seed=3), num_classes=3, pooling=pooling)
+    onnx_model = function_to_onnx(model.float32_copy().inference_function())
+    path = tmp_path / "classifier.onnx"
+    config = model.encoder.config
+    counts = optimize_onnx(onnx_model, path, config.num_attention_heads, config.hidden_size,
+                           expected_fusions(config.num_hidden_layers))
+    assert counts["Attention"] == config.num_hidden_layers
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = batch(lengths=(7, 4, 1), width=7, seed=5)
+    (logits,) = session.run(["logits"], {k: v.astype(np.int64) for k, v in inputs.items()})
+    np.testing.assert_allclose(logits, np.asarray(model(inputs)), atol=1e-4)
