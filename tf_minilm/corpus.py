@@ -658,4 +658,5 @@ def default_corpus_paths() -> list[str]:
     from tf_minilm.defaults import package_path
 
     return [package_path(_DEFAULT_CORPUS_PACKAGE, _DEFAULT_CORPUS_DIR,
-                         needed_for="the default corpus", error=CorpusError)]
+                         needed_for="the default corpus (or pass --corpus PATH)",
+                         error=CorpusError)]
