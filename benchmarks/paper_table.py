@@ -125,14 +125,11 @@ def distill_row(name: str, args: argparse.Namespace, folder: str) -> tuple[str, 
     return os.path.join(folder, "student"), seconds
 
 
-def relation_loss(teacher_dir: str, student_dir: str, eval_sequences: Any) -> float:
-    """Held-out MiniLMv2 loss (A_r 48, last layers) of `student_dir` against the teacher."""
-    from tf_minilm.checkpoints import load_hf_checkpoint
+def relation_loss(teacher: Any, student: Any, eval_sequences: Any) -> float:
+    """Held-out MiniLMv2 loss (A_r 48, last layers) of the `student` encoder against `teacher`."""
     from tf_minilm.data import make_eval_dataset
     from tf_minilm.distiller import Distiller
 
-    teacher, _ = load_hf_checkpoint(teacher_dir)
-    student, _ = load_hf_checkpoint(student_dir)
     distiller = Distiller(teacher, student, method="minilmv2", num_relation_heads=48)
     total, count = 0.0, 0
     for batch in make_eval_dataset(eval_sequences, 32):
@@ -180,7 +177,7 @@ def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dic
         model_dir, distill_seconds = distill_row(name, args, folder)
     else:
         model_dir = build_undistilled(name, teacher_dir, os.path.join(folder, "student"), args.seed)
-    encoder, _ = load_hf_checkpoint(model_dir)
+    encoder = context["teacher"] if name == "teacher" else load_hf_checkpoint(model_dir)[0]
     row: dict[str, Any] = {
         "row": name,
         "model_dir": model_dir,
@@ -188,7 +185,7 @@ def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dic
         "distill_steps": args.steps if name in DISTILLED else 0,
         "distill_seconds": round(distill_seconds, 1),
         "relation_loss": 0.0 if name == "teacher" else relation_loss(
-            teacher_dir, model_dir, context["eval_sequences"]),
+            context["teacher"], encoder, context["eval_sequences"]),
     }
     start = time.perf_counter()
     for task in args.tasks:
@@ -222,7 +219,7 @@ def format_table(rows: list[dict[str, Any]], latency: dict[str, dict[str, float]
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from tf_minilm.checkpoints import load_tokenizer
+    from tf_minilm.checkpoints import load_hf_checkpoint
     from tf_minilm.corpus import default_corpus_paths
     from tf_minilm.data import prepare_corpus
     from tf_minilm.defaults import default_teacher_dir
@@ -230,10 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     from tf_minilm.tasks import load_task
 
     teacher_dir = default_teacher_dir()
-    prepared = prepare_corpus(default_corpus_paths(), load_tokenizer(teacher_dir), 128,
+    teacher, tokenizer = load_hf_checkpoint(teacher_dir)  # loaded once, shared by every row
+    prepared = prepare_corpus(default_corpus_paths(), tokenizer, 128,
                               seed=args.seed, cache_dir=os.path.join(args.output, "cache"))
     context = {
         "teacher_dir": teacher_dir,
+        "teacher": teacher,
         "eval_sequences": prepared.eval,
     }
     for task in args.tasks:
@@ -263,9 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             latency[arch] = int8_latency(model_dir, os.path.join(args.output, "onnx", arch), args)
             write_json_atomic(latency_path, latency)
     table = format_table(rows, latency)
-    settings = {key: value for key, value in vars(args).items()}
     write_json_atomic(os.path.join(args.output, "table.json"),
-                      {"settings": settings, "rows": rows, "latency_ms": latency})
+                      {"settings": vars(args), "rows": rows, "latency_ms": latency})
     write_text_atomic(os.path.join(args.output, "table.md"), table + "\n")
     sys.stdout.write(table + "\n")
     return 0
