@@ -1,0 +1,213 @@
+"""Objective specs: which loss terms a distillation step sums, with what weights, in which stage.
+
+This module owns the names of the loss terms and the grammar of a loss spec; every
+caller (the `Distiller`, `DistillConfig`, the CLI) validates through `parse_objective`
+and `parse_stages` and re-raises naming its own flag. It imports neither TensorFlow
+nor Keras, so configuration code can check a spec before anything heavy loads.
+
+Terms (see `tf_minilm.losses` and `tf_minilm.alignment` for the math):
+
+    minilmv2          MiniLMv2 Q-Q/K-K/V-V relations (relation heads A_r)
+    minilm            MiniLM v1 attention distributions + value relation
+    embedding_mse     MSE between the teacher's and the student's sentence embeddings
+                      (the teacher's pooling and normalisation on both sides)
+    embedding_cosine  1 - cosine between the same embeddings
+    hidden_mse        MSE between last hidden states, over real tokens
+
+The relation terms reach only the student's Q/K/V of its distilled layer; the
+alignment terms reach every student weight on the path to its last hidden state.
+
+A spec is terms joined by "+", each optionally weighted as `WEIGHT*NAME`:
+`"embedding_mse"`, `"embedding_mse + 0.5*hidden_mse"`, `"minilmv2+0.001*embedding_mse"`.
+A stage is `SPEC:STEPS` (STEPS the stage's length); the last stage may leave out
+`:STEPS` and then runs up to the run's total steps.
+
+Example:
+>>> parse_objective("embedding_mse + 0.5*hidden_mse")
+(('embedding_mse', 1.0), ('hidden_mse', 0.5))
+>>> [(s.objective, s.end_step) for s in parse_stages(["minilmv2:100", "embedding_mse"], 300)]
+[((('minilmv2', 1.0),), 100), ((('embedding_mse', 1.0),), 300)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+RELATION_TERMS = ("minilmv2", "minilm")
+ALIGNMENT_TERMS = ("embedding_mse", "embedding_cosine", "hidden_mse")
+TERMS = RELATION_TERMS + ALIGNMENT_TERMS
+
+Objective = tuple[tuple[str, float], ...]
+"""A parsed spec: (term name, weight) pairs in the order given, names unique."""
+
+
+class ObjectiveError(ValueError):
+    """A loss spec or stage list that cannot be used; the message says which part."""
+
+
+def parse_objective(spec: str | Sequence[tuple[str, float]]) -> Objective:
+    """Parse and check a loss spec.
+
+    Args:
+        spec: a string such as `"embedding_mse + 0.1*minilmv2"`, or (name, weight) pairs.
+
+    Returns:
+        The `Objective`: (name, float weight) pairs, in the order given.
+
+    Raises:
+        ObjectiveError: an unknown term, a repeated term, a weight that is not a finite
+            number >= 0, an empty spec, or only zero weights.
+    """
+    if isinstance(spec, str):
+        pairs = []
+        parts = [part.strip() for part in spec.split("+")]
+        if not spec.strip():
+            raise ObjectiveError("the loss spec is empty; give terms such as 'embedding_mse'")
+        for part in parts:
+            if not part:
+                raise ObjectiveError(f"loss spec {spec!r} has an empty term (a stray '+')")
+            weight_text, star, name = part.rpartition("*")
+            name = name.strip()
+            if star:
+                try:
+                    weight = float(weight_text)
+                except ValueError:
+                    raise ObjectiveError(
+                        f"loss spec {spec!r}: weight {weight_text.strip()!r} of {name!r} is not "
+                        "a number (write WEIGHT*NAME, e.g. 0.5*hidden_mse)") from None
+            else:
+                weight = 1.0
+            pairs.append((name, weight))
+    else:
+        try:
+            pairs = [(name, weight) for name, weight in spec]
+        except (TypeError, ValueError):
+            raise ObjectiveError(
+                f"a loss spec is a string or (name, weight) pairs, got {spec!r}") from None
+    if not pairs:
+        raise ObjectiveError("the loss spec is empty; give terms such as 'embedding_mse'")
+    seen: set[str] = set()
+    objective = []
+    for name, weight in pairs:
+        if name not in TERMS:
+            raise ObjectiveError(f"unknown loss term {name!r}; choose from {', '.join(TERMS)}")
+        if name in seen:
+            raise ObjectiveError(f"loss term {name!r} is given twice")
+        seen.add(name)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                or not math.isfinite(weight) or weight < 0:
+            raise ObjectiveError(
+                f"weight of loss term {name!r} must be a finite number >= 0, got {weight!r}")
+        objective.append((name, float(weight)))
+    if "minilm" in seen and "minilmv2" in seen:
+        raise ObjectiveError("choose one of minilm and minilmv2 (they distil the same Q/K/V)")
+    if not any(weight > 0 for _, weight in objective):
+        raise ObjectiveError(f"every weight of loss spec {format_objective(objective)!r} is 0")
+    return tuple(objective)
+
+
+def format_objective(objective: Objective) -> str:
+    """The spec string of an objective (`parse_objective` reads it back unchanged)."""
+    return " + ".join(name if weight == 1.0 else f"{weight:g}*{name}"
+                      for name, weight in objective)
+
+
+def relation_term(objective: Objective) -> str | None:
+    """'minilmv2', 'minilm' or None: the relation term of an objective."""
+    return next((name for name, _ in objective if name in RELATION_TERMS), None)
+
+
+def needs_alignment(objective: Objective) -> bool:
+    """True when a term compares outputs of the whole student (every weight is trained)."""
+    return any(name in ALIGNMENT_TERMS for name, _ in objective)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a run: the objective used for global steps before `end_step`.
+
+    Args:
+        objective: the stage's terms and weights.
+        end_step: the global step at which the stage ends (exclusive).
+    """
+
+    objective: Objective
+    end_step: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"loss": format_objective(self.objective), "end_step": self.end_step}
+
+
+def parse_stages(specs: Sequence[str], total_steps: int) -> tuple[Stage, ...]:
+    """Parse stage specs `SPEC:STEPS` (the last may be just `SPEC`) into `Stage`s.
+
+    Args:
+        specs: one string per stage, in order.
+        total_steps: the run's total steps; the stages must fill exactly this many.
+
+    Returns:
+        The stages, with cumulative end steps; the last ends at `total_steps`.
+
+    Raises:
+        ObjectiveError: a bad spec, a stage length that is not a positive integer, or
+            lengths that do not add up to `total_steps`.
+    """
+    if isinstance(specs, str) or not specs:
+        raise ObjectiveError("give one or more stages, each SPEC:STEPS (the last may be SPEC)")
+    stages = []
+    start = 0
+    for index, text in enumerate(specs):
+        last = index == len(specs) - 1
+        spec, colon, steps_text = str(text).rpartition(":")
+        if not colon:
+            spec, steps_text = steps_text, ""
+        if steps_text.strip():
+            try:
+                steps = int(steps_text)
+            except ValueError:
+                raise ObjectiveError(
+                    f"stage {index + 1} ({text!r}): {steps_text!r} is not a whole number of "
+                    "steps (write SPEC:STEPS)") from None
+            if steps < 1:
+                raise ObjectiveError(f"stage {index + 1} ({text!r}) must last at least 1 step")
+            end = start + steps
+        elif last:
+            end = total_steps
+        else:
+            raise ObjectiveError(
+                f"stage {index + 1} ({text!r}) needs its length (SPEC:STEPS); only the last "
+                "stage may run to the end")
+        try:
+            objective = parse_objective(spec)
+        except ObjectiveError as err:
+            raise ObjectiveError(f"stage {index + 1} ({text!r}): {err}") from None
+        if end <= start:
+            raise ObjectiveError(
+                f"stage {index + 1} ({text!r}) starts at step {start}, at or after the run's "
+                f"end ({total_steps} steps)")
+        stages.append(Stage(objective, end))
+        start = end
+    if start != total_steps:
+        raise ObjectiveError(
+            f"the stages last {start} steps in all, but the run has {total_steps} steps; make "
+            "them add up, or leave the last stage's length out")
+    return tuple(stages)
+
+
+def extend_stages(stages: Sequence[Stage], total_steps: int) -> tuple[Stage, ...]:
+    """The same stages with the last one running to `total_steps` (a longer run)."""
+    stages = tuple(stages)
+    if total_steps < stages[-1].end_step:
+        raise ObjectiveError(
+            f"cannot shorten a run from {stages[-1].end_step} to {total_steps} steps")
+    return stages[:-1] + (Stage(stages[-1].objective, total_steps),)
+
+
+def stage_at(stages: Sequence[Stage], step: int) -> int:
+    """Index of the stage that global step `step` (0-based) belongs to."""
+    for index, stage in enumerate(stages):
+        if step < stage.end_step:
+            return index
+    return len(stages) - 1
