@@ -8,19 +8,9 @@ import keras
 from keras import ops
 
 from tf_minilm.encoder import INPUT_NAMES, Encoder
+from tf_minilm.pooling import mean_pool
 
 POOLINGS = ("cls", "mean", "pooler")
-
-
-def mean_pool(hidden: Any, attention_mask: Any) -> Any:
-    """Average of `hidden` [B, S, H] over the real tokens of `attention_mask` [B, S].
-
-    Rows without any real token give zeros (the denominator is clamped to 1e-9).
-    """
-    mask = ops.expand_dims(ops.cast(attention_mask, hidden.dtype), -1)
-    total = ops.sum(hidden * mask, axis=1)
-    count = ops.maximum(ops.sum(mask, axis=1), ops.cast(1e-9, hidden.dtype))
-    return total / count
 
 
 @keras.saving.register_keras_serializable(package="tf_minilm")
