@@ -521,3 +521,116 @@ def test_teacher_assistant_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="assistant_steps must be a positive integer"):
         distill_with_assistant(tiny_teacher, make_dataset, tmp_path, 1, 16, 2,
                                options=options(), assistant_steps=0)
+
+
+# ------------------------------------------------------------------ stages and extension
+def staged(**overrides) -> TrainOptions:
+    return options(steps=12, checkpoint_every=3, log_every=3,
+                   stages=("minilmv2:6", "embedding_mse + hidden_mse"), **overrides)
+
+
+def test_two_stage_run_killed_at_the_boundary_resumes_bit_identically(tmp_path):
+    straight = run_distillation(build_tiny(), make_dataset, tmp_path / "a", staged(), verbose=0)
+    records = read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))
+    assert [sorted(k for k in r if k.startswith("loss")) for r in records] == \
+        [["loss", "loss_kk", "loss_qq", "loss_vv"]] * 2 + \
+        [["loss", "loss_embedding_mse", "loss_hidden_mse"]] * 2
+    # the second stage trains the layers the first one could not reach
+    untouched = build_tiny()()[1]
+    last_ffn = [v.path for v in untouched.blocks[-1].weights if "intermediate" in v.path]
+    assert last_ffn
+    changed = {v.path for v, w in zip(straight.student.weights, untouched.weights, strict=True)
+               if not np.array_equal(v.numpy(), w.numpy())}
+    assert set(last_ffn) <= changed
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations) == 7:  # first step of stage 2 done
+                raise KeyboardInterrupt("killed at the stage boundary")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_distillation(build_tiny(), make_dataset, tmp_path / "b", staged(),
+                         callbacks=[Crash()], verbose=0)
+    assert [s for s, _ in CheckpointManager(tmp_path / "b" / "checkpoints").checkpoints()][-1] == 6
+    starts = []
+
+    def dataset_from(start):
+        starts.append(start)
+        return make_dataset(start)
+
+    resumed = run_distillation(build_tiny(), dataset_from, tmp_path / "b", staged(), verbose=0)
+    assert starts == [6] and resumed.step == 12
+    for a, b in zip(straight.distiller.state_variables, resumed.distiller.state_variables,
+                    strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(straight.distiller.optimizer.variables,
+                    resumed.distiller.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
+    with pytest.raises(TrainingCheckpointError, match="stages="):
+        run_distillation(build_tiny(), make_dataset, tmp_path / "b",
+                         options(steps=12, checkpoint_every=3, log_every=3,
+                                 stages=("minilmv2:3", "embedding_mse")), verbose=0)
+
+
+def test_resume_with_more_steps_extends_the_run_and_replans_the_decay(tmp_path):
+    first = run_distillation(build_tiny(), make_dataset, tmp_path, options(steps=10,
+                             checkpoint_every=5, log_every=5), verbose=0)
+    assert first.step == 10
+    longer = run_distillation(build_tiny(), make_dataset, tmp_path, options(
+        steps=20, checkpoint_every=5, log_every=5), verbose=0)
+    assert longer.step == 20
+    saved = json.loads((tmp_path / "train_options.json").read_text())
+    assert saved["resolved"]["warmup_steps"] == 1  # the 10-step run's warm-up, kept
+    assert saved["extensions"] == [{"at_step": 10, "to_steps": 20}]
+    records = read_jsonl(str(tmp_path / "metrics.jsonl"))
+    assert {"step": 10, "event": "extended", "from_steps": 10, "to_steps": 20} in records
+    schedule = WarmupLinearDecay(3e-3, 1, 10, replans=[(10, 20)])
+    for record in records:
+        if "learning_rate" in record:
+            assert record["learning_rate"] == pytest.approx(float(schedule(record["step"] - 1)))
+    after = [r["learning_rate"] for r in records if r.get("step", 0) > 10 and "loss" in r]
+    assert after and after[0] > 0  # the decay was re-planned, not left at 0
+    # other changes are still refused, and a run is never shortened
+    with pytest.raises(TrainingCheckpointError, match="learning_rate=0.003 in the checkpoint"):
+        run_distillation(build_tiny(), make_dataset, tmp_path, options(
+            steps=30, checkpoint_every=5, log_every=5, learning_rate=1e-3), verbose=0)
+    with pytest.raises(TrainingCheckpointError, match="steps=20 in the checkpoint, 15 now"):
+        run_distillation(build_tiny(), make_dataset, tmp_path, options(
+            steps=15, checkpoint_every=5, log_every=5), verbose=0)
+
+
+def test_alignment_raises_fidelity_and_a_zero_weight_term_does_not(tmp_path):
+    """A tiny student's embeddings approach the teacher's under alignment only."""
+    from _multiworker_worker import batch_for_step
+
+    from tf_minilm import fidelity
+    from tf_minilm.pooling import PoolingSpec, sentence_embedding
+
+    probe = {k: v.numpy() for k, v in batch_for_step(999, seed=7, batch=64).items()}
+
+    def embeddings(encoder):
+        hidden = encoder(probe, training=False)["last_hidden_state"]
+        return np.asarray(sentence_embedding(hidden, probe["attention_mask"], PoolingSpec()))
+
+    def build_same_width():
+        teacher = tiny_teacher(0, dropout=0.0)
+        return teacher, tiny_student(teacher, 1, layers=1, hidden=32, heads=4)
+
+    teacher, before = build_same_width()
+    start = fidelity.pairwise_spearman(embeddings(teacher), embeddings(before))
+    aligned = run_distillation(build_same_width, make_dataset, tmp_path / "aligned",
+                               options(steps=60, objective="embedding_mse + hidden_mse"),
+                               verbose=0)
+    zero = run_distillation(build_same_width, make_dataset, tmp_path / "zero",
+                            options(steps=60,
+                                    objective="minilmv2 + 0*embedding_mse + 0*hidden_mse"),
+                            verbose=0)
+    plain = run_distillation(build_same_width, make_dataset, tmp_path / "plain",
+                             options(steps=60, objective="minilmv2"), verbose=0)
+    gained = fidelity.pairwise_spearman(embeddings(teacher), embeddings(aligned.student))
+    flat = fidelity.pairwise_spearman(embeddings(teacher), embeddings(zero.student))
+    assert gained > start + 0.2, (start, gained)
+    assert gained > flat + 0.1, (flat, gained)
+    # zero-weight alignment terms add nothing: the same student as the relation loss alone
+    for a, b in zip(zero.student.weights, plain.student.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -393,6 +393,7 @@ class MetricsLogger(_StepCallback):
         self._pending_logs: dict[str, Any] | None = None
         self._start = time.perf_counter()
         self._interval_start = self._start
+        self._began = False
 
     @property
     def elapsed(self) -> float:
@@ -401,6 +402,9 @@ class MetricsLogger(_StepCallback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         super().on_train_begin(logs)
+        if self._began:  # a later stage's fit: keep the time of the earlier ones
+            self.elapsed_offset = self.elapsed
+        self._began = True
         self._start = self._interval_start = time.perf_counter()
         if self.write and self.log_dir and self._writer is None:
             import tensorflow as tf

@@ -1,10 +1,16 @@
-"""`Distiller`: MiniLM / MiniLMv2 self-attention distillation as a Keras model.
+"""`Distiller`: a frozen teacher, a trainable student and a weighted objective, as a Keras model.
 
-The distiller holds a frozen teacher and a trainable student (both `Encoder`s). One
-training step runs the teacher without dropout up to the Q/K/V projections of its
-chosen layer, the student (with dropout) up to the Q/K/V projections of its chosen
-layer, compares the two with the relation losses of `tf_minilm.losses` (float32)
-and updates only the student variables that feed that loss.
+The objective (`tf_minilm.objectives`) sums weighted terms: the MiniLM / MiniLMv2
+self-attention relations of `tf_minilm.losses` and the output alignments of
+`tf_minilm.alignment` (sentence embedding, last hidden states), all in float32. With
+relation terms only, one training step runs the teacher without dropout up to the
+Q/K/V projections of its chosen layer and the student (with dropout) up to the Q/K/V
+of its chosen layer, and updates only the student variables that feed that loss (the
+papers' setting). With an alignment term both models run to their last hidden state
+and every student weight on that path is trained; when the widths differ, a linear
+projection owned by the distiller (never part of the student) maps the student's
+states to the teacher's width. A run of several stages switches the objective with
+`set_stage`; the optimizer is built once on the variables of every stage.
 
 Distribution and precision: the per-replica loss is divided by the number of
 replicas in sync (the optimizer sums replica gradients); under `mixed_float16` the
@@ -23,8 +29,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tf_minilm import alignment
 from tf_minilm import losses as losses_lib
+from tf_minilm import objectives as objectives_lib
 from tf_minilm.encoder import INPUT_NAMES, Encoder
+from tf_minilm.pooling import PoolingSpec, sentence_embedding
 
 METHODS = ("minilmv2", "minilm")
 _QKV_LETTERS = "qkv"
@@ -79,18 +88,21 @@ def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
 
 @keras.saving.register_keras_serializable(package="tf_minilm")
 class Distiller(keras.Model):
-    """Self-attention distillation of a frozen teacher into a student encoder.
+    """Distillation of a frozen teacher into a student encoder under a weighted objective.
 
     `fit` / `evaluate` take batches that are dicts of int32 [batch, seq] tensors
     `input_ids`, `attention_mask` and optionally `token_type_ids`. The reported
-    metrics are "loss" plus one per term: "loss_qq", "loss_kk", "loss_vv" (the
-    chosen `relations`) for MiniLMv2, "loss_attention" and "loss_value_relation"
-    for MiniLM (v1).
+    metrics are "loss" (the weighted sum) plus each term unweighted: "loss_qq",
+    "loss_kk", "loss_vv" (the chosen `relations`) for MiniLMv2, "loss_attention" and
+    "loss_value_relation" for MiniLM (v1), "loss_embedding_mse",
+    "loss_embedding_cosine", "loss_hidden_mse" for the alignment terms.
 
-    Only student variables that feed the loss are trainable through the distiller
-    (`trainable_weights`): everything up to the chosen student layer's Q/K/V
-    projections. The attention output, feed-forward and LayerNorms of that layer,
-    the layers after it and the pooler get no gradient and are left as they are.
+    Only student variables that feed a term of non-zero weight are trainable
+    through the distiller (`trainable_weights`). With relation terms alone that is
+    everything up to the chosen student layer's Q/K/V projections (the attention
+    output, feed-forward and LayerNorms of that layer, the layers after it and the
+    pooler are left as they are); with an alignment term, every student weight but
+    the pooler, plus the width projection when the widths differ.
 
     The teacher is frozen in place (`teacher.trainable = False`).
 
@@ -98,7 +110,8 @@ class Distiller(keras.Model):
         teacher: the teacher `Encoder`.
         student: the student `Encoder` (same vocabulary as the teacher).
         method: "minilmv2" (relation heads; any head counts and widths) or "minilm"
-            (v1: attention distributions + value relation; equal head counts).
+            (v1: attention distributions + value relation; equal head counts); the
+            objective when `objective` is not given.
         teacher_layer: 1-based teacher layer whose Q/K/V are distilled; default the last.
             MiniLMv2 uses an upper-middle layer for large teachers (e.g. 21 of 24).
         student_layer: 1-based student layer; default (and paper setting) the last.
@@ -109,6 +122,12 @@ class Distiller(keras.Model):
             None disables clipping. Do not also set `global_clipnorm` on the
             optimizer when training on more than one replica (Keras clips per
             replica, before the all-reduce).
+        objective: a loss spec (`tf_minilm.objectives.parse_objective`), e.g.
+            "embedding_mse + 0.5*hidden_mse"; default `method` alone.
+        stage_objectives: one loss spec per stage of a staged run, instead of
+            `objective`; stage 0 is active until `set_stage` is called.
+        pooling: the teacher's sentence-embedding pooling (`PoolingSpec` or its dict),
+            applied to both models by the embedding terms; default mean + normalise.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -123,6 +142,10 @@ class Distiller(keras.Model):
     ...          "attention_mask": keras.ops.ones((2, 8), "int32")}
     >>> sorted(distiller(batch))
     ['loss', 'loss_kk', 'loss_qq', 'loss_vv']
+    >>> aligned = Distiller(teacher, student, objective="embedding_mse + 0.1*minilmv2",
+    ...                     num_relation_heads=4)
+    >>> sorted(aligned(batch))
+    ['loss', 'loss_embedding_mse', 'loss_kk', 'loss_qq', 'loss_vv']
     """
 
     def __init__(
@@ -135,6 +158,9 @@ class Distiller(keras.Model):
         num_relation_heads: int = 48,
         relations: Sequence[str] = losses_lib.DEFAULT_RELATIONS,
         clipnorm: float | None = None,
+        objective: str | Sequence[tuple[str, float]] | None = None,
+        stage_objectives: Sequence[str | Sequence[tuple[str, float]]] | None = None,
+        pooling: PoolingSpec | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -151,7 +177,22 @@ class Distiller(keras.Model):
                 f"({student.config.vocab_size}) differ; the student must use the teacher's "
                 "tokenizer"
             )
-        self.method = method
+        if objective is not None and stage_objectives is not None:
+            raise ValueError("give objective or stage_objectives, not both")
+        if stage_objectives is None:
+            stage_objectives = [objective if objective is not None else method]
+        if isinstance(stage_objectives, str) or not stage_objectives:
+            raise ValueError("stage_objectives must be a non-empty list of loss specs")
+        self.stage_objectives = tuple(
+            objectives_lib.parse_objective(spec) for spec in stage_objectives
+        )
+        relation_names = {objectives_lib.relation_term(o) for o in self.stage_objectives} - {None}
+        if len(relation_names) > 1:
+            raise ValueError("the stages mix minilm and minilmv2; use one relation method")
+        self.method = relation_names.pop() if relation_names else method
+        if isinstance(pooling, dict):
+            pooling = PoolingSpec(**pooling)
+        self.pooling = pooling or PoolingSpec()
         self.teacher_layer = _resolve_layer(teacher_layer, teacher, "teacher")
         self.student_layer = _resolve_layer(student_layer, student, "student")
         self.relations = _check_relations(relations)
@@ -160,7 +201,8 @@ class Distiller(keras.Model):
             raise ValueError(f"clipnorm must be a positive number or None, got {clipnorm!r}")
         self.clipnorm = None if clipnorm is None else float(clipnorm)
 
-        if method == "minilmv2":
+        uses_relations = any(objectives_lib.relation_term(o) for o in self.stage_objectives)
+        if uses_relations and self.method == "minilmv2":
             if isinstance(num_relation_heads, bool) or not isinstance(num_relation_heads, int) \
                     or num_relation_heads < 1:
                 raise ValueError(
@@ -175,43 +217,112 @@ class Distiller(keras.Model):
                         f"({teacher.config.hidden_size}) and the student "
                         f"({student.config.hidden_size}) hidden sizes"
                     )
-            self.term_names = tuple(f"loss_{name}" for name in self.relations)
+            self._relation_names = tuple(f"loss_{name}" for name in self.relations)
             needed = set("".join(self.relations))
-        else:
+        elif uses_relations:
             losses_lib.check_minilm_v1_heads(
                 teacher.config.num_attention_heads, student.config.num_attention_heads
             )
-            self.term_names = tuple(f"loss_{name}" for name in losses_lib.V1_TERMS)
+            self._relation_names = tuple(f"loss_{name}" for name in losses_lib.V1_TERMS)
             needed = set("".join(losses_lib.V1_TERMS.values()))
+        else:
+            self._relation_names = ()
+            needed = set()
         self._needed_projections = tuple(c for c in _QKV_LETTERS if c in needed)
 
         teacher.trainable = False
         self.teacher = teacher
         self.student = student
-        self._trackers = [keras.metrics.Mean(name=name) for name in ("loss",) + self.term_names]
-        self._connected_ids = {id(v) for v in self._connected_variables()}
+        widths_differ = teacher.config.hidden_size != student.config.hidden_size
+        if widths_differ and any(objectives_lib.needs_alignment(o)
+                                 for o in self.stage_objectives):
+            # Training-only: maps student states to the teacher's width for the alignment
+            # terms; it belongs to the distiller, so no saved student carries it.
+            self.projection: keras.layers.Dense | None = keras.layers.Dense(
+                teacher.config.hidden_size, dtype="float32", name="projection")
+            self.projection.build((None, None, student.config.hidden_size))
+        else:
+            self.projection = None
+        names = ("loss",) + self._relation_names + tuple(
+            f"loss_{name}" for name in objectives_lib.ALIGNMENT_TERMS)
+        self._all_trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        self.set_stage(0)
         self.built = True
 
+    # ---------------------------------------------------------------- stages
+    @property
+    def objective(self) -> objectives_lib.Objective:
+        """The active stage's (term, weight) pairs."""
+        return self.stage_objectives[self.stage]
+
+    def set_stage(self, index: int) -> None:
+        """Make stage `index` active (its objective and trainable variables).
+
+        The next `fit` traces a new train step; the optimizer keeps its state.
+        """
+        if not 0 <= index < len(self.stage_objectives):
+            raise ValueError(f"stage {index} does not exist (the run has "
+                             f"{len(self.stage_objectives)} stage(s))")
+        self.stage = index
+        objective = self.objective
+        term_names = []
+        for name, _ in objective:
+            if name in objectives_lib.RELATION_TERMS:
+                term_names += list(self._relation_names)
+            else:
+                term_names.append(f"loss_{name}")
+        self.term_names = tuple(term_names)
+        self._trackers = [self._all_trackers[name] for name in ("loss",) + self.term_names]
+        self._connected_ids = {id(v) for v in self._connected_variables(objective)}
+        self.train_function = None
+        self.test_function = None
+
     # ------------------------------------------------------------ variables
-    def _connected_variables(self) -> list[Any]:
-        """Student variables on the path to the chosen layer's needed Q/K/V projections."""
+    def _connected_variables(self, objective: objectives_lib.Objective) -> list[Any]:
+        """Student (and projection) variables that a term of non-zero weight reaches."""
+        active = {name for name, weight in objective if weight > 0}
         student = self.student
-        layers: list[Any] = [student.embeddings]
-        layers += student.blocks[: self.student_layer - 1]
-        attention = student.blocks[self.student_layer - 1].attention
-        layers += [getattr(attention, {"q": "query", "k": "key", "v": "value"}[c])
-                   for c in self._needed_projections]
+        if active & set(objectives_lib.ALIGNMENT_TERMS):
+            layers: list[Any] = [student.embeddings, *student.blocks]
+            if self.projection is not None:
+                layers.append(self.projection)
+        else:
+            layers = [student.embeddings]
+            layers += student.blocks[: self.student_layer - 1]
+            attention = student.blocks[self.student_layer - 1].attention
+            layers += [getattr(attention, {"q": "query", "k": "key", "v": "value"}[c])
+                       for c in self._needed_projections]
         connected = []
         for layer in layers:
             connected += [v for v in layer.trainable_weights]
         return connected
 
+    def _trainable_pool(self) -> list[Any]:
+        variables = list(self.student.trainable_weights)
+        if self.projection is not None:
+            variables += list(self.projection.trainable_weights)
+        return variables
+
     @property
     def trainable_weights(self) -> list[Any]:
-        """The student variables that receive a gradient from the distillation loss."""
+        """The variables that receive a gradient from the active stage's loss."""
         if not self.trainable or not self.student.trainable:
             return []
-        return [v for v in self.student.trainable_weights if id(v) in self._connected_ids]
+        return [v for v in self._trainable_pool() if id(v) in self._connected_ids]
+
+    @property
+    def all_stage_variables(self) -> list[Any]:
+        """Variables trained by any stage (the optimizer is built on these, once)."""
+        ids = {id(v) for o in self.stage_objectives for v in self._connected_variables(o)}
+        return [v for v in self._trainable_pool() if id(v) in ids]
+
+    @property
+    def state_variables(self) -> list[Any]:
+        """What a training checkpoint holds besides the optimizer: student + projection."""
+        variables = list(self.student.variables)
+        if self.projection is not None:
+            variables += list(self.projection.variables)
+        return variables
 
     @property
     def non_trainable_weights(self) -> list[Any]:
@@ -233,19 +344,31 @@ class Distiller(keras.Model):
         return list(self._trackers)
 
     # ------------------------------------------------------------- forward
-    def _qkv(self, inputs: dict[str, Any], training: bool) -> tuple[tuple, tuple]:
+    def _run_models(self, inputs: dict[str, Any], training: bool, relations: bool,
+                    full: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Teacher (no dropout, no gradient) and student outputs for the active terms.
+
+        With `relations`, each returns `qkv` of its chosen layer; with `full` each runs to
+        its last hidden state, otherwise it stops after that layer's Q/K/V.
+        """
         model_inputs = {name: inputs[name] for name in INPUT_NAMES if name in inputs}
-        teacher_qkv = self.teacher(
-            model_inputs, training=False, qkv_layers=(self.teacher_layer,), stop_after_qkv=True
-        )["qkv"][0]
-        teacher_qkv = tuple(tf.stop_gradient(x) for x in teacher_qkv)
-        student_qkv = self.student(
-            model_inputs, training=training, qkv_layers=(self.student_layer,), stop_after_qkv=True
-        )["qkv"][0]
-        return teacher_qkv, student_qkv
+        outputs = []
+        for model, layer, dropout in ((self.teacher, self.teacher_layer, False),
+                                      (self.student, self.student_layer, training)):
+            outputs.append(model(model_inputs, training=dropout,
+                                 qkv_layers=(layer,) if relations else None,
+                                 stop_after_qkv=not full))
+        teacher_out, student_out = outputs
+        teacher_out = tf.nest.map_structure(tf.stop_gradient, teacher_out)
+        return teacher_out, student_out
+
+    def _qkv(self, inputs: dict[str, Any], training: bool) -> tuple[tuple, tuple]:
+        """(teacher q, k, v), (student q, k, v) of the distilled layers."""
+        teacher_out, student_out = self._run_models(inputs, training, True, False)
+        return teacher_out["qkv"][0], student_out["qkv"][0]
 
     def compute_losses(self, inputs: dict[str, Any], training: bool = False) -> dict[str, Any]:
-        """All loss terms for one batch: {"loss": total, "loss_<term>": ...}, float32 scalars.
+        """All loss terms of the active stage for one batch, float32 scalars.
 
         Args:
             inputs: dict with `input_ids`, `attention_mask` (and optionally
@@ -253,26 +376,52 @@ class Distiller(keras.Model):
             training: run the student with dropout.
 
         Returns:
-            Dict of float32 scalars; each term is a mean over the (local) batch.
+            {"loss": weighted total, "loss_<term>": ...}; each term is a mean over the
+            (local) batch, reported unweighted.
         """
         if "input_ids" not in inputs or "attention_mask" not in inputs:
             raise ValueError(
                 "a distillation batch is a dict with 'input_ids' and 'attention_mask' "
                 f"(and optionally 'token_type_ids'); got keys {sorted(inputs)}"
             )
-        teacher_qkv, student_qkv = self._qkv(inputs, training)
+        objective = self.objective
+        relation = objectives_lib.relation_term(objective)
+        full = objectives_lib.needs_alignment(objective)
         mask = inputs["attention_mask"]
-        if self.method == "minilmv2":
-            terms = losses_lib.relation_losses(
-                teacher_qkv, student_qkv, mask, self.num_relation_heads, self.relations
-            )
-        else:
-            terms = losses_lib.minilm_v1_losses(
-                teacher_qkv, student_qkv, mask, self.student.config.num_attention_heads
-            )
-        out = {f"loss_{name}": tf.cast(value, tf.float32) for name, value in terms.items()}
-        out = {"loss": tf.add_n(list(out.values())), **out}
-        return out
+        teacher_out, student_out = self._run_models(inputs, training, bool(relation), full)
+        values: dict[str, Any] = {}
+        total = tf.constant(0.0, tf.float32)
+        weights = dict(objective)
+        if relation:
+            teacher_qkv, student_qkv = teacher_out["qkv"][0], student_out["qkv"][0]
+            if relation == "minilmv2":
+                terms = losses_lib.relation_losses(
+                    teacher_qkv, student_qkv, mask, self.num_relation_heads, self.relations)
+            else:
+                terms = losses_lib.minilm_v1_losses(
+                    teacher_qkv, student_qkv, mask, self.student.config.num_attention_heads)
+            for name, value in terms.items():
+                values[f"loss_{name}"] = tf.cast(value, tf.float32)
+                total += weights[relation] * values[f"loss_{name}"]
+        if full:
+            teacher_hidden = tf.cast(teacher_out["last_hidden_state"], tf.float32)
+            student_hidden = tf.cast(student_out["last_hidden_state"], tf.float32)
+            if self.projection is not None:
+                student_hidden = self.projection(student_hidden)
+            teacher_embedding = sentence_embedding(teacher_hidden, mask, self.pooling)
+            student_embedding = sentence_embedding(student_hidden, mask, self.pooling)
+            for name, _ in objective:
+                if name == "embedding_mse":
+                    value = alignment.embedding_mse(teacher_embedding, student_embedding)
+                elif name == "embedding_cosine":
+                    value = alignment.embedding_cosine(teacher_embedding, student_embedding)
+                elif name == "hidden_mse":
+                    value = alignment.hidden_mse(teacher_hidden, student_hidden, mask)
+                else:
+                    continue
+                values[f"loss_{name}"] = value
+                total += weights[name] * value
+        return {"loss": total, **values}
 
     def call(self, inputs: dict[str, Any], training: bool | None = False) -> dict[str, Any]:
         return self.compute_losses(inputs, training=bool(training))
@@ -346,7 +495,7 @@ class Distiller(keras.Model):
     def _build_optimizer(self) -> None:
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_weights)
+                self.optimizer.build(self.all_stage_variables)
 
     def make_train_function(self, force: bool = False) -> Any:
         # Build the optimizer before tracing: LossScaleOptimizer.scale_loss would
@@ -374,6 +523,9 @@ class Distiller(keras.Model):
                 "num_relation_heads": self.num_relation_heads,
                 "relations": list(self.relations),
                 "clipnorm": self.clipnorm,
+                "stage_objectives": [objectives_lib.format_objective(o)
+                                     for o in self.stage_objectives],
+                "pooling": self.pooling.to_dict(),
             }
         )
         return config

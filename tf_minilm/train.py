@@ -40,6 +40,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tf_minilm import objectives as objectives_lib
 from tf_minilm.callbacks import (
     CheckpointManager,
     MetricsLogger,
@@ -52,6 +53,7 @@ from tf_minilm.callbacks import (
 from tf_minilm.distiller import METHODS, Distiller
 from tf_minilm.encoder import Encoder, copy_encoder
 from tf_minilm.fileio import write_json_atomic
+from tf_minilm.pooling import PoolingSpec
 from tf_minilm.schedules import WarmupLinearDecay
 from tf_minilm.student import build_student
 
@@ -101,6 +103,12 @@ class TrainOptions:
             replica (about 15% less CPU time per step on CPU, where Keras' own "auto"
             would leave it off), Keras' choice with several replicas (XLA with
             MirroredStrategy over logical CPU devices fails).
+        objective: loss spec of the whole run (`tf_minilm.objectives`), e.g.
+            "embedding_mse + hidden_mse"; None: `method` alone.
+        stages: stage specs `SPEC:STEPS` (the last may be `SPEC`), filling `steps`,
+            instead of `objective`.
+        pooling: the teacher's pooling as a `PoolingSpec` dict (embedding terms);
+            None: mean + normalise.
 
     Example:
     >>> options = TrainOptions(steps=1000, learning_rate=3e-4, num_relation_heads=48)
@@ -131,9 +139,14 @@ class TrainOptions:
     strategy: str = "auto"
     precision: str = "auto"
     jit_compile: bool | None = None
+    objective: str | None = None
+    stages: tuple[str, ...] | None = None
+    pooling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.relations = tuple(self.relations)
+        if self.stages is not None:
+            self.stages = tuple(self.stages)
         self.validate()
 
     def validate(self) -> None:
@@ -185,6 +198,22 @@ class TrainOptions:
                 f"TrainOptions.jit_compile must be True, False or None (auto), got "
                 f"{self.jit_compile!r}"
             )
+        if self.objective is not None and self.stages is not None:
+            raise ValueError("TrainOptions: give objective or stages, not both")
+        try:
+            self.resolved_stages()
+        except objectives_lib.ObjectiveError as err:
+            field = "stages" if self.stages is not None else "objective"
+            raise ValueError(f"TrainOptions.{field}: {err}") from err
+        if self.pooling is not None:
+            PoolingSpec(**self.pooling)
+
+    def resolved_stages(self) -> tuple[objectives_lib.Stage, ...]:
+        """The run's stages: `stages`, or one stage of `objective` (or `method`)."""
+        if self.stages is not None:
+            return objectives_lib.parse_stages(self.stages, self.steps)
+        spec = self.objective if self.objective is not None else self.method
+        return (objectives_lib.Stage(objectives_lib.parse_objective(spec), self.steps),)
 
     def resolved_jit_compile(self, strategy: tf.distribute.Strategy) -> bool | str:
         """XLA on with one replica (unless set); Keras' "auto" with several."""
@@ -401,12 +430,57 @@ class DistillationResult:
     precision: str
 
 
-def _fingerprint(options: TrainOptions, distiller: Distiller, policy: str) -> dict[str, Any]:
+@dataclasses.dataclass
+class _ResumePlan:
+    """What the newest checkpoint (if any) means for this run: where to start, what changed."""
+
+    checkpoint: str | None
+    header: dict[str, Any] | None
+    warmup_steps: int
+    base_steps: int
+    replans: list[tuple[int, int]]
+    extended_from: int | None
+
+
+def _plan_resume(manager: CheckpointManager, options: TrainOptions) -> _ResumePlan:
+    """Read the newest checkpoint's header; a larger `steps` extends the run.
+
+    Extending keeps the warm-up of the run (unless `warmup_steps` is given) and
+    re-plans the linear decay from the checkpoint's step to the new total.
+    """
+    existing = manager.checkpoints()
+    if existing and not options.resume:
+        raise TrainingCheckpointError(
+            f"{manager.directory} already holds checkpoints of a run (latest: step "
+            f"{existing[-1][0]}); resume it (resume=True) or use a new output folder"
+        )
+    warmup = options.resolved_warmup_steps
+    if not existing:
+        return _ResumePlan(None, None, warmup, options.steps, [], None)
+    path = existing[-1][1]
+    header = CheckpointManager.read(path)[2]
+    saved = header.get("fingerprint", {})
+    replans = [(int(a), int(b)) for a, b in saved.get("replans", [])]
+    saved_steps = saved.get("steps")
+    base_steps = int(saved.get("base_steps", saved_steps or options.steps))
+    extended_from = None
+    if isinstance(saved_steps, int) and options.steps > saved_steps:
+        extended_from = saved_steps
+        replans.append((int(header["step"]), options.steps))
+        if options.warmup_steps is None and isinstance(saved.get("warmup_steps"), int):
+            warmup = saved["warmup_steps"]
+        logger.info("extending the run from %d to %d steps at step %d (warm-up %d kept, decay "
+                    "re-planned)", saved_steps, options.steps, header["step"], warmup)
+    return _ResumePlan(path, header, warmup, base_steps, replans, extended_from)
+
+
+def _fingerprint(options: TrainOptions, distiller: Distiller, policy: str,
+                 plan: _ResumePlan) -> dict[str, Any]:
     """The settings that determine the training trajectory (must match on resume)."""
     return {
         "steps": options.steps,
         "learning_rate": options.learning_rate,
-        "warmup_steps": options.resolved_warmup_steps,
+        "warmup_steps": plan.warmup_steps,
         "weight_decay": options.weight_decay,
         "clipnorm": options.resolved_clipnorm,
         "adam_beta_1": options.adam_beta_1,
@@ -420,14 +494,28 @@ def _fingerprint(options: TrainOptions, distiller: Distiller, policy: str) -> di
         "seed": options.seed,
         "precision": policy,
         "student_config": distiller.student.config.to_dict(),
+        "stages": [stage.to_dict() for stage in options.resolved_stages()],
+        "pooling": distiller.pooling.to_dict(),
+        "base_steps": plan.base_steps,
+        "replans": [list(pair) for pair in plan.replans],
     }
 
 
-def _check_fingerprint(path: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+def _check_fingerprint(path: str, saved: dict[str, Any], current: dict[str, Any],
+                       extended_from: int | None = None) -> None:
+    expected = dict(saved)
+    if extended_from is not None:
+        # A longer run: only the total, the last stage's end and the new re-plan differ.
+        expected["steps"] = current["steps"]
+        stages = [dict(stage) for stage in saved.get("stages") or []]
+        if stages:
+            stages[-1]["end_step"] = current["steps"]
+        expected["stages"] = stages
+        expected["replans"] = current["replans"]
     differences = [
-        f"{key}={saved.get(key)!r} in the checkpoint, {value!r} now"
+        f"{key}={expected.get(key)!r} in the checkpoint, {value!r} now"
         for key, value in current.items()
-        if saved.get(key) != value
+        if expected.get(key) != value
     ]
     if differences:
         raise TrainingCheckpointError(
@@ -530,6 +618,8 @@ def run_distillation(
     chief = is_chief(strategy)
     manager = CheckpointManager(checkpoint_dir, options.keep_checkpoints, is_chief=chief)
     manager.remove_stale_temporaries()
+    plan = _plan_resume(manager, options)
+    stages = options.resolved_stages()
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
@@ -546,24 +636,25 @@ def run_distillation(
                 num_relation_heads=options.num_relation_heads,
                 relations=options.relations,
                 clipnorm=options.resolved_clipnorm,
+                stage_objectives=[stage.objective for stage in stages],
+                pooling=options.pooling,
                 name="distiller",
             )
-            schedule = WarmupLinearDecay(
-                options.learning_rate, options.resolved_warmup_steps, options.steps
-            )
+            schedule = WarmupLinearDecay(options.learning_rate, plan.warmup_steps,
+                                         plan.base_steps, replans=plan.replans)
             optimizer = make_optimizer(
                 schedule,
                 weight_decay=options.weight_decay,
-                no_decay=no_decay_variables(student),
+                no_decay=[v for v in distiller.all_stage_variables if v.name in NO_DECAY_NAMES],
                 beta_1=options.adam_beta_1,
                 beta_2=options.adam_beta_2,
                 epsilon=options.adam_epsilon,
             )
             distiller.compile(optimizer=optimizer, steps_per_execution=1,
                               jit_compile=options.resolved_jit_compile(strategy))
-            distiller.optimizer.build(distiller.trainable_variables)
-        return _train(distiller, schedule, manager, make_train_dataset, options, policy,
-                      strategy, chief, output_dir, log_dir, metrics_path, eval_dataset,
+            distiller.optimizer.build(distiller.all_stage_variables)
+        return _train(distiller, stages, plan, schedule, manager, make_train_dataset, options,
+                      policy, strategy, chief, output_dir, log_dir, metrics_path, eval_dataset,
                       callbacks, verbose)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -571,6 +662,8 @@ def run_distillation(
 
 def _train(
     distiller: Distiller,
+    stages: Sequence[objectives_lib.Stage],
+    plan: _ResumePlan,
     schedule: WarmupLinearDecay,
     manager: CheckpointManager,
     make_train_dataset: Callable[[int], tf.data.Dataset],
@@ -586,29 +679,29 @@ def _train(
     verbose: int | str | None,
 ) -> DistillationResult:
     student = distiller.student
-    fingerprint = _fingerprint(options, distiller, policy)
+    fingerprint = _fingerprint(options, distiller, policy, plan)
     start_step, elapsed_offset = 0, 0.0
-    existing = manager.checkpoints()
-    if existing and not options.resume:
-        raise TrainingCheckpointError(
-            f"{manager.directory} already holds checkpoints of a run (latest: step "
-            f"{existing[-1][0]}); resume it (resume=True) or use a new output folder"
-        )
-    latest = existing[-1][1] if existing else None
-    if latest is not None:
-        header = CheckpointManager.read(latest)[2]
-        _check_fingerprint(latest, header.get("fingerprint", {}), fingerprint)
-        manager.restore(latest, student.variables, distiller.optimizer.variables)
+    if plan.checkpoint is not None:
+        header = plan.header
+        _check_fingerprint(plan.checkpoint, header.get("fingerprint", {}), fingerprint,
+                           plan.extended_from)
+        manager.restore(plan.checkpoint, distiller.state_variables, distiller.optimizer.variables)
         start_step = int(header["step"])
         elapsed_offset = float(header.get("elapsed_s", 0.0))
-        logger.info("resuming from %s at step %d", latest, start_step)
+        logger.info("resuming from %s at step %d", plan.checkpoint, start_step)
         if chief:
             truncate_jsonl(metrics_path, start_step)
     elif chief and os.path.exists(metrics_path):
         truncate_jsonl(metrics_path, 0)
     if chief:
+        extensions = [{"at_step": start, "to_steps": total} for start, total in plan.replans]
         write_json_atomic(os.path.join(output_dir, "train_options.json"),
-                          {**dataclasses.asdict(options), "resolved": fingerprint})
+                          {**dataclasses.asdict(options), "resolved": fingerprint,
+                           "extensions": extensions})
+        if plan.extended_from is not None:
+            MetricsLogger(metrics_path, None, 1, start_step).write_record(
+                {"step": start_step, "event": "extended",
+                 "from_steps": plan.extended_from, "to_steps": options.steps})
 
     metrics_logger = MetricsLogger(
         metrics_path, log_dir, options.log_every, start_step, learning_rate=schedule,
@@ -617,7 +710,7 @@ def _train(
 
     def save(step: int) -> str | None:
         meta = {"fingerprint": fingerprint, "elapsed_s": metrics_logger.elapsed}
-        return manager.save(step, student.variables, distiller.optimizer.variables, meta)
+        return manager.save(step, distiller.state_variables, distiller.optimizer.variables, meta)
 
     guard = NonFiniteGuard(start_step, last_checkpoint=manager.latest)
     checkpointer = PeriodicCheckpoint(save, options.checkpoint_every, start_step)
@@ -628,12 +721,23 @@ def _train(
         verbose = 1 if sys.stdout.isatty() else 0
     step = start_step
     try:
-        if start_step < options.steps:
-            dataset = _shard_by_data(make_train_dataset(start_step))
+        for index, stage in enumerate(stages):
+            if stage.end_step <= step:
+                continue
+            distiller.set_stage(index)
+            if len(stages) > 1:
+                logger.info("stage %d/%d: %s, steps %d..%d", index + 1, len(stages),
+                            objectives_lib.format_objective(stage.objective), step,
+                            stage.end_step)
+            dataset = _shard_by_data(make_train_dataset(step))
             metrics_logger.tokens_per_step = _tokens_per_step(dataset)
-            distiller.fit(dataset, epochs=1, steps_per_epoch=options.steps - start_step,
+            distiller.fit(dataset, epochs=1, steps_per_epoch=stage.end_step - step,
                           callbacks=callbacks, verbose=verbose, shuffle=False)
             step = checkpointer.step
+            if guard.tripped or step < stage.end_step:
+                break
+            if chief and index < len(stages) - 1 and checkpointer.last_saved != step:
+                save(step)  # a stage boundary is always a checkpoint
         if guard.tripped:
             raise NonFiniteLossError(guard.message)
         saved = manager.checkpoints()
@@ -648,6 +752,7 @@ def _train(
             )
         eval_metrics = None
         if eval_dataset is not None:
+            distiller.set_stage(len(stages) - 1)
             eval_metrics = evaluator.last_result if evaluator.last_step == step \
                 else evaluator.run(step, write=step > start_step)
     finally:
