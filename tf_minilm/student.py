@@ -38,6 +38,60 @@ def student_config(
     return EncoderConfig.from_dict(values, source="student")
 
 
+def spread_layers(teacher_depth: int, student_depth: int) -> tuple[int, ...]:
+    """`student_depth` teacher layers (1-based) spread evenly, the first and the last kept.
+
+    The layer-reduction choice of sentence-transformers' distillation examples: the
+    student keeps the teacher's output layer. 6 -> 3 gives (1, 3, 6); 12 -> 6 gives
+    (1, 3, 5, 7, 9, 12).
+
+    Args:
+        teacher_depth: the teacher's layer count.
+        student_depth: how many layers to pick (at most `teacher_depth`).
+
+    Returns:
+        Increasing 1-based layer numbers.
+    """
+    if not 1 <= student_depth <= teacher_depth:
+        raise ConfigError(f"cannot pick {student_depth} of the teacher's {teacher_depth} layers")
+    if student_depth == 1:
+        return (teacher_depth,)
+    return tuple(1 + (i * (teacher_depth - 1)) // (student_depth - 1)
+                 for i in range(student_depth))
+
+
+def parse_layer_list(text: str) -> tuple[int, ...]:
+    """'1,3,6' -> (1, 3, 6); raises `ConfigError` for anything but comma-separated integers."""
+    try:
+        layers = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a comma-separated list of layer numbers "
+                          "(e.g. 1,3,6)") from None
+    return layers
+
+
+def check_layer_choice(teacher_layers: Sequence[int], teacher_depth: int,
+                       student_depth: int) -> tuple[int, ...]:
+    """Validate teacher layers (1-based) to copy into a student; returns them as a tuple.
+
+    Raises:
+        ConfigError: a layer out of 1..teacher_depth, layers not strictly increasing, or
+            a count other than the student's depth.
+    """
+    layers = tuple(int(layer) for layer in teacher_layers)
+    for layer in layers:
+        if not 1 <= layer <= teacher_depth:
+            raise ConfigError(f"teacher layer {layer} is out of range: the teacher has "
+                              f"{teacher_depth} layers (1-based: 1..{teacher_depth})")
+    if any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
+        raise ConfigError(f"teacher layers {list(layers)} must be strictly increasing (each "
+                          "layer once, in the teacher's order)")
+    if len(layers) != student_depth:
+        raise ConfigError(f"got {len(layers)} teacher layer(s) {list(layers)} for a student "
+                          f"with {student_depth} layers")
+    return layers
+
+
 def copy_teacher_layers(
     student: Encoder, teacher: Encoder, teacher_layers: Sequence[int]
 ) -> None:
@@ -54,12 +108,10 @@ def copy_teacher_layers(
                 f"--init teacher-layers needs the student's '{field}' ({getattr(s, field)}) to "
                 f"equal the teacher's ({getattr(t, field)})"
             )
-    layers = teacher.resolve_layers(teacher_layers)
-    if len(layers) != s.num_hidden_layers:
-        raise ConfigError(
-            f"--init teacher-layers got {len(layers)} teacher layer(s) {list(layers)} for a "
-            f"student with {s.num_hidden_layers} layers"
-        )
+    try:
+        layers = check_layer_choice(teacher_layers, t.num_hidden_layers, s.num_hidden_layers)
+    except ConfigError as err:
+        raise ConfigError(f"--init-layers: {err}") from err
     pairs = [(student.embeddings, teacher.embeddings), (student.pooler, teacher.pooler)]
     pairs += [(student.blocks[i], teacher.blocks[layer - 1]) for i, layer in enumerate(layers)]
     for target, source in pairs:
@@ -89,8 +141,9 @@ def build_student(
         init: "random" (BERT initialisation: normal(0, initializer_range) weights,
             zero biases, unit LayerNorm) or "teacher-layers" (copy embeddings, pooler and
             the blocks `teacher_layers`; needs equal widths).
-        teacher_layers: 1-based teacher blocks for "teacher-layers"; default the first
-            `num_layers`.
+        teacher_layers: 1-based teacher blocks for "teacher-layers", strictly
+            increasing; default the first `num_layers` (`spread_layers` keeps the
+            teacher's last layer instead).
         seed: seed for the random initialisation.
         dtype: Keras dtype policy for the student (default: the global policy).
 
