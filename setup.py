@@ -13,6 +13,8 @@ CORE = [
     "safetensors>=0.4,<0.9",
     "numpy>=1.26,<2.5",
     "pyyaml>=6,<7",
+    # Spearman correlation of the fidelity metrics.
+    "scipy>=1.11,<2",
 ]
 EXPORT = [
     "tf2onnx==1.17.0",

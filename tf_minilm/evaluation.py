@@ -393,7 +393,7 @@ def embed_texts(encoder: Any, ids: Sequence[Sequence[int]], batch_size: int,
     """Pooled embeddings [n, hidden] (float32) of tokenised texts, dropout off."""
     import tensorflow as tf
 
-    from tf_minilm.classifier import mean_pool
+    from tf_minilm.pooling import mean_pool
 
     spec = [tf.TensorSpec((None, None), tf.int32)] * 2
 

