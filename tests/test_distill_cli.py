@@ -53,7 +53,15 @@ def tiny_args(teacher_dir, corpus_dir, output, *extra):
             str(corpus_dir), "--doc-separator", "line", "--student-layers", "2",
             "--student-hidden", "16", "--student-heads", "4", "--relation-heads", "4",
             "--max-seq-len", "32", "--batch-size", "8", "--steps", "24", "--checkpoint-every", "8",
-            "--log-every", "4", "--learning-rate", "1e-3", "--output", str(output), *extra]
+            "--log-every", "4", "--learning-rate", "1e-3", "--method", "minilmv2",
+            "--output", str(output), *extra]
+
+
+def aligned_args(teacher_dir, corpus_dir, output, *extra):
+    """The default objective (output alignment) on the tiny teacher, widths differing."""
+    args = tiny_args(teacher_dir, corpus_dir, output)
+    index = args.index("--method")
+    return args[:index] + args[index + 2:] + list(extra)
 
 
 def student_inputs():
@@ -153,7 +161,19 @@ def test_resume_refuses_changed_settings(teacher_dir, corpus_dir, tmp_path, capl
         (["--method", "minilm", "--student-heads", "2"], r"--method minilm \(v1\) needs equal attention heads"),
         (["--init", "teacher-layers"], r"--init teacher-layers needs a student as wide as the teacher"),
         (["--max-seq-len", "100"], r"--max-seq-len 100 exceeds the teacher's 64 positions"),
-        (["--warmup-steps", "50"], r"--warmup-steps must be in \[0, --steps=24\]"),
+        (["--warmup-steps", "50"], r"--warmup-steps must be in \[0, --steps=24\)"),
+        (["--warmup-steps", "24"], r"--warmup-steps must be in \[0, --steps=24\)"),
+        (["--learning-rate", "nan"], r"--learning-rate must be > 0|--learning-rate must be a finite"),
+        (["--learning-rate", "inf"], r"--learning-rate must be a finite number"),
+        (["--loss", "embeding_mse"], r"--loss: unknown loss term 'embeding_mse'"),
+        (["--loss=-1*hidden_mse"], r"--loss: weight of loss term 'hidden_mse' must be a finite"),
+        (["--loss", "0*hidden_mse"], r"--loss: every weight"),
+        (["--loss", "minilm", "--method", "minilmv2"], r"--method minilmv2 disagrees"),
+        (["--stages", "minilmv2", "hidden_mse"], r"--stages: stage 1 \('minilmv2'\) needs its length"),
+        (["--stages", "minilmv2:30", "hidden_mse"], r"--stages: stage 2 .* at or after the run's end"),
+        (["--stages", "minilmv2:8", "hidden_mse", "--loss", "hidden_mse"], r"--loss or --stages, not both"),
+        (["--init-layers", "1,2", "--init", "random"], r"--init-layers copies teacher layers"),
+        (["--init-layers", "1,2"], r"--init teacher-layers needs a student as wide as the teacher"),
         (["--relations", "qx"], r"--relations has 'qx'"),
         (["--assistant-hidden", "18"], r"--assistant-hidden \(18\) is not divisible"),
         (["--batch-size", "4096"], r"--batch-size 4096 is larger than the \d+ training sequences"),
@@ -164,6 +184,80 @@ def test_invalid_combinations_name_the_flag(teacher_dir, corpus_dir, tmp_path, c
     assert main(tiny_args(teacher_dir, corpus_dir, output, *flags)) == 2
     assert caplog.records and re.search(message, caplog.text), caplog.text
     assert not (output / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ("1,1", r"--init-layers: teacher layers \[1, 1\] must be strictly increasing"),
+        ("3,1", r"must be strictly increasing"),
+        ("1,4", r"--init-layers: teacher layer 4 is out of range: the teacher has 3 layers"),
+        ("1", r"--init-layers: got 1 teacher layer\(s\) \[1\] for a student with 2 layers"),
+        ("1,x", r"--init-layers: '1,x' is not a comma-separated list"),
+    ],
+)
+def test_bad_init_layers_name_the_flag(teacher_dir, corpus_dir, tmp_path, caplog, layers,
+                                       message):
+    wide = ["--student-hidden", "32", "--student-intermediate", "128", "--init-layers", layers]
+    assert main(tiny_args(teacher_dir, corpus_dir, tmp_path / "run", *wide)) == 2
+    assert re.search(message, caplog.text), caplog.text
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_teacher_pooling_files_name_the_file(teacher_dir, corpus_dir, tmp_path, caplog):
+    broken = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, broken)
+    (broken / "modules.json").write_text(json.dumps(
+        [{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (broken / "1_Pooling").mkdir()
+    (broken / "1_Pooling" / "config.json").write_text('{"pooling_mode_max_tokens": true}')
+    assert main(tiny_args(broken, corpus_dir, tmp_path / "run")) == 2
+    assert re.search(r"--teacher .*1_Pooling/config.json: field 'pooling_mode_max_tokens' selects "
+                     "max pooling", caplog.text), caplog.text
+
+
+def test_default_objective_trains_aligned_student_without_projection_and_extends(
+        teacher_dir, corpus_dir, tmp_path, caplog):
+    output = tmp_path / "run"
+    assert main(aligned_args(teacher_dir, corpus_dir, output)) == 0
+    config = json.loads((output / "config.json").read_text())
+    assert config["loss"] == "embedding_mse + hidden_mse" and config["pooling"] == {
+        "mode": "mean", "normalize": True}
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_embedding_mse" in r and "loss_hidden_mse" in r for r in records)
+    result = json.loads((output / "result.json").read_text())
+    mr = result["fidelity"]["mr"]
+    assert mr["texts"].startswith("MR test split") and -1 <= mr["spearman"] <= 1
+    assert set(mr) >= {"spearman", "cka", "knn@10", "num_texts"}
+    # the projection (16 -> 32) is training-only: no saved artefact holds it
+    from safetensors.numpy import load_file
+
+    names = load_file(str(output / "student" / "model.safetensors"))
+    assert not [name for name in names if "projection" in name]
+    student = keras.saving.load_model(output / "student.keras")
+    assert not [w.path for w in student.weights if "projection" in w.path]
+    assert len(student.weights) == len(load_hf_checkpoint(output / "student")[0].weights)
+    import onnx
+
+    from export import export_model
+
+    export_model(str(output / "student"), tmp_path / "onnx", quantize="none", max_seq_len=32)
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    shapes = {tuple(init.dims) for init in graph.initializer}
+    assert (16, 32) not in shapes and (32, 16) not in shapes  # a 16 -> 32 projection's kernel
+
+    # --resume --steps N extends the run: recorded, warm-up kept, the decay re-planned
+    caplog.set_level(logging.INFO)
+    assert main(aligned_args(teacher_dir, corpus_dir, output, "--resume", "--steps", "32")) == 0
+    config = json.loads((output / "config.json").read_text())
+    assert config["steps"] == 32 and config["warmup_steps"] == 2
+    assert config["extensions"] == [{"from_steps": 24, "to_steps": 32}]
+    assert json.loads((output / "result.json").read_text())["step"] == 32
+    assert "extending the run" in caplog.text
+    # any other change is still refused
+    assert main(aligned_args(teacher_dir, corpus_dir, output, "--resume", "--steps", "40",
+                             "--learning-rate", "1e-4")) == 2
+    assert "--learning-rate (run: 0.001, now: 0.0001)" in caplog.text
 
 
 def test_bad_corpus_and_teacher_paths(teacher_dir, corpus_dir, tmp_path, caplog):
@@ -208,7 +302,10 @@ def test_embedded_default_resolves_to_packaged_teacher_and_corpus(real_teacher_d
     assert (student.num_hidden_layers, student.hidden_size, student.num_attention_heads,
             student.intermediate_size) == (3, 384, 12, 1536)
     assert job.init == "teacher-layers" and job.teacher_layer == 6
-    assert job.config.method == "minilmv2" and 384 % job.config.relation_heads == 0
+    assert job.init_layers == (1, 3, 6)  # spread, the teacher's last layer kept
+    assert job.config.resolved_loss() == "embedding_mse + hidden_mse"
+    assert job.config.resolved_method() == "minilmv2" and 384 % job.config.relation_heads == 0
+    assert job.pooling == {"mode": "mean", "normalize": True}
 
 
 def test_help_lists_units_and_defaults(capsys):
@@ -218,7 +315,7 @@ def test_help_lists_units_and_defaults(capsys):
     for flag in ("--teacher", "--student-layers", "--relation-heads", "--precision", "--resume",
                  "--config", "1-based"):
         assert flag in text
-    assert "(default: 128)" in text
+    assert "(default: 64)" in text  # --max-seq-len
 
 
 def test_unknown_config_error_type_is_config_error():

@@ -43,17 +43,25 @@ class ResolvedJob:
     student_config: EncoderConfig
     init: str
     teacher_layer: int
+    init_layers: tuple[int, ...] | None = None
+    pooling: dict[str, Any] | None = None
+    extensions: list[dict[str, int]] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         values = self.config.to_dict()
         values.update(teacher=self.teacher_dir, corpus=self.corpus, init=self.init,
-                      teacher_layer=self.teacher_layer,
+                      teacher_layer=self.teacher_layer, method=self.config.resolved_method(),
+                      loss=self.config.resolved_loss(),
+                      init_layers=",".join(map(str, self.init_layers)) if self.init_layers
+                      else None, pooling=self.pooling,
                       student_layers=self.student_config.num_hidden_layers,
                       student_hidden=self.student_config.hidden_size,
                       student_heads=self.student_config.num_attention_heads,
                       student_intermediate=self.student_config.intermediate_size,
                       warmup_steps=self.config.resolved_warmup_steps(),
                       cache_dir=self.cache_dir)
+        if self.extensions:
+            values["extensions"] = list(self.extensions)
         return values
 
     @property
@@ -119,11 +127,15 @@ def resolve(config: DistillConfig) -> ResolvedJob:
                               f"the student's {student.num_attention_heads} heads (the assistant "
                               "uses the student's head count)")
         sizes["assistant"] = config.assistant_hidden
-    if config.method == "minilmv2":
+    from tf_minilm import objectives
+
+    relation = {objectives.relation_term(stage.objective)
+                for stage in config.resolved_stages()} - {None}
+    if "minilmv2" in relation:
         _check_relation_heads(config, sizes)
-    elif student.num_attention_heads != teacher.num_attention_heads:
+    elif "minilm" in relation and student.num_attention_heads != teacher.num_attention_heads:
         raise ConfigError(
-            f"--method minilm (v1) needs equal attention heads: the teacher has "
+            "--method minilm (v1) needs equal attention heads: the teacher has "
             f"{teacher.num_attention_heads}, --student-heads is {student.num_attention_heads} "
             "(use --method minilmv2, whose relation heads lift this limit)"
         )
@@ -132,6 +144,10 @@ def resolve(config: DistillConfig) -> ResolvedJob:
                      for f in ("hidden_size", "num_attention_heads", "intermediate_size"))
     fits = student.num_hidden_layers <= teacher.num_hidden_layers and not config.assistant_hidden
     init = config.init
+    if config.init_layers is not None:
+        if init == "random":
+            raise ConfigError("--init-layers copies teacher layers; it cannot go with --init random")
+        init = "teacher-layers"
     if init == "auto":
         init = "teacher-layers" if same_shape and fits else "random"
     elif init == "teacher-layers" and not (same_shape and fits):
@@ -142,9 +158,29 @@ def resolve(config: DistillConfig) -> ResolvedJob:
             "with at most as many layers and no teacher assistant; use --init random"
         )
 
+    init_layers = None
+    if init == "teacher-layers":
+        from tf_minilm.student import check_layer_choice, parse_layer_list, spread_layers
+
+        try:
+            init_layers = check_layer_choice(
+                parse_layer_list(config.init_layers) if config.init_layers is not None
+                else spread_layers(teacher.num_hidden_layers, student.num_hidden_layers),
+                teacher.num_hidden_layers, student.num_hidden_layers)
+        except ConfigError as err:
+            raise ConfigError(f"--init-layers: {err}") from err
+
+    from tf_minilm.pooling import PoolingError, read_pooling
+
+    try:
+        pooling = read_pooling(teacher_dir).to_dict()
+    except PoolingError as err:
+        raise ConfigError(f"--teacher {teacher_dir}: {err}") from err
+
     corpus = [os.fspath(p) for p in config.corpus] or default_corpus_paths()
     collect_files(corpus)  # raises CorpusError naming a missing path
-    return ResolvedJob(config, teacher_dir, corpus, teacher, student, init, teacher_layer)
+    return ResolvedJob(config, teacher_dir, corpus, teacher, student, init, teacher_layer,
+                       init_layers, pooling)
 
 
 # ----------------------------------------------------------------------------- output
@@ -181,8 +217,21 @@ def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
         raise ConfigError(f"--resume: {saved_path} not found; there is no run to resume in {output}")
     with open(saved_path, encoding="utf-8") as handle:
         saved = json.load(handle)
+    saved_steps = saved.get("steps")
+    if isinstance(saved_steps, int) and job.config.steps > saved_steps:
+        # A longer run: keep the warm-up of the run, record the extension.
+        if job.config.warmup_steps is None:
+            job.config.warmup_steps = saved.get("warmup_steps")
+        job.extensions = list(saved.get("extensions", [])) + [
+            {"from_steps": saved_steps, "to_steps": job.config.steps}]
+        logger.info("--resume --steps %d: extending the run in %s from %d steps", job.config.steps,
+                    output, saved_steps)
+    else:
+        job.extensions = list(saved.get("extensions", []))
     current = job.to_dict()
     ignored = {"resume", "output", "cache_dir", "log_every", "keep_checkpoints"}
+    if job.extensions and job.extensions[-1]["to_steps"] == job.config.steps:
+        ignored |= {"steps", "extensions"}
     differences = [f"--{key.replace('_', '-')} (run: {saved.get(key)!r}, now: {value!r})"
                    for key, value in current.items()
                    if key not in ignored and saved.get(key) != value]
@@ -199,7 +248,11 @@ def train_options(job: ResolvedJob) -> Any:
     return TrainOptions(
         steps=config.steps, learning_rate=config.learning_rate,
         warmup_steps=config.resolved_warmup_steps(), weight_decay=config.weight_decay,
-        clipnorm=config.clipnorm or None, method=config.method, teacher_layer=job.teacher_layer,
+        clipnorm=config.clipnorm or None, method=config.resolved_method(),
+        teacher_layer=job.teacher_layer,
+        objective=config.resolved_loss(),
+        stages=tuple(config.stages) if config.stages is not None else None,
+        pooling=job.pooling,
         num_relation_heads=config.relation_heads, relations=tuple(config.relations),
         seed=config.seed, checkpoint_every=config.checkpoint_every,
         keep_checkpoints=config.keep_checkpoints, log_every=config.log_every,
@@ -220,7 +273,8 @@ def run(config: DistillConfig) -> dict[str, Any]:
                 job.teacher_dir, job.teacher_config.num_hidden_layers,
                 job.teacher_config.hidden_size, job.student_config.num_hidden_layers,
                 job.student_config.hidden_size, job.student_config.num_attention_heads,
-                job.student_config.intermediate_size, job.init, config.method)
+                job.student_config.intermediate_size, job.init,
+                config.resolved_loss() or " then ".join(config.stages or []))
 
     from tf_minilm.checkpoints import load_hf_checkpoint, load_tokenizer
     from tf_minilm.corpus import ReadOptions
@@ -269,7 +323,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
             student = build_student(
                 teacher, student_config.num_hidden_layers, student_config.hidden_size,
                 student_config.num_attention_heads, student_config.intermediate_size,
-                init=job.init, seed=config.seed,
+                init=job.init, teacher_layers=job.init_layers, seed=config.seed,
             )
             return teacher, student
 
@@ -277,7 +331,18 @@ def run(config: DistillConfig) -> dict[str, Any]:
                                  eval_dataset=eval_dataset, log_dir=log_dir)
         student = final.student
 
-    save_student(student, tokenizer, output)
+    student = save_student(student, tokenizer, output)
+    from tf_minilm.fidelity import run_fidelity
+    from tf_minilm.pooling import PoolingSpec
+
+    teacher = final.teacher if not config.assistant_hidden \
+        else load_hf_checkpoint(job.teacher_dir)[0]
+    fidelity = run_fidelity(teacher, student, tokenizer, PoolingSpec(**job.pooling),
+                            prepared.eval, seed=config.seed)
+    logger.info("fidelity to the teacher: %s", "; ".join(
+        f"{where}: " + " ".join(f"{k}={v:.4f}" for k, v in values.items()
+                                if isinstance(v, float))
+        for where, values in fidelity.items()))
     summary = {
         "step": final.step,
         "train": final.train_metrics,
@@ -287,13 +352,18 @@ def run(config: DistillConfig) -> dict[str, Any]:
         "corpus": prepared.stats.to_dict(),
         "train_sequences": len(prepared.train),
         "eval_sequences": len(prepared.eval),
+        "fidelity": fidelity,
     }
     write_json_atomic(os.path.join(output, "result.json"), summary)
     return summary
 
 
-def save_student(student: Any, tokenizer: Any, output: str) -> None:
-    """Write `student/` (HF, float32) and `student.keras`, each atomically."""
+def save_student(student: Any, tokenizer: Any, output: str) -> Any:
+    """Write `student/` (HF, float32) and `student.keras`, each atomically.
+
+    Returns:
+        The float32 copy of the student that was saved.
+    """
     from tf_minilm.checkpoints import save_hf_checkpoint
     from tf_minilm.encoder import copy_encoder
 
@@ -301,3 +371,4 @@ def save_student(student: Any, tokenizer: Any, output: str) -> None:
     save_hf_checkpoint(float32, tokenizer, os.path.join(output, "student"))
     with atomic_path(os.path.join(output, "student.keras")) as partial:
         float32.save(partial)
+    return float32

@@ -75,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", err)
         return 2
     evaluation = summary.get("eval") or {}
+    fidelity = {where: {key: value for key, value in values.items()
+                        if key in ("spearman", "cka", "knn@10", "skipped")}
+                for where, values in (summary.get("fidelity") or {}).items()}
     print(json.dumps({"output": config.output, "step": summary["step"],
                       "eval_loss": evaluation.get("loss"),
-                      "student_parameters": summary["student_parameters"]}, indent=2))
+                      "student_parameters": summary["student_parameters"],
+                      "fidelity": fidelity}, indent=2))
     return 0
