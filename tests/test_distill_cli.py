@@ -173,6 +173,8 @@ def test_resume_refuses_changed_settings(teacher_dir, corpus_dir, tmp_path, capl
         (["--stages", "minilmv2:30", "hidden_mse"], r"--stages: stage 2 .* at or after the run's end"),
         (["--stages", "minilmv2:8", "hidden_mse", "--loss", "hidden_mse"], r"--loss or --stages, not both"),
         (["--init-layers", "1,2", "--init", "random"], r"--init-layers copies teacher layers"),
+        (["--stages", "minilmv2:8", "hidden_mse", "--assistant-hidden", "16"],
+         r"--stages cannot go with --assistant-hidden"),
         (["--init-layers", "1,2"], r"--init teacher-layers needs a student as wide as the teacher"),
         (["--relations", "qx"], r"--relations has 'qx'"),
         (["--assistant-hidden", "18"], r"--assistant-hidden \(18\) is not divisible"),
@@ -331,3 +333,24 @@ def test_cli_selects_the_bfc_allocator_unless_the_environment_says_otherwise(mon
     monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", "false")
     assert main(["distill", "--steps", "0"]) == 2
     assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "false"
+
+
+def test_embedded_default_is_the_measured_row_of_the_paper_table():
+    """`./dev distill` runs exactly the paper-table row the README names as the default."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                        "paper_table.py")
+    spec = importlib.util.spec_from_file_location("paper_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    row = table.DISTILLED[table.DEFAULT_ROW]
+    defaults = DistillConfig()
+    assert defaults.resolved_loss() == row["loss"]
+    assert defaults.resolved_learning_rate() == row["learning_rate"]
+    from tf_minilm.student import spread_layers
+
+    assert ",".join(map(str, spread_layers(6, defaults.student_layers))) == row["init_layers"]
+    assert table.budget(table.parse_args([])) == {
+        "steps": defaults.steps, "batch_size": defaults.batch_size,
+        "max_seq_len": defaults.max_seq_len, "packing": defaults.packing}

@@ -239,6 +239,8 @@ METHODS = ("minilmv2", "minilm")
 # corpus this objective from spread teacher layers tracks the teacher more closely than
 # layer-dropping and than sentence-transformers' embedding-MSE recipe at the same budget.
 DEFAULT_LOSS = "embedding_mse + hidden_mse"
+ALIGNED_LEARNING_RATE = 6e-4  # best of 1e-4 / 3e-4 / 6e-4 for the default loss (README)
+RELATION_LEARNING_RATE = 3e-4  # the papers' rate for 384-wide students
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker", "tpu")
 INITS = ("auto", "random", "teacher-layers")
@@ -322,7 +324,9 @@ class DistillConfig:
     # minutes on 2 CPU cores: ~0.8 s a step measured there.
     steps: int = _field(400, "optimizer steps (per stage when a teacher assistant is used, "
                              "see --assistant-steps)")
-    learning_rate: float = _field(1e-4, "peak learning rate of AdamW")
+    learning_rate: float | None = _field(
+        None, "peak learning rate of AdamW (default: 6e-4 when the loss has an alignment "
+              "term, else 3e-4, the papers' rate for 384-wide students)")
     warmup_steps: int | None = _field(None, "linear warm-up steps (default: 10%% of --steps)")
     weight_decay: float = _field(0.01, "AdamW weight decay (not on LayerNorm and biases)")
     clipnorm: float = _field(1.0, "global gradient-norm clipping (0 disables)")
@@ -440,7 +444,7 @@ class DistillConfig:
             raise ConfigError(f"--max-seq-len must be at least 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
         if self.teacher_layer is not None and self.teacher_layer < 1:
             raise ConfigError(f"--teacher-layer is 1-based; got {self.teacher_layer}")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.steps:
             raise ConfigError(f"--warmup-steps must be in [0, --steps={self.steps}) (the decay "
@@ -456,16 +460,29 @@ class DistillConfig:
                 raise ConfigError(f"--relations has {relation!r}; each relation is two letters of "
                                   "q, k, v (e.g. qq kk vv)")
         for name in ("learning_rate", "weight_decay", "clipnorm", "eval_fraction"):
-            if not math.isfinite(getattr(self, name)):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got "
                                   f"{getattr(self, name)}")
         self.resolved_stages()  # raises ConfigError naming --loss / --stages / --method
+        if self.stages is not None and self.assistant_hidden is not None:
+            raise ConfigError("--stages cannot go with --assistant-hidden (the teacher-assistant "
+                              "run has two stages of its own); use --loss")
         if self.assistant_steps is not None and self.assistant_hidden is None:
             raise ConfigError("--assistant-steps needs --assistant-hidden (no teacher assistant "
                               "is trained without it)")
 
     def resolved_warmup_steps(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else self.steps // 10
+
+    def resolved_learning_rate(self) -> float:
+        """--learning-rate, or the measured default for the run's objective."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        from tf_minilm import objectives
+
+        aligned = any(objectives.needs_alignment(stage.objective)
+                      for stage in self.resolved_stages())
+        return ALIGNED_LEARNING_RATE if aligned else RELATION_LEARNING_RATE
 
     def resolved_loss(self) -> str | None:
         """The single-stage loss spec (None when --stages is given)."""

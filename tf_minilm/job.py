@@ -59,6 +59,7 @@ class ResolvedJob:
                       student_heads=self.student_config.num_attention_heads,
                       student_intermediate=self.student_config.intermediate_size,
                       warmup_steps=self.config.resolved_warmup_steps(),
+                      learning_rate=self.config.resolved_learning_rate(),
                       cache_dir=self.cache_dir)
         if self.extensions:
             values["extensions"] = list(self.extensions)
@@ -246,7 +247,7 @@ def train_options(job: ResolvedJob) -> Any:
 
     config = job.config
     return TrainOptions(
-        steps=config.steps, learning_rate=config.learning_rate,
+        steps=config.steps, learning_rate=config.resolved_learning_rate(),
         warmup_steps=config.resolved_warmup_steps(), weight_decay=config.weight_decay,
         clipnorm=config.clipnorm or None, method=config.resolved_method(),
         teacher_layer=job.teacher_layer,

@@ -18,8 +18,14 @@ models inside `strategy.scope()` (hence the builder callable), wraps them in a
     tensorboard/                  the same scalars for TensorBoard
     train_options.json            the resolved options
 
+Stages (`TrainOptions.stages`) run one after the other in the same `Distiller`, the
+same optimizer and one global step counter; each stage boundary is checkpointed. A run
+resumed with a larger `steps` is extended: the warm-up is kept and the linear decay is
+re-planned from the resume step (`WarmupLinearDecay.replans`).
+
 Exact resume: a checkpoint holds the student (weights and dropout seed states), the
-optimizer (step counter, moments, loss scale) and the global step. The training
+width projection of the alignment terms if any, the optimizer (step counter, moments,
+loss scale) and the global step. The training
 data must be a pure function of the global step: `make_train_dataset(start_step)`
 returns the global batches from `start_step` on (each batch the full global batch;
 it is split over replicas and, with the DATA auto-shard policy set here, over
