@@ -223,7 +223,7 @@ def test_default_objective_trains_aligned_student_without_projection_and_extends
     output = tmp_path / "run"
     assert main(aligned_args(teacher_dir, corpus_dir, output)) == 0
     config = json.loads((output / "config.json").read_text())
-    assert config["loss"] == "embedding_mse + hidden_mse" and config["pooling"] == {
+    assert config["loss"] == "10*embedding_mse + hidden_mse" and config["pooling"] == {
         "mode": "mean", "normalize": True}
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert any("loss_embedding_mse" in r and "loss_hidden_mse" in r for r in records)
@@ -305,7 +305,7 @@ def test_embedded_default_resolves_to_packaged_teacher_and_corpus(real_teacher_d
             student.intermediate_size) == (3, 384, 12, 1536)
     assert job.init == "teacher-layers" and job.teacher_layer == 6
     assert job.init_layers == (1, 3, 6)  # spread, the teacher's last layer kept
-    assert job.config.resolved_loss() == "embedding_mse + hidden_mse"
+    assert job.config.resolved_loss() == "10*embedding_mse + hidden_mse"
     assert job.config.resolved_method() == "minilmv2" and 384 % job.config.relation_heads == 0
     assert job.pooling == {"mode": "mean", "normalize": True}
 
