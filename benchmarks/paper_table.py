@@ -252,12 +252,13 @@ def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dic
     if not fidelity:
         fidelity = fidelity_of(encoder, context)
     spec = DISTILLED.get(name, {})
+    stages = [stage.replace("HALF", str(budget(args)["steps"] // 2))
+              for stage in spec.get("stages", [])]
     row: dict[str, Any] = {
         "row": name,
         "model_dir": model_dir,
         "parameters": int(encoder.count_params()),
-        "objective": spec.get("loss") or spec.get("method") or " then ".join(
-            spec.get("stages", [])) or "-",
+        "objective": spec.get("loss") or spec.get("method") or " then ".join(stages) or "-",
         "init_layers": spec.get("init_layers") or (",".join(map(str, UNDISTILLED[name]))
                                                    if UNDISTILLED.get(name) else "-"),
         "learning_rate": spec.get("learning_rate"),
