@@ -102,3 +102,23 @@ def test_evaluate_fidelity_on_hf_keras_and_onnx_forms(tiny_model_dir, tmp_path, 
     assert main(["evaluate", str(tiny_model_dir), "--task", "fidelity", "--teacher",
                  str(tiny_model_dir), "--texts", str(tmp_path / "none.txt")]) == 2
     assert "--texts" in caplog.text and "cannot read" in caplog.text
+
+
+def test_a_student_folder_without_pooling_files_pools_as_its_teacher(tiny_model_dir, tmp_path):
+    """A CLS-pooled teacher: its plain HF student is CLS-pooled too (same weights: score 1)."""
+    import shutil
+
+    from tests.test_pooling import write_folder
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_model_dir, teacher)
+    write_folder(teacher, mode="cls")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the film\na bad game\nnews of the bank\ngood music\nthe team\n")
+    output = tmp_path / "out.json"
+    assert main(["evaluate", str(tiny_model_dir), "--task", "fidelity", "--teacher",
+                 str(teacher), "--texts", str(texts), "--k", "2", "--max-seq-len", "32",
+                 "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert report["models"][str(tiny_model_dir)]["pooling"] == {"mode": "cls", "normalize": True}
+    assert report["results"][str(tiny_model_dir)]["spearman"] == pytest.approx(1.0, abs=1e-5)

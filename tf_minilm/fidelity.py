@@ -152,7 +152,8 @@ def embed_rows(encoder: Any, input_ids: np.ndarray, attention_mask: np.ndarray,
 
 
 def embedder(path: str, tokenizer_dir: str | None = None, pooling: PoolingSpec | None = None,
-             max_seq_len: int = 128, batch_size: int = 64) -> tuple[Embedder, dict[str, Any]]:
+             max_seq_len: int = 128, batch_size: int = 64,
+             default_pooling: PoolingSpec | None = None) -> tuple[Embedder, dict[str, Any]]:
     """An embedding function for a model in any of its forms, and a description of it.
 
     Args:
@@ -162,9 +163,11 @@ def embedder(path: str, tokenizer_dir: str | None = None, pooling: PoolingSpec |
         tokenizer_dir: folder of the tokenizer for a `.keras` file (which has none);
             default: the file's folder.
         pooling: pooling of an HF folder or `.keras` file; default what the folder's
-            sentence-transformers files say (mean + normalise when it has none).
+            sentence-transformers files say, else `default_pooling`.
         max_seq_len: truncation length in tokens.
         batch_size: texts per forward pass.
+        default_pooling: pooling of a folder without sentence-transformers files (e.g.
+            the teacher's, for its students); default mean + normalise.
 
     Returns:
         (texts -> embeddings, {"path", "form", "pooling"}).
@@ -182,7 +185,7 @@ def embedder(path: str, tokenizer_dir: str | None = None, pooling: PoolingSpec |
         from tf_minilm.checkpoints import load_hf_checkpoint
 
         encoder, tokenizer = load_hf_checkpoint(path)
-        spec = pooling or read_pooling(path)
+        spec = pooling or read_pooling(path, default_pooling)
     elif os.path.isfile(path) and path.endswith(".keras"):
         import keras
 
@@ -195,7 +198,7 @@ def embedder(path: str, tokenizer_dir: str | None = None, pooling: PoolingSpec |
                                 "Encoder")
         folder = tokenizer_dir or os.path.dirname(os.path.abspath(path))
         tokenizer = load_tokenizer(folder)
-        spec = pooling or read_pooling(folder)
+        spec = pooling or read_pooling(folder, default_pooling)
     else:
         raise FidelityError(f"{path}: not an HF model folder (config.json), a .keras file or an "
                             "exported ONNX folder (export_report.json)")

@@ -118,7 +118,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
     from tf_minilm.defaults import default_teacher_dir
     from tf_minilm.evaluation import versions, write_json
     from tf_minilm.fidelity import FidelityError, embedder, file_texts, measure, mr_test_texts
-    from tf_minilm.pooling import PoolingError
+    from tf_minilm.pooling import PoolingError, PoolingSpec
     from tf_minilm.tasks import TaskError
 
     try:
@@ -131,13 +131,16 @@ def run_fidelity(args: argparse.Namespace) -> int:
                 raise FidelityError(f"{path}: no such file or folder")
         texts = file_texts(args.texts, args.max_texts) if args.texts \
             else mr_test_texts(args.seed, args.max_texts)
-        teacher, _ = embedder(teacher_dir, max_seq_len=args.max_seq_len,
-                              batch_size=args.batch_size)
+        teacher, teacher_info = embedder(teacher_dir, max_seq_len=args.max_seq_len,
+                                         batch_size=args.batch_size)
+        # A student folder without sentence-transformers files pools as its teacher does.
+        teacher_pooling = PoolingSpec(**teacher_info["pooling"])
         models, forms = {}, {}
         for path in args.model_dirs:
             models[path], forms[path] = embedder(path, tokenizer_dir=teacher_dir,
                                                  max_seq_len=args.max_seq_len,
-                                                 batch_size=args.batch_size)
+                                                 batch_size=args.batch_size,
+                                                 default_pooling=teacher_pooling)
         report = measure(teacher, models, texts, args.k)
     except (FidelityError, PoolingError, TaskError, CheckpointError, ValueError) as err:
         logger.error("%s", err)
