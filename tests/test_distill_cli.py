@@ -169,6 +169,8 @@ def test_resume_refuses_changed_settings(teacher_dir, corpus_dir, tmp_path, capl
         (["--loss=-1*hidden_mse"], r"--loss: weight of loss term 'hidden_mse' must be a finite"),
         (["--loss", "0*hidden_mse"], r"--loss: every weight"),
         (["--loss", "minilm", "--method", "minilmv2"], r"--method minilmv2 disagrees"),
+        (["--loss", "hidden_mse"], r"--method minilmv2 disagrees with --loss \(its relation "
+                                   r"term: none\)"),
         (["--stages", "minilmv2", "hidden_mse"], r"--stages: stage 1 \('minilmv2'\) needs its length"),
         (["--stages", "minilmv2:30", "hidden_mse"], r"--stages: stage 2 .* at or after the run's end"),
         (["--stages", "minilmv2:8", "hidden_mse", "--loss", "hidden_mse"], r"--loss or --stages, not both"),

@@ -506,9 +506,11 @@ class DistillConfig:
             flag = "--stages" if self.stages is not None else "--loss" if self.loss else "--method"
             raise ConfigError(f"{flag}: {err}") from err
         relation = {objectives.relation_term(stage.objective) for stage in stages} - {None}
-        if self.method is not None and relation and relation != {self.method}:
-            raise ConfigError(f"--method {self.method} disagrees with the relation term "
-                              f"{relation.pop()} of {'--stages' if self.stages else '--loss'}")
+        given = "--stages" if self.stages is not None else "--loss" if self.loss else None
+        if self.method is not None and given and relation != {self.method}:
+            raise ConfigError(f"--method {self.method} disagrees with {given} (its relation "
+                              f"term: {', '.join(relation) or 'none'}); put the method in "
+                              f"{given} or leave --method out")
         return stages
 
     def resolved_method(self) -> str:
