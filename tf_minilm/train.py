@@ -704,15 +704,14 @@ def _train(
         write_json_atomic(os.path.join(output_dir, "train_options.json"),
                           {**dataclasses.asdict(options), "resolved": fingerprint,
                            "extensions": extensions})
-        if plan.extended_from is not None:
-            MetricsLogger(metrics_path, None, 1, start_step).write_record(
-                {"step": start_step, "event": "extended",
-                 "from_steps": plan.extended_from, "to_steps": options.steps})
 
     metrics_logger = MetricsLogger(
         metrics_path, log_dir, options.log_every, start_step, learning_rate=schedule,
         elapsed_offset=elapsed_offset, write=chief, total_steps=options.steps,
     )
+    if plan.extended_from is not None:
+        metrics_logger.write_record({"step": start_step, "event": "extended",
+                                     "from_steps": plan.extended_from, "to_steps": options.steps})
 
     def save(step: int) -> str | None:
         meta = {"fingerprint": fingerprint, "elapsed_s": metrics_logger.elapsed}
