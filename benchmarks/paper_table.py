@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
     """The distillation budget of every distilled row: the distill defaults unless overridden."""
-    from tf_minilm.config import DistillConfig
+    from tf_minilm.model.config import DistillConfig
 
     defaults = DistillConfig()
     return {"steps": args.steps or defaults.steps,
@@ -138,8 +138,8 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_undistilled(name: str, context: dict[str, Any], folder: str, seed: int) -> str:
     """Save the random or teacher-layers student (no training) as an HF folder."""
-    from tf_minilm.checkpoints import save_hf_checkpoint
-    from tf_minilm.student import build_student
+    from tf_minilm.hf.checkpoints import save_hf_checkpoint
+    from tf_minilm.model.student import build_student
 
     if not os.path.exists(os.path.join(folder, "config.json")):
         layers = UNDISTILLED[name]
@@ -152,9 +152,9 @@ def build_undistilled(name: str, context: dict[str, Any], folder: str, seed: int
 
 def distill_row(name: str, args: argparse.Namespace, folder: str) -> tuple[str, dict[str, Any]]:
     """Run `tf-minilm distill` for a row (resuming if interrupted); returns (student, result)."""
-    from tf_minilm import job
-    from tf_minilm.config import DistillConfig
+    from tf_minilm.distill import job
     from tf_minilm.fileio import write_json_atomic
+    from tf_minilm.model.config import DistillConfig
 
     result_path = os.path.join(folder, "result.json")
     if os.path.exists(result_path):
@@ -184,8 +184,8 @@ def distill_row(name: str, args: argparse.Namespace, folder: str) -> tuple[str, 
 
 def relation_loss(teacher: Any, student: Any, eval_sequences: Any) -> float:
     """Held-out MiniLMv2 loss (A_r 48, last layers) of the `student` encoder against `teacher`."""
-    from tf_minilm.data import make_eval_dataset
-    from tf_minilm.distiller import Distiller
+    from tf_minilm.data.batches import make_eval_dataset
+    from tf_minilm.distill.distiller import Distiller
 
     distiller = Distiller(teacher, student, method="minilmv2", num_relation_heads=48)
     total, count = 0.0, 0
@@ -214,7 +214,7 @@ def int8_latency(model_dir: str, export_dir: str, args: argparse.Namespace) -> d
 
 def evaluate(model_dir: str, task: Any, mode: str, epochs: int, max_seq_len: int,
              seed: int) -> float:
-    from tf_minilm.evaluation import EvalSettings, evaluate_model
+    from tf_minilm.evaluate.evaluation import EvalSettings, evaluate_model
 
     settings = EvalSettings(mode=mode, epochs=epochs, max_seq_len=max_seq_len, seed=seed)
     return float(evaluate_model(model_dir, task, settings)["accuracy"])
@@ -222,7 +222,7 @@ def evaluate(model_dir: str, task: Any, mode: str, epochs: int, max_seq_len: int
 
 def fidelity_of(encoder: Any, context: dict[str, Any]) -> dict[str, float]:
     """Fidelity on the MR test sentences, measured as `tf-minilm distill` measures it."""
-    from tf_minilm import fidelity
+    from tf_minilm.evaluate import fidelity
 
     texts = context["fidelity_texts"]
     if "teacher_embeddings" not in context:
@@ -233,7 +233,7 @@ def fidelity_of(encoder: Any, context: dict[str, Any]) -> dict[str, float]:
 
 
 def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any]:
-    from tf_minilm.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
     folder = os.path.join(args.students_from or args.output, "rows", name)
     if name != "teacher" and args.students_from and not os.path.isdir(folder):
@@ -301,14 +301,14 @@ def format_table(rows: list[dict[str, Any]], mode: str, tasks: list[str]) -> str
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from tf_minilm import fidelity
-    from tf_minilm.checkpoints import load_hf_checkpoint
-    from tf_minilm.corpus import default_corpus_paths
-    from tf_minilm.data import prepare_corpus
-    from tf_minilm.defaults import default_teacher_dir
+    from tf_minilm.assets import default_teacher_dir
+    from tf_minilm.data.batches import prepare_corpus
+    from tf_minilm.data.corpus import default_corpus_paths
+    from tf_minilm.evaluate import fidelity
+    from tf_minilm.evaluate.tasks import load_task
     from tf_minilm.fileio import write_json_atomic, write_text_atomic
-    from tf_minilm.pooling import read_pooling
-    from tf_minilm.tasks import load_task
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+    from tf_minilm.model.pooling import read_pooling
 
     teacher_dir = default_teacher_dir()
     teacher, tokenizer = load_hf_checkpoint(teacher_dir)  # loaded once, shared by every row

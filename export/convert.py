@@ -86,14 +86,14 @@ def float32_copy(encoder: Any) -> Any:
     export always converts this copy.
 
     Args:
-        encoder: a `tf_minilm.encoder.Encoder` under any dtype policy.
+        encoder: a `tf_minilm.model.encoder.Encoder` under any dtype policy.
 
     Returns:
         The float32 copy (the original is left untouched).
     """
     from keras import ops
 
-    from tf_minilm.encoder import Encoder
+    from tf_minilm.model.encoder import Encoder
 
     if not isinstance(encoder, Encoder):
         raise ExportError(f"expected a tf_minilm Encoder, got {type(encoder).__name__}")

@@ -2,7 +2,7 @@
 EmbedLayerNormalization), applied and then checked, because they fail silently.
 
 onnxruntime's optimizer matches the exact subgraphs PyTorch's HF BERT exports. The
-encoder layers are spelled to export those subgraphs (see `tf_minilm.layers`);
+encoder layers are spelled to export those subgraphs (see `tf_minilm.model.layers`);
 `prepare_for_fusion` undoes the two rewrites tf2onnx/grappler make on top:
 
 - a mean over the last axis of a rank-3 tensor becomes `GlobalAveragePool`
@@ -168,7 +168,7 @@ def check_fusions(statistics: dict[str, int], expected: dict[str, int]) -> None:
             "onnxruntime's transformer optimizer did not fuse the graph as expected ("
             + "; ".join(wrong) + f"). Fused operator statistics: {fused}. The encoder's "
             "forward pass no longer exports the subgraphs onnxruntime matches (see "
-            "tf_minilm/layers.py); export with --no-optimize to ship the unfused graph.",
+            "tf_minilm/model/layers.py); export with --no-optimize to ship the unfused graph.",
             statistics,
         )
 

@@ -74,7 +74,7 @@ def _has_tokenizer(folder: str) -> bool:
 
 
 def _load_tokenizer_dir(folder: str) -> Any:
-    from tf_minilm.checkpoints import CheckpointError, load_tokenizer
+    from tf_minilm.hf.checkpoints import CheckpointError, load_tokenizer
 
     if not os.path.isdir(folder):
         raise ExportError(f"tokenizer folder {folder} does not exist")
@@ -100,8 +100,8 @@ def load_student(source: Any, tokenizer: Any = None) -> Student:
     Raises:
         ExportError: unreadable or corrupt source, not an Encoder, no tokenizer.
     """
-    from tf_minilm.checkpoints import CheckpointError, load_hf_checkpoint
-    from tf_minilm.encoder import Encoder
+    from tf_minilm.hf.checkpoints import CheckpointError, load_hf_checkpoint
+    from tf_minilm.model.encoder import Encoder
 
     tokenizer_dir = None
     if isinstance(tokenizer, str | os.PathLike):
@@ -345,7 +345,7 @@ def export_model(
                               f"{list(EMBEDDING_OUTPUTS)}")
         with open(os.path.join(staging, REPORT_FILE), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
-        from tf_minilm.checkpoints import replace_folder
+        from tf_minilm.hf.checkpoints import replace_folder
 
         replace_folder(staging, output_dir)
     except BaseException:

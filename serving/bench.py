@@ -213,11 +213,11 @@ def _keras_forward(target: Target, threads: int) -> tuple[Forward, dict[str, int
     if target.path.is_file():
         import keras
 
-        import tf_minilm.encoder  # noqa: F401  (registers the Encoder for deserialisation)
+        import tf_minilm.model.encoder  # noqa: F401  (registers the Encoder for deserialisation)
 
         encoder = keras.saving.load_model(target.path, compile=False)
     else:
-        from tf_minilm.checkpoints import load_hf_checkpoint
+        from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
         encoder, _ = load_hf_checkpoint(target.path)
     config = getattr(encoder, "config", None)

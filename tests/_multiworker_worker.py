@@ -36,7 +36,7 @@ BATCH = 8
 
 
 def teacher_config(dropout: float = 0.1):
-    from tf_minilm.config import EncoderConfig
+    from tf_minilm.model.config import EncoderConfig
 
     return EncoderConfig(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -57,7 +57,7 @@ def randomize(encoder, seed: int, stddev: float) -> None:
 
 def tiny_teacher(seed: int = 0, dropout: float = 0.1):
     """A 2 x 32 teacher (4 heads) with random weights large enough for peaked relations."""
-    from tf_minilm.encoder import Encoder
+    from tf_minilm.model.encoder import Encoder
 
     teacher = Encoder(teacher_config(dropout), name="teacher")
     randomize(teacher, seed, 0.15)
@@ -66,7 +66,7 @@ def tiny_teacher(seed: int = 0, dropout: float = 0.1):
 
 def tiny_student(teacher, seed: int = 1, layers: int = 2, hidden: int = 16, heads: int = 2):
     """A student of `teacher` (default 2 x 16, 2 heads, FFN 64), BERT-like random weights."""
-    from tf_minilm.student import build_student
+    from tf_minilm.model.student import build_student
 
     student = build_student(teacher, layers, hidden, heads, seed=seed)
     randomize(student, seed, 0.02)
@@ -114,9 +114,9 @@ def _mirrored_step(args: dict) -> dict:
     import keras
     import numpy as np
 
-    from tf_minilm.distiller import Distiller
-    from tf_minilm.schedules import WarmupLinearDecay
-    from tf_minilm.train import make_optimizer, no_decay_variables, resolve_strategy
+    from tf_minilm.distill.distiller import Distiller
+    from tf_minilm.distill.schedules import WarmupLinearDecay
+    from tf_minilm.distill.train import make_optimizer, no_decay_variables, resolve_strategy
 
     def one_step(strategy):
         keras.utils.set_random_seed(0)
@@ -200,8 +200,8 @@ def _train(args: dict) -> dict:
             cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
     import numpy as np
 
-    from tf_minilm.callbacks import CheckpointManager
-    from tf_minilm.train import TrainOptions, run_distillation
+    from tf_minilm.distill.callbacks import CheckpointManager
+    from tf_minilm.distill.train import TrainOptions, run_distillation
 
     options = TrainOptions(**args["options"])
     dropout = args.get("dropout", 0.1)

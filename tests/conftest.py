@@ -67,9 +67,9 @@ def tiny_model_dir(tmp_path_factory):
     """A random 2 x 32 BERT saved as an HF folder with the tiny WordPiece tokenizer."""
     import keras
 
-    from tf_minilm.checkpoints import save_hf_checkpoint
-    from tf_minilm.config import EncoderConfig
-    from tf_minilm.encoder import Encoder
+    from tf_minilm.hf.checkpoints import save_hf_checkpoint
+    from tf_minilm.model.config import EncoderConfig
+    from tf_minilm.model.encoder import Encoder
 
     tokenizer = make_wordpiece_tokenizer()
     keras.utils.set_random_seed(0)

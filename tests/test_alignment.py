@@ -8,13 +8,13 @@ import pytest
 import tensorflow as tf
 from _multiworker_worker import batch_for_step, tiny_student, tiny_teacher
 
-from tf_minilm import alignment
-from tf_minilm.distiller import Distiller
-from tf_minilm.pooling import PoolingSpec
+from tf_minilm.distill import alignment
+from tf_minilm.distill.distiller import Distiller
+from tf_minilm.model.pooling import PoolingSpec
 
 
 def oracle_embedding(hidden, mask, mode="mean", normalize=True):
-    """Loop-by-loop sentence embeddings, independent of tf_minilm.pooling."""
+    """Loop-by-loop sentence embeddings, independent of tf_minilm.model.pooling."""
     out = []
     for b in range(hidden.shape[0]):
         if mode == "cls":

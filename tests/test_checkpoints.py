@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_wordpiece_tokenizer
-from tf_minilm.checkpoints import (
+from tf_minilm.hf.checkpoints import (
     CheckpointError,
     encoder_state_dict,
     load_hf_checkpoint,
     save_hf_checkpoint,
 )
-from tf_minilm.config import EncoderConfig
-from tf_minilm.encoder import Encoder
+from tf_minilm.model.config import EncoderConfig
+from tf_minilm.model.encoder import Encoder
 
 SENTENCES = [
     "MiniLM distils the self-attention of a large teacher into a small student.",
@@ -235,7 +235,7 @@ def test_missing_tokenizer(tiny_folder):
 
 
 def test_failed_save_keeps_previous_folder(tiny_folder, monkeypatch):
-    import tf_minilm.checkpoints as checkpoints
+    import tf_minilm.hf.checkpoints as checkpoints
 
     before = sorted(os.listdir(tiny_folder))
     encoder, tokenizer = load_hf_checkpoint(tiny_folder)

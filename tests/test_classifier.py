@@ -7,9 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from tf_minilm.classifier import SequenceClassifier
-from tf_minilm.config import EncoderConfig
-from tf_minilm.encoder import Encoder
+from tf_minilm.model.classifier import SequenceClassifier
+from tf_minilm.model.config import EncoderConfig
+from tf_minilm.model.encoder import Encoder
 
 
 def tiny_encoder(dtype=None, seed=0):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tf_minilm.config import ConfigError, EncoderConfig
+from tf_minilm.model.config import ConfigError, EncoderConfig
 
 
 def test_hf_round_trip_keeps_every_field():

@@ -1,4 +1,4 @@
-"""Tests for tf_minilm.corpus: formats, separators, ordering and every bad-input case."""
+"""Tests for tf_minilm.data.corpus: formats, separators, ordering and every bad-input case."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from importlib import metadata
 
 import pytest
 
-from tf_minilm.corpus import (
+from tf_minilm.data.corpus import (
     CorpusError,
     CorpusStats,
     ReadOptions,
@@ -71,7 +71,7 @@ def test_jsonl_field_and_bad_records(tmp_path, caplog):
         json.dumps({"text": "multi\nline é"}),
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="tf_minilm.corpus"):
+    with caplog.at_level(logging.WARNING, logger="tf_minilm.data.corpus"):
         docs, stats = read(path)
     assert docs == ["first doc", "multi\nline é"]
     assert stats.skipped_bad_records == 4
@@ -141,7 +141,7 @@ def test_unsupported_extension(tmp_path, caplog):
     (tmp_path / "ok.txt").write_text("fine")
     (tmp_path / "notes.md").write_text("markdown")
     (tmp_path / "img.png").write_bytes(b"\x89PNG")
-    with caplog.at_level(logging.WARNING, logger="tf_minilm.corpus"):
+    with caplog.at_level(logging.WARNING, logger="tf_minilm.data.corpus"):
         docs, stats = read(tmp_path)
     assert docs == ["fine"]
     assert stats.skipped_unsupported_files == 2
@@ -153,7 +153,7 @@ def test_unsupported_extension(tmp_path, caplog):
 def test_binary_file_skipped_and_named(tmp_path, caplog):
     (tmp_path / "a.txt").write_text("text doc")
     (tmp_path / "b.txt").write_bytes(b"ELF\x00\x01\x02" * 100)
-    with caplog.at_level(logging.WARNING, logger="tf_minilm.corpus"):
+    with caplog.at_level(logging.WARNING, logger="tf_minilm.data.corpus"):
         docs, stats = read(tmp_path)
     assert docs == ["text doc"]
     assert stats.binary_files == [str(tmp_path / "b.txt")]
@@ -164,7 +164,7 @@ def test_binary_file_skipped_and_named(tmp_path, caplog):
 def test_non_utf8_line_skipped_with_count(tmp_path, caplog):
     path = tmp_path / "latin1.txt"
     path.write_bytes(b"good line\nprice \xa3100\nanother good\n\nnext doc \xff\xfe\n")
-    with caplog.at_level(logging.WARNING, logger="tf_minilm.corpus"):
+    with caplog.at_level(logging.WARNING, logger="tf_minilm.data.corpus"):
         docs, stats = read(path)
     assert docs == ["good line\nanother good"]
     assert stats.skipped_undecodable == 2
@@ -185,7 +185,7 @@ def test_corrupt_archive_counted_as_unreadable(tmp_path, caplog):
     good = gzip.compress(b"doc one\n\ndoc two\n" * 2000)
     (tmp_path / "a.txt.gz").write_bytes(good[: len(good) // 2])  # truncated archive
     (tmp_path / "b.txt").write_text("fine")
-    with caplog.at_level(logging.WARNING, logger="tf_minilm.corpus"):
+    with caplog.at_level(logging.WARNING, logger="tf_minilm.data.corpus"):
         docs, stats = read(tmp_path)
     assert docs[-1] == "fine"
     assert stats.unreadable_files == [str(tmp_path / "a.txt.gz")]

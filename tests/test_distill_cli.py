@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import WORDS, make_wordpiece_tokenizer
-from tf_minilm.checkpoints import load_hf_checkpoint, save_hf_checkpoint
 from tf_minilm.cli import main
-from tf_minilm.config import ConfigError, DistillConfig, EncoderConfig
-from tf_minilm.encoder import Encoder
-from tf_minilm.job import resolve
+from tf_minilm.distill.job import resolve
+from tf_minilm.hf.checkpoints import load_hf_checkpoint, save_hf_checkpoint
+from tf_minilm.model.config import ConfigError, DistillConfig, EncoderConfig
+from tf_minilm.model.encoder import Encoder
 
 TEACHER = EncoderConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3,
                         num_attention_heads=4, intermediate_size=128, max_position_embeddings=64)
@@ -119,7 +119,7 @@ def test_end_to_end_outputs_and_resume(teacher_dir, corpus_dir, tmp_path, caplog
         path = interrupted / name
         shutil.rmtree(path) if path.is_dir() else os.remove(path)
     args = tiny_args(teacher_dir, corpus_dir, interrupted, "--resume")
-    caplog.set_level(logging.INFO, logger="tf_minilm.train")
+    caplog.set_level(logging.INFO, logger="tf_minilm.distill.train")
     assert main(args) == 0
     assert re.search(r"resuming from .*ckpt-00000016.* at step 16", caplog.text), caplog.text
     resumed = keras.saving.load_model(interrupted / "student.keras")
@@ -350,7 +350,7 @@ def test_embedded_default_is_the_measured_row_of_the_paper_table():
     defaults = DistillConfig()
     assert defaults.resolved_loss() == row["loss"]
     assert defaults.resolved_learning_rate() == row["learning_rate"]
-    from tf_minilm.student import spread_layers
+    from tf_minilm.model.student import spread_layers
 
     assert ",".join(map(str, spread_layers(6, defaults.student_layers))) == row["init_layers"]
     assert table.budget(table.parse_args([])) == {

@@ -16,8 +16,8 @@ from _multiworker_worker import (
     tiny_teacher,
 )
 
-from tf_minilm import losses
-from tf_minilm.distiller import Distiller
+from tf_minilm.distill import losses
+from tf_minilm.distill.distiller import Distiller
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from tests.numpy_bert import bert_forward
-from tf_minilm.checkpoints import encoder_state_dict
-from tf_minilm.config import EncoderConfig
-from tf_minilm.encoder import Encoder
-from tf_minilm.layers import Embeddings, SelfAttention, TransformerBlock
+from tf_minilm.hf.checkpoints import encoder_state_dict
+from tf_minilm.model.config import EncoderConfig
+from tf_minilm.model.encoder import Encoder
+from tf_minilm.model.layers import Embeddings, SelfAttention, TransformerBlock
 
 TINY = dict(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
             intermediate_size=64, max_position_embeddings=40)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_wordpiece_tokenizer
-from tf_minilm import evaluation
-from tf_minilm.evaluation import (
+from tf_minilm.evaluate import evaluation
+from tf_minilm.evaluate.evaluation import (
     EvalSettings,
     EvaluationError,
     accuracy,
@@ -28,7 +28,7 @@ from tf_minilm.evaluation import (
     pad_batch,
     tokenize,
 )
-from tf_minilm.tasks import make_task
+from tf_minilm.evaluate.tasks import make_task
 
 FILLER = "the a of to and in is was for on that with as by at from it model film music".split()
 
@@ -203,7 +203,7 @@ def test_training_dataset_yields_every_example_once_per_epoch():
 
 
 def test_warmup_linear_decay_matches_hf_formula():
-    from tf_minilm.schedules import WarmupLinearDecay  # the schedule fine_tune uses
+    from tf_minilm.distill.schedules import WarmupLinearDecay  # the schedule fine_tune uses
 
     schedule = WarmupLinearDecay(1e-3, warmup_steps=4, total_steps=20)
     for step in range(25):
@@ -217,7 +217,7 @@ def test_warmup_linear_decay_matches_hf_formula():
 
 
 def test_parameter_count_matches_bert_formula(tiny_model_dir):
-    from tf_minilm.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
     encoder, _ = load_hf_checkpoint(tiny_model_dir)
     c = encoder.config
@@ -325,7 +325,7 @@ def run_cli(argv):
 
 
 def test_cli_end_to_end_on_the_toy_task(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    from tf_minilm import tasks
+    from tf_minilm.evaluate import tasks
 
     def fake_load_task(name, seed=0, **kwargs):
         assert name == "mr" and kwargs["max_train"] is None
@@ -347,7 +347,7 @@ def test_cli_end_to_end_on_the_toy_task(tiny_model_dir, tmp_path, monkeypatch, c
 
 def test_cli_task_choices_mirror_the_library():
     from tf_minilm.commands import evaluate
-    from tf_minilm.tasks import TASKS
+    from tf_minilm.evaluate.tasks import TASKS
 
     assert evaluate.TASK_CHOICES == TASKS
 

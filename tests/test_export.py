@@ -14,9 +14,9 @@ import pytest
 
 from tests.conftest import make_wordpiece_tokenizer
 from tests.numpy_bert import bert_forward
-from tf_minilm.checkpoints import encoder_state_dict, save_hf_checkpoint
-from tf_minilm.config import EncoderConfig
-from tf_minilm.encoder import Encoder
+from tf_minilm.hf.checkpoints import encoder_state_dict, save_hf_checkpoint
+from tf_minilm.model.config import EncoderConfig
+from tf_minilm.model.encoder import Encoder
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -152,7 +152,7 @@ def test_export_folder_meets_serving_contract(exported, student_dir):
     assert (report.max_seq_len, report.pooling, report.hidden_size) == (64, "mean", 64)
 
     # Serving's own tokenizer + session reproduce the Keras float32 embeddings.
-    from tf_minilm.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
     encoder, tokenizer = load_hf_checkpoint(student_dir)
     texts = ["the cat sat on the mat", "ok", "a bad film with great music and a good team"]
@@ -217,7 +217,7 @@ def test_roberta_exports_without_embed_layer_norm(tmp_path):
 
 
 def test_conversion_takes_any_head(tmp_path, tokenizer):
-    from tf_minilm.classifier import SequenceClassifier
+    from tf_minilm.model.classifier import SequenceClassifier
 
     classifier = SequenceClassifier(make_encoder(tokenizer, STRONG_SCALE), num_classes=3,
                                     pooling="mean").float32_copy()
@@ -344,10 +344,10 @@ def test_unconvertible_model_fails_and_keeps_previous_export(tmp_path, student_d
                                                              monkeypatch):
     import tensorflow as tf
 
-    import tf_minilm.layers
+    import tf_minilm.model.layers
 
     # keras.activations.gelu's exact form: tf2onnx has no converter for Erfc.
-    monkeypatch.setattr(tf_minilm.layers, "gelu_erf",
+    monkeypatch.setattr(tf_minilm.model.layers, "gelu_erf",
                         lambda x: 0.5 * x * tf.math.erfc(-x / math.sqrt(2.0)))
     before = folder_digest(good_copy)
     with pytest.raises(ExportError, match="Erfc"):
@@ -357,10 +357,10 @@ def test_unconvertible_model_fails_and_keeps_previous_export(tmp_path, student_d
 
 
 def test_missing_fusions_fail_loudly_unless_no_optimize(tmp_path, student_dir, monkeypatch):
-    import tf_minilm.layers
+    import tf_minilm.model.layers
 
     # Keras' own LayerNormalization exports a moments/rsqrt graph onnxruntime does not fuse.
-    monkeypatch.setattr(tf_minilm.layers, "layer_norm", lambda norm, x: norm(x))
+    monkeypatch.setattr(tf_minilm.model.layers, "layer_norm", lambda norm, x: norm(x))
     with pytest.raises(FusionError, match="SkipLayerNormalization: expected 4, got 0") as info:
         export_model(student_dir, tmp_path / "out", quantize="none")
     assert "SkipLayerNormalization" in info.value.statistics
@@ -429,7 +429,7 @@ def test_real_teacher_exports_fused_with_parity(real_teacher_dir, tmp_path):
     # Independent reference: transformers' PyTorch BertModel + sentence-transformers pooling.
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tf_minilm.checkpoints import load_tokenizer
+    from tf_minilm.hf.checkpoints import load_tokenizer
 
     feeds = tokenize(load_tokenizer(real_teacher_dir), VALIDATION_SENTENCES, 128, 0)
     model = transformers.AutoModel.from_pretrained(real_teacher_dir).eval()

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tf_minilm import fidelity
 from tf_minilm.cli import main
+from tf_minilm.evaluate import fidelity
 
 
 def ranks(values):
@@ -69,7 +69,7 @@ def test_bad_inputs_are_refused():
 
 def test_evaluate_fidelity_on_hf_keras_and_onnx_forms(tiny_model_dir, tmp_path, caplog):
     """A model scores 1 against itself in every form; the table and JSON say which texts."""
-    from tf_minilm.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(["the film was good", "a bad game", "news of the bank market",

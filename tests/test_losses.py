@@ -1,4 +1,4 @@
-"""Tests for tf_minilm.losses against a float64 NumPy oracle written with plain loops."""
+"""Tests for tf_minilm.distill.losses against a float64 NumPy oracle written with plain loops."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_minilm.losses import (  # noqa: E402
+from tf_minilm.distill.losses import (  # noqa: E402
     check_minilm_v1_heads,
     minilm_v1_loss,
     minilm_v1_losses,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tf_minilm.objectives import (
+from tf_minilm.distill.objectives import (
     ObjectiveError,
     Stage,
     extend_stages,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving.runtime import pool_and_normalize
-from tf_minilm.pooling import PoolingError, PoolingSpec, read_pooling, sentence_embedding
+from tf_minilm.model.pooling import PoolingError, PoolingSpec, read_pooling, sentence_embedding
 
 MODULES = [
     {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

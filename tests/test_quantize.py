@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_wordpiece_tokenizer
-from tf_minilm.config import EncoderConfig
-from tf_minilm.encoder import Encoder
+from tf_minilm.model.config import EncoderConfig
+from tf_minilm.model.encoder import Encoder
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

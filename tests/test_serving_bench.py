@@ -194,9 +194,9 @@ def test_keras_baseline_row(tmp_path):
     try:
         import keras
 
-        from tf_minilm.checkpoints import save_hf_checkpoint
-        from tf_minilm.config import EncoderConfig
-        from tf_minilm.encoder import Encoder
+        from tf_minilm.hf.checkpoints import save_hf_checkpoint
+        from tf_minilm.model.config import EncoderConfig
+        from tf_minilm.model.encoder import Encoder
     except ImportError as err:
         pytest.skip(f"tf_minilm encoder/checkpoints not importable yet: {err}")
     from tokenizers import Tokenizer

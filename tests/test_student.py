@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from tf_minilm.config import ConfigError, EncoderConfig
-from tf_minilm.encoder import Encoder
-from tf_minilm.student import build_student
+from tf_minilm.model.config import ConfigError, EncoderConfig
+from tf_minilm.model.encoder import Encoder
+from tf_minilm.model.student import build_student
 
 TEACHER = EncoderConfig(vocab_size=90, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=128, max_position_embeddings=24)

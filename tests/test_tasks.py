@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from tf_minilm import tasks
-from tf_minilm.tasks import (
+from tf_minilm.evaluate import tasks
+from tf_minilm.evaluate.tasks import (
     TaskError,
     load_task,
     make_task,

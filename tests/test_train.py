@@ -22,14 +22,13 @@ import pytest
 import tensorflow as tf
 from _multiworker_worker import eval_dataset, make_dataset, tiny_student, tiny_teacher
 
-from tf_minilm.callbacks import (
+from tf_minilm.distill.callbacks import (
     CheckpointManager,
     NonFiniteLossError,
     TrainingCheckpointError,
 )
-from tf_minilm.encoder import Encoder
-from tf_minilm.schedules import WarmupLinearDecay
-from tf_minilm.train import (
+from tf_minilm.distill.schedules import WarmupLinearDecay
+from tf_minilm.distill.train import (
     DataExhaustedError,
     StrategyError,
     TrainOptions,
@@ -41,6 +40,7 @@ from tf_minilm.train import (
     resolve_strategy,
     run_distillation,
 )
+from tf_minilm.model.encoder import Encoder
 
 WORKER = os.path.join(os.path.dirname(__file__), "_multiworker_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -603,8 +603,8 @@ def test_alignment_raises_fidelity_and_a_zero_weight_term_does_not(tmp_path):
     """A tiny student's embeddings approach the teacher's under alignment only."""
     from _multiworker_worker import batch_for_step
 
-    from tf_minilm import fidelity
-    from tf_minilm.pooling import PoolingSpec, sentence_embedding
+    from tf_minilm.evaluate import fidelity
+    from tf_minilm.model.pooling import PoolingSpec, sentence_embedding
 
     probe = {k: v.numpy() for k, v in batch_for_step(999, seed=7, batch=64).items()}
 

@@ -12,15 +12,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "EncoderConfig": "tf_minilm.config",
-    "ConfigError": "tf_minilm.config",
-    "Encoder": "tf_minilm.encoder",
-    "load_hf_checkpoint": "tf_minilm.checkpoints",
-    "save_hf_checkpoint": "tf_minilm.checkpoints",
-    "CheckpointError": "tf_minilm.checkpoints",
-    "build_student": "tf_minilm.student",
-    "Distiller": "tf_minilm.distiller",
-    "SequenceClassifier": "tf_minilm.classifier",
+    "EncoderConfig": "tf_minilm.model.config",
+    "ConfigError": "tf_minilm.model.config",
+    "Encoder": "tf_minilm.model.encoder",
+    "load_hf_checkpoint": "tf_minilm.hf.checkpoints",
+    "save_hf_checkpoint": "tf_minilm.hf.checkpoints",
+    "CheckpointError": "tf_minilm.hf.checkpoints",
+    "build_student": "tf_minilm.model.student",
+    "Distiller": "tf_minilm.distill.distiller",
+    "SequenceClassifier": "tf_minilm.model.classifier",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

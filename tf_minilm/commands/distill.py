@@ -1,4 +1,4 @@
-"""`tf-minilm distill`: flags generated from `DistillConfig`, work done by `tf_minilm.job`."""
+"""`tf-minilm distill`: flags generated from `DistillConfig`, work done by `tf_minilm.distill.job`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import logging
 from typing import Any
 
-from tf_minilm.config import ConfigError, DistillConfig
+from tf_minilm.model.config import ConfigError, DistillConfig
 
 HELP = ("distil a teacher into a MiniLM/MiniLMv2 student (no flags: the embedded default "
         "teacher and corpus)")
@@ -64,11 +64,11 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tf_minilm.corpus import CorpusError
+    from tf_minilm.data.corpus import CorpusError
 
     try:
         config = config_from_args(args)
-        from tf_minilm import job
+        from tf_minilm.distill import job
 
         summary = job.run(config)
     except (ConfigError, CorpusError) as err:

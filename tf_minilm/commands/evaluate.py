@@ -17,7 +17,7 @@ HELP = ("fine-tune (or --probe) one or more HF encoder folders on a downstream "
         "with --task fidelity, measure how closely their embeddings track a teacher's")
 
 TASK_CHOICES = ("mr", "bbc")
-"""Mirror of `tf_minilm.tasks.TASKS` (kept here so `--help` needs no import)."""
+"""Mirror of `tf_minilm.evaluate.tasks.TASKS` (kept here so `--help` needs no import)."""
 FIDELITY = "fidelity"
 
 logger = logging.getLogger(__name__)
@@ -114,12 +114,18 @@ def _check_model_dirs(model_dirs: list[str]) -> str | None:
 
 def run_fidelity(args: argparse.Namespace) -> int:
     """`--task fidelity`: each model's fidelity to the teacher; a table and optional JSON."""
-    from tf_minilm.checkpoints import CheckpointError
-    from tf_minilm.defaults import default_teacher_dir
-    from tf_minilm.evaluation import versions, write_json
-    from tf_minilm.fidelity import FidelityError, embedder, file_texts, measure, mr_test_texts
-    from tf_minilm.pooling import PoolingError, PoolingSpec
-    from tf_minilm.tasks import TaskError
+    from tf_minilm.assets import default_teacher_dir
+    from tf_minilm.evaluate.evaluation import versions, write_json
+    from tf_minilm.evaluate.fidelity import (
+        FidelityError,
+        embedder,
+        file_texts,
+        measure,
+        mr_test_texts,
+    )
+    from tf_minilm.evaluate.tasks import TaskError
+    from tf_minilm.hf.checkpoints import CheckpointError
+    from tf_minilm.model.pooling import PoolingError, PoolingSpec
 
     try:
         teacher_dir = args.teacher or default_teacher_dir()
@@ -179,8 +185,7 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", problem)
         return 2
 
-    from tf_minilm.checkpoints import CheckpointError
-    from tf_minilm.evaluation import (
+    from tf_minilm.evaluate.evaluation import (
         EvalSettings,
         EvaluationError,
         evaluate_model,
@@ -188,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
         versions,
         write_json,
     )
-    from tf_minilm.tasks import TaskError, load_task
+    from tf_minilm.evaluate.tasks import TaskError, load_task
+    from tf_minilm.hf.checkpoints import CheckpointError
 
     try:
         settings = EvalSettings(

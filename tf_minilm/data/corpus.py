@@ -131,8 +131,8 @@ class CorpusStats:
         unsupported_files: files skipped inside folders because of their extension.
         unreadable_files: files that failed while reading (e.g. a corrupt
             archive); documents read before the failure are kept.
-        tokens: real tokens after tokenization (set by `tf_minilm.data`).
-        sequences: packed sequences (set by `tf_minilm.data`).
+        tokens: real tokens after tokenization (set by `tf_minilm.data.batches`).
+        sequences: packed sequences (set by `tf_minilm.data.batches`).
 
     Example:
     >>> stats = CorpusStats(files_read=2, documents=10)
@@ -655,7 +655,7 @@ def default_corpus_paths() -> list[str]:
     Raises:
         CorpusError: the package or its data folder is missing.
     """
-    from tf_minilm.defaults import package_path
+    from tf_minilm.assets import package_path
 
     return [package_path(_DEFAULT_CORPUS_PACKAGE, _DEFAULT_CORPUS_DIR,
                          needed_for="the default corpus (or pass --corpus PATH)",

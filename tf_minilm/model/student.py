@@ -8,8 +8,8 @@ from typing import Any
 
 import keras
 
-from tf_minilm.config import ConfigError, EncoderConfig
-from tf_minilm.encoder import Encoder
+from tf_minilm.model.config import ConfigError, EncoderConfig
+from tf_minilm.model.encoder import Encoder
 
 INIT_CHOICES = ("random", "teacher-layers")
 

@@ -478,7 +478,7 @@ class DistillConfig:
         """--learning-rate, or the measured default for the run's objective."""
         if self.learning_rate is not None:
             return self.learning_rate
-        from tf_minilm import objectives
+        from tf_minilm.distill import objectives
 
         aligned = any(objectives.needs_alignment(stage.objective)
                       for stage in self.resolved_stages())
@@ -491,8 +491,8 @@ class DistillConfig:
         return self.loss or self.method or DEFAULT_LOSS
 
     def resolved_stages(self) -> tuple[Any, ...]:
-        """The run's stages (`tf_minilm.objectives.Stage`), checked; errors name the flag."""
-        from tf_minilm import objectives
+        """The run's stages (`tf_minilm.distill.objectives.Stage`), checked; errors name the flag."""
+        from tf_minilm.distill import objectives
 
         if self.stages is not None and self.loss is not None:
             raise ConfigError("give --loss or --stages, not both")
@@ -515,7 +515,7 @@ class DistillConfig:
 
     def resolved_method(self) -> str:
         """The relation method of the run: its loss's relation term, --method, or minilmv2."""
-        from tf_minilm import objectives
+        from tf_minilm.distill import objectives
 
         for stage in self.resolved_stages():
             term = objectives.relation_term(stage.objective)

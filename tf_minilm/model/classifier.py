@@ -7,8 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_minilm.encoder import INPUT_NAMES, Encoder
-from tf_minilm.pooling import mean_pool
+from tf_minilm.model.encoder import INPUT_NAMES, Encoder
+from tf_minilm.model.pooling import mean_pool
 
 POOLINGS = ("cls", "mean", "pooler")
 
@@ -36,7 +36,7 @@ class SequenceClassifier(keras.Model):
         **kwargs: `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
-    >>> from tf_minilm.config import EncoderConfig
+    >>> from tf_minilm.model.config import EncoderConfig
     >>> encoder = Encoder(EncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
     ...                                 num_attention_heads=4, intermediate_size=128))
     >>> model = SequenceClassifier(encoder, num_classes=3, pooling="mean")

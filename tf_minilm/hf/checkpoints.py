@@ -20,9 +20,9 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from tf_minilm.config import ConfigError, EncoderConfig
-from tf_minilm.encoder import Encoder
 from tf_minilm.fileio import public_mode
+from tf_minilm.model.config import ConfigError, EncoderConfig
+from tf_minilm.model.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 

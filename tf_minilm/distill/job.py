@@ -24,8 +24,8 @@ import platform
 import sys
 from typing import Any
 
-from tf_minilm.config import ConfigError, DistillConfig, EncoderConfig
 from tf_minilm.fileio import atomic_path, write_json_atomic
+from tf_minilm.model.config import ConfigError, DistillConfig, EncoderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class ResolvedJob:
 
 
 def _student_sizes(config: DistillConfig, teacher: EncoderConfig) -> EncoderConfig:
-    from tf_minilm.student import student_config
+    from tf_minilm.model.student import student_config
 
     layers, hidden = config.student_layers, config.student_hidden or teacher.hidden_size
     heads, intermediate = config.student_heads, config.student_intermediate
@@ -104,8 +104,8 @@ def resolve(config: DistillConfig) -> ResolvedJob:
     Raises:
         ConfigError: naming the flag at fault.
     """
-    from tf_minilm.corpus import collect_files, default_corpus_paths
-    from tf_minilm.defaults import default_teacher_dir
+    from tf_minilm.assets import default_teacher_dir
+    from tf_minilm.data.corpus import collect_files, default_corpus_paths
 
     config.validate()
     teacher_dir = config.teacher or default_teacher_dir()
@@ -128,7 +128,7 @@ def resolve(config: DistillConfig) -> ResolvedJob:
                               f"the student's {student.num_attention_heads} heads (the assistant "
                               "uses the student's head count)")
         sizes["assistant"] = config.assistant_hidden
-    from tf_minilm import objectives
+    from tf_minilm.distill import objectives
 
     relation = {objectives.relation_term(stage.objective)
                 for stage in config.resolved_stages()} - {None}
@@ -161,7 +161,7 @@ def resolve(config: DistillConfig) -> ResolvedJob:
 
     init_layers = None
     if init == "teacher-layers":
-        from tf_minilm.student import check_layer_choice, parse_layer_list, spread_layers
+        from tf_minilm.model.student import check_layer_choice, parse_layer_list, spread_layers
 
         try:
             init_layers = check_layer_choice(
@@ -171,7 +171,7 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         except ConfigError as err:
             raise ConfigError(f"--init-layers: {err}") from err
 
-    from tf_minilm.pooling import PoolingError, read_pooling
+    from tf_minilm.model.pooling import PoolingError, read_pooling
 
     try:
         pooling = read_pooling(teacher_dir).to_dict()
@@ -243,7 +243,7 @@ def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
 
 
 def train_options(job: ResolvedJob) -> Any:
-    from tf_minilm.train import TrainOptions
+    from tf_minilm.distill.train import TrainOptions
 
     config = job.config
     return TrainOptions(
@@ -277,9 +277,9 @@ def run(config: DistillConfig) -> dict[str, Any]:
                 job.student_config.intermediate_size, job.init,
                 config.resolved_loss() or " then ".join(config.stages or []))
 
-    from tf_minilm.checkpoints import load_hf_checkpoint, load_tokenizer
-    from tf_minilm.corpus import ReadOptions
-    from tf_minilm.data import make_dataset, make_eval_dataset, prepare_corpus
+    from tf_minilm.data.batches import make_dataset, make_eval_dataset, prepare_corpus
+    from tf_minilm.data.corpus import ReadOptions
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint, load_tokenizer
 
     tokenizer = load_tokenizer(job.teacher_dir)
     prepared = prepare_corpus(
@@ -302,7 +302,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
     student_config = job.student_config
     log_dir = os.path.join(output, "logs")
     if config.assistant_hidden:
-        from tf_minilm.train import distill_with_assistant
+        from tf_minilm.distill.train import distill_with_assistant
 
         # Each stage is a run folder of its own (checkpoints, metrics, TensorBoard) under
         # stages/, apart from the final student/ folder.
@@ -316,8 +316,8 @@ def run(config: DistillConfig) -> dict[str, Any]:
         )
         student, final = result.student, result.student_stage
     else:
-        from tf_minilm.student import build_student
-        from tf_minilm.train import run_distillation
+        from tf_minilm.distill.train import run_distillation
+        from tf_minilm.model.student import build_student
 
         def build_models() -> tuple[Any, Any]:
             teacher = load_hf_checkpoint(job.teacher_dir)[0]
@@ -333,8 +333,8 @@ def run(config: DistillConfig) -> dict[str, Any]:
         student = final.student
 
     student = save_student(student, tokenizer, output)
-    from tf_minilm.fidelity import run_fidelity
-    from tf_minilm.pooling import PoolingSpec
+    from tf_minilm.evaluate.fidelity import run_fidelity
+    from tf_minilm.model.pooling import PoolingSpec
 
     teacher = final.teacher if not config.assistant_hidden \
         else load_hf_checkpoint(job.teacher_dir)[0]
@@ -365,8 +365,8 @@ def save_student(student: Any, tokenizer: Any, output: str) -> Any:
     Returns:
         The float32 copy of the student that was saved.
     """
-    from tf_minilm.checkpoints import save_hf_checkpoint
-    from tf_minilm.encoder import copy_encoder
+    from tf_minilm.hf.checkpoints import save_hf_checkpoint
+    from tf_minilm.model.encoder import copy_encoder
 
     float32 = copy_encoder(student, "float32", name="student")
     save_hf_checkpoint(float32, tokenizer, os.path.join(output, "student"))

@@ -5,7 +5,7 @@ caller (the `Distiller`, `DistillConfig`, the CLI) validates through `parse_obje
 and `parse_stages` and re-raises naming its own flag. It imports neither TensorFlow
 nor Keras, so configuration code can check a spec before anything heavy loads.
 
-Terms (see `tf_minilm.losses` and `tf_minilm.alignment` for the math):
+Terms (see `tf_minilm.distill.losses` and `tf_minilm.distill.alignment` for the math):
 
     minilmv2          MiniLMv2 Q-Q/K-K/V-V relations (relation heads A_r)
     minilm            MiniLM v1 attention distributions + value relation

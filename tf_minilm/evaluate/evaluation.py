@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from tf_minilm.evaluate.tasks import TaskData
 from tf_minilm.fileio import atomic_path, write_json_atomic
-from tf_minilm.tasks import TaskData
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def select_probe_l2(features: np.ndarray, labels: np.ndarray, num_classes: int, 
     Returns:
         `(best_l2, {str(l2): validation accuracy})`.
     """
-    from tf_minilm.tasks import stratified_split
+    from tf_minilm.evaluate.tasks import stratified_split
 
     if len(labels) * validation_fraction < 2:
         logger.warning("only %d training examples: probe L2 fixed at %g", len(labels),
@@ -393,7 +393,7 @@ def embed_texts(encoder: Any, ids: Sequence[Sequence[int]], batch_size: int,
     """Pooled embeddings [n, hidden] (float32) of tokenised texts, dropout off."""
     import tensorflow as tf
 
-    from tf_minilm.pooling import mean_pool
+    from tf_minilm.model.pooling import mean_pool
 
     spec = [tf.TensorSpec((None, None), tf.int32)] * 2
 
@@ -465,8 +465,8 @@ def fine_tune(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettin
     """
     import keras
 
-    from tf_minilm.classifier import SequenceClassifier
-    from tf_minilm.schedules import WarmupLinearDecay
+    from tf_minilm.distill.schedules import WarmupLinearDecay
+    from tf_minilm.model.classifier import SequenceClassifier
 
     keras.utils.set_random_seed(settings.seed)
     model = SequenceClassifier(encoder, task.num_classes, dropout=settings.dropout,
@@ -645,7 +645,7 @@ def evaluate_model(
     """
     import keras
 
-    from tf_minilm.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
     keras.utils.set_random_seed(settings.seed)
     load_start = time.perf_counter()
@@ -717,7 +717,7 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
 
 def versions() -> dict[str, Any]:
     """Versions of the packages that shape the numbers (as in a distill run's versions.json)."""
-    from tf_minilm.job import package_versions
+    from tf_minilm.distill.job import package_versions
 
     return package_versions()
 

@@ -46,8 +46,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_minilm import objectives as objectives_lib
-from tf_minilm.callbacks import (
+from tf_minilm.distill import objectives as objectives_lib
+from tf_minilm.distill.callbacks import (
     CheckpointManager,
     MetricsLogger,
     NonFiniteGuard,
@@ -56,12 +56,12 @@ from tf_minilm.callbacks import (
     TrainingCheckpointError,
     truncate_jsonl,
 )
-from tf_minilm.distiller import METHODS, Distiller
-from tf_minilm.encoder import Encoder, copy_encoder
+from tf_minilm.distill.distiller import METHODS, Distiller
+from tf_minilm.distill.schedules import WarmupLinearDecay
 from tf_minilm.fileio import write_json_atomic
-from tf_minilm.pooling import PoolingSpec
-from tf_minilm.schedules import WarmupLinearDecay
-from tf_minilm.student import build_student
+from tf_minilm.model.encoder import Encoder, copy_encoder
+from tf_minilm.model.pooling import PoolingSpec
+from tf_minilm.model.student import build_student
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class TrainOptions:
             replica (about 15% less CPU time per step on CPU, where Keras' own "auto"
             would leave it off), Keras' choice with several replicas (XLA with
             MirroredStrategy over logical CPU devices fails).
-        objective: loss spec of the whole run (`tf_minilm.objectives`), e.g.
+        objective: loss spec of the whole run (`tf_minilm.distill.objectives`), e.g.
             "embedding_mse + hidden_mse"; None: `method` alone.
         stages: stage specs `SPEC:STEPS` (the last may be `SPEC`), filling `steps`,
             instead of `objective`.
@@ -596,7 +596,7 @@ def run_distillation(
         A `DistillationResult`.
 
     Example:
-    >>> from tf_minilm.checkpoints import load_hf_checkpoint
+    >>> from tf_minilm.hf.checkpoints import load_hf_checkpoint
     >>> def build():
     ...     teacher, _ = load_hf_checkpoint("teacher_dir")
     ...     return teacher, build_student(teacher, 3, 384, 12)

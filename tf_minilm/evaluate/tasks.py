@@ -222,7 +222,7 @@ def package_path(task: str, relative: str) -> str:
     Raises:
         TaskError: the package is not installed, or the file is missing from it.
     """
-    from tf_minilm import defaults
+    from tf_minilm import assets as defaults
 
     return defaults.package_path(DATA_PACKAGES[task], relative, needed_for=f"task {task!r}",
                                  error=TaskError)

@@ -1,8 +1,8 @@
 """`Distiller`: a frozen teacher, a trainable student and a weighted objective, as a Keras model.
 
-The objective (`tf_minilm.objectives`) sums weighted terms: the MiniLM / MiniLMv2
-self-attention relations of `tf_minilm.losses` and the output alignments of
-`tf_minilm.alignment` (sentence embedding, last hidden states), all in float32. With
+The objective (`tf_minilm.distill.objectives`) sums weighted terms: the MiniLM / MiniLMv2
+self-attention relations of `tf_minilm.distill.losses` and the output alignments of
+`tf_minilm.distill.alignment` (sentence embedding, last hidden states), all in float32. With
 relation terms only, one training step runs the teacher without dropout up to the
 Q/K/V projections of its chosen layer and the student (with dropout) up to the Q/K/V
 of its chosen layer, and updates only the student variables that feed that loss (the
@@ -29,11 +29,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tf_minilm import alignment
-from tf_minilm import losses as losses_lib
-from tf_minilm import objectives as objectives_lib
-from tf_minilm.encoder import INPUT_NAMES, Encoder
-from tf_minilm.pooling import PoolingSpec, sentence_embedding
+from tf_minilm.distill import alignment
+from tf_minilm.distill import losses as losses_lib
+from tf_minilm.distill import objectives as objectives_lib
+from tf_minilm.model.encoder import INPUT_NAMES, Encoder
+from tf_minilm.model.pooling import PoolingSpec, sentence_embedding
 
 METHODS = ("minilmv2", "minilm")
 _QKV_LETTERS = "qkv"
@@ -122,7 +122,7 @@ class Distiller(keras.Model):
             None disables clipping. Do not also set `global_clipnorm` on the
             optimizer when training on more than one replica (Keras clips per
             replica, before the all-reduce).
-        objective: a loss spec (`tf_minilm.objectives.parse_objective`), e.g.
+        objective: a loss spec (`tf_minilm.distill.objectives.parse_objective`), e.g.
             "embedding_mse + 0.5*hidden_mse"; default `method` alone.
         stage_objectives: one loss spec per stage of a staged run, instead of
             `objective`; stage 0 is active until `set_stage` is called.
@@ -131,8 +131,8 @@ class Distiller(keras.Model):
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
-    >>> from tf_minilm.config import EncoderConfig
-    >>> from tf_minilm.student import build_student
+    >>> from tf_minilm.model.config import EncoderConfig
+    >>> from tf_minilm.model.student import build_student
     >>> teacher = Encoder(EncoderConfig(vocab_size=100, hidden_size=32,
     ...     num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
     >>> student = build_student(teacher, num_layers=1, hidden_size=16, num_heads=2)

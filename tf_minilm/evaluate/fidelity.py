@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tf_minilm.pooling import PoolingSpec, read_pooling
+from tf_minilm.model.pooling import PoolingSpec, read_pooling
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _pooled_forward(encoder: Any, pooling: PoolingSpec) -> Callable[[Any, Any], 
     """(input_ids, attention_mask) -> float32 sentence embeddings, traced once."""
     import tensorflow as tf
 
-    from tf_minilm.pooling import sentence_embedding
+    from tf_minilm.model.pooling import sentence_embedding
 
     spec = [tf.TensorSpec((None, None), tf.int32)] * 2
 
@@ -126,10 +126,10 @@ def encoder_embedder(encoder: Any, tokenizer: Any, pooling: PoolingSpec, max_seq
                      batch_size: int = 64) -> Embedder:
     """texts -> [n, hidden] float32 sentence embeddings of a Keras `Encoder` (dropout off).
 
-    Uses `tf_minilm.pooling.sentence_embedding`, the pooling of distillation. Texts
+    Uses `tf_minilm.model.pooling.sentence_embedding`, the pooling of distillation. Texts
     are truncated to `max_seq_len` tokens, or to the encoder's position table if shorter.
     """
-    from tf_minilm.evaluation import batched_apply, tokenize
+    from tf_minilm.evaluate.evaluation import batched_apply, tokenize
 
     forward = _pooled_forward(encoder, pooling)
     max_seq_len = min(max_seq_len, encoder.config.max_sequence_length)
@@ -182,15 +182,15 @@ def embedder(path: str, tokenizer_dir: str | None = None, pooling: PoolingSpec |
         info = {"path": path, "form": "onnx", "pooling": model.report.pooling}
         return (lambda texts: model.encode(list(texts), batch_size=batch_size)), info
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
-        from tf_minilm.checkpoints import load_hf_checkpoint
+        from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
         encoder, tokenizer = load_hf_checkpoint(path)
         spec = pooling or read_pooling(path, default_pooling)
     elif os.path.isfile(path) and path.endswith(".keras"):
         import keras
 
-        from tf_minilm.checkpoints import load_tokenizer
-        from tf_minilm.encoder import Encoder
+        from tf_minilm.hf.checkpoints import load_tokenizer
+        from tf_minilm.model.encoder import Encoder
 
         encoder = keras.saving.load_model(path)
         if not isinstance(encoder, Encoder):
@@ -221,7 +221,7 @@ def mr_test_texts(seed: int = 0, max_texts: int | None = None) -> FidelityTexts:
 
     The default distillation corpus never contains them (BBC News and other text).
     """
-    from tf_minilm.tasks import load_task
+    from tf_minilm.evaluate.tasks import load_task
 
     task = load_task("mr", seed=seed, max_test=max_texts)
     return FidelityTexts(list(task.test_texts),
@@ -269,7 +269,7 @@ def run_fidelity(teacher: Any, student: Any, tokenizer: Any, pooling: PoolingSpe
         report["held_out"] = {"texts": f"held-out corpus rows ({len(held_out)})",
                               "num_texts": len(held_out),
                               **fidelity_metrics(teacher_rows, student_rows, k)}
-    from tf_minilm.tasks import TaskError
+    from tf_minilm.evaluate.tasks import TaskError
 
     try:
         texts = mr_test_texts(seed)

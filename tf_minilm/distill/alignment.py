@@ -1,6 +1,6 @@
 """Output-alignment losses: the student's sentence embedding and hidden states vs the teacher's.
 
-Pure tensor functions (float32 whatever the input dtype), as `tf_minilm.losses` is for
+Pure tensor functions (float32 whatever the input dtype), as `tf_minilm.distill.losses` is for
 the relation losses. The math, with B examples, real-token mask m[b, t] and width H:
 
     embedding_mse(e_T, e_S)    = 1/(B*H) * sum_b ||e_T[b] - e_S[b]||^2
@@ -10,7 +10,7 @@ the relation losses. The math, with B examples, real-token mask m[b, t] and widt
     hidden_mse(h_T, h_S, m)    = 1/B * sum_b [ 1/(H*n_b) * sum_{t real} ||h_T[b,t] - h_S[b,t]||^2 ]
                                  (n_b real tokens; an example without any contributes 0)
 
-e_T and e_S are sentence embeddings produced by `tf_minilm.pooling.sentence_embedding`
+e_T and e_S are sentence embeddings produced by `tf_minilm.model.pooling.sentence_embedding`
 (the teacher's pooling and normalisation applied to both models). When the widths
 differ, the student side is first mapped to the teacher's width by a learned linear
 projection that lives in the `Distiller` (training only).

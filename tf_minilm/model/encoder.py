@@ -8,8 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_minilm.config import EncoderConfig
-from tf_minilm.layers import Embeddings, TransformerBlock, additive_attention_mask
+from tf_minilm.model.config import EncoderConfig
+from tf_minilm.model.layers import Embeddings, TransformerBlock, additive_attention_mask
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
