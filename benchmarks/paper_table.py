@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
     """The distillation budget of every distilled row: the distill defaults unless overridden."""
-    from tf_minilm.model.config import DistillConfig
+    from tf_minilm.distill.config import DistillConfig
 
     defaults = DistillConfig()
     return {"steps": args.steps or defaults.steps,
@@ -153,8 +153,8 @@ def build_undistilled(name: str, context: dict[str, Any], folder: str, seed: int
 def distill_row(name: str, args: argparse.Namespace, folder: str) -> tuple[str, dict[str, Any]]:
     """Run `tf-minilm distill` for a row (resuming if interrupted); returns (student, result)."""
     from tf_minilm.distill import job
+    from tf_minilm.distill.config import DistillConfig
     from tf_minilm.fileio import write_json_atomic
-    from tf_minilm.model.config import DistillConfig
 
     result_path = os.path.join(folder, "result.json")
     if os.path.exists(result_path):

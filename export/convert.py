@@ -29,12 +29,10 @@ from typing import Any
 
 from export.errors import ExportError
 from export.logs import quiet
+from tf_minilm.constants import INPUT_NAMES, POOLING_MODES
 
 logger = logging.getLogger(__name__)
 
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-EMBEDDING_OUTPUTS = ("last_hidden_state", "sentence_embedding")
-POOLINGS = ("mean", "cls")
 MIN_OPSET = 13
 MAX_OPSET = 18
 DEFAULT_OPSET = 17
@@ -67,8 +65,8 @@ def check_opset(opset: int) -> int:
 
 def check_pooling(pooling: str) -> str:
     """Return `pooling` if it is "mean" or "cls", else raise `ExportError`."""
-    if pooling not in POOLINGS:
-        raise ExportError(f"pooling is {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    if pooling not in POOLING_MODES:
+        raise ExportError(f"pooling is {pooling!r}; choose one of {', '.join(POOLING_MODES)}")
     return pooling
 
 

@@ -25,8 +25,6 @@ from typing import Any
 
 from export.convert import (
     DEFAULT_OPSET,
-    EMBEDDING_OUTPUTS,
-    INPUT_NAMES,
     check_opset,
     check_pooling,
     embedding_function,
@@ -35,16 +33,19 @@ from export.convert import (
 )
 from export.errors import ExportError
 from export.validate import FP32_TOLERANCE, INT8_MIN_COSINE
+from tf_minilm.constants import (
+    EMBEDDING_OUTPUTS,
+    EXPORT_REPORT_FILE,
+    INPUT_NAMES,
+    ONNX_INT8_FILE,
+    ONNX_MODEL_FILE,
+    TOKENIZER_FILES,
+)
 
 logger = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("int8", "none")
 DEFAULT_MAX_SEQ_LEN = 128
-MODEL_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-REPORT_FILE = "export_report.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                   "special_tokens_map.json")
 REPORT_VERSION = 1
 VERSIONED_PACKAGES = ("tf-minilm", "tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx",
                       "onnxruntime", "numpy", "tokenizers")
@@ -167,10 +168,10 @@ def _check_output_dir(output_dir: str, student: Student) -> None:
         raise ExportError(f"output {output_dir} exists and is not a folder")
     if os.path.isdir(output_dir):
         entries = os.listdir(output_dir)
-        if entries and not {REPORT_FILE, MODEL_FILE} & set(entries):
+        if entries and not {EXPORT_REPORT_FILE, ONNX_MODEL_FILE} & set(entries):
             raise ExportError(
-                f"refusing to replace {output_dir}: it is not empty and holds no {REPORT_FILE} or "
-                f"{MODEL_FILE} of an earlier export; choose a new or empty folder"
+                f"refusing to replace {output_dir}: it is not empty and holds no {EXPORT_REPORT_FILE} or "
+                f"{ONNX_MODEL_FILE} of an earlier export; choose a new or empty folder"
             )
 
 
@@ -290,7 +291,7 @@ def export_model(
         function = embedding_function(float32_copy(student.encoder), pooling)
         logger.info("converting %s (opset %d, %s pooling)", student.source, opset, pooling)
         model = function_to_onnx(function, opset)
-        fp32_path = os.path.join(staging, MODEL_FILE)
+        fp32_path = os.path.join(staging, ONNX_MODEL_FILE)
         statistics = expected = None
         if optimize:
             expected = expected_fusions(config.num_hidden_layers,
@@ -301,7 +302,7 @@ def export_model(
             onnx.save(model, fp32_path)
         int8_path = None
         if quantize == "int8":
-            int8_path = os.path.join(staging, INT8_FILE)
+            int8_path = os.path.join(staging, ONNX_INT8_FILE)
             quantize_int8(fp32_path, int8_path)
         logger.info("validating against the Keras float32 model")
         parity = validate_export(function, student.tokenizer, fp32_path, int8_path,
@@ -310,7 +311,7 @@ def export_model(
         side_files = _write_side_files(staging, student)
         inputs, outputs = _graph_io(onnx.load(fp32_path))
         files = {name: os.path.getsize(os.path.join(staging, name))
-                 for name in (MODEL_FILE, INT8_FILE) if os.path.isfile(os.path.join(staging, name))}
+                 for name in (ONNX_MODEL_FILE, ONNX_INT8_FILE) if os.path.isfile(os.path.join(staging, name))}
         report = {
             "report_version": REPORT_VERSION,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -343,7 +344,7 @@ def export_model(
         if tuple(report["output_names"]) != EMBEDDING_OUTPUTS:
             raise ExportError(f"exported graph has outputs {report['output_names']}, expected "
                               f"{list(EMBEDDING_OUTPUTS)}")
-        with open(os.path.join(staging, REPORT_FILE), "w", encoding="utf-8") as handle:
+        with open(os.path.join(staging, EXPORT_REPORT_FILE), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
         from tf_minilm.hf.checkpoints import replace_folder
 

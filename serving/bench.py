@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from serving.runtime import (
-    DEFAULT_MODEL_FILE,
     EMBEDDING_OUTPUT,
     INPUT_NAMES,
-    INT8_MODEL_FILE,
+    ONNX_INT8_FILE,
+    ONNX_MODEL_FILE,
     load_export_report,
     make_session,
 )
@@ -142,7 +142,7 @@ def discover_targets(model_path: str | os.PathLike[str]) -> list[Target]:
     targets = []
     if (path / "student.keras").is_file():
         targets.append(Target(name, path / "student.keras", "tensorflow", "fp32"))
-    onnx_files = [path / f for f in (DEFAULT_MODEL_FILE, INT8_MODEL_FILE) if (path / f).is_file()]
+    onnx_files = [path / f for f in (ONNX_MODEL_FILE, ONNX_INT8_FILE) if (path / f).is_file()]
     if not onnx_files:
         onnx_files = sorted(path.glob("*.onnx"))
     targets += [_onnx_target(f) for f in onnx_files]

@@ -24,15 +24,18 @@ from typing import Any
 
 import numpy as np
 
+from tf_minilm.constants import (
+    EMBEDDING_OUTPUTS,
+    INPUT_NAMES,
+    ONNX_MODEL_FILE,
+    POOLING_MODES,
+)
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_FILE = "model.onnx"
-INT8_MODEL_FILE = "model.int8.onnx"
+HIDDEN_OUTPUT, EMBEDDING_OUTPUT = EMBEDDING_OUTPUTS
+
 DEFAULT_MAX_SEQ_LEN = 128
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-HIDDEN_OUTPUT = "last_hidden_state"
-EMBEDDING_OUTPUT = "sentence_embedding"
-POOLINGS = ("mean", "cls")
 
 
 class ModelFolderError(ValueError):
@@ -40,7 +43,7 @@ class ModelFolderError(ValueError):
 
 
 def resolve_model_path(model_path: str | os.PathLike[str],
-                       model_file: str = DEFAULT_MODEL_FILE) -> tuple[Path, Path]:
+                       model_file: str = ONNX_MODEL_FILE) -> tuple[Path, Path]:
     """Finds the ONNX file and the folder holding the tokenizer and report.
 
     Args:
@@ -117,9 +120,9 @@ def load_export_report(folder: str | os.PathLike[str]) -> ExportReport:
         raise ModelFolderError(
             f"{str(path)!r}: field 'max_seq_len' must be an integer >= 2, got {max_seq_len!r}")
     pooling = raw.get("pooling", "mean")
-    if pooling not in POOLINGS:
+    if pooling not in POOLING_MODES:
         raise ModelFolderError(
-            f"{str(path)!r}: field 'pooling' must be one of {POOLINGS}, got {pooling!r}")
+            f"{str(path)!r}: field 'pooling' must be one of {POOLING_MODES}, got {pooling!r}")
     hidden_size = raw.get("hidden_size")
     if hidden_size is not None and (not isinstance(hidden_size, int) or hidden_size < 1):
         raise ModelFolderError(
@@ -179,7 +182,7 @@ def pool_and_normalize(hidden: np.ndarray, attention_mask: np.ndarray,
         mask = attention_mask.astype(np.float32)[:, :, None]
         pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
     else:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
     norm = np.linalg.norm(pooled, axis=1, keepdims=True)
     return (pooled / np.maximum(norm, 1e-12)).astype(np.float32)
 
@@ -220,7 +223,7 @@ class EmbeddingModel:
     True
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], model_file: str = DEFAULT_MODEL_FILE,
+    def __init__(self, model_dir: str | os.PathLike[str], model_file: str = ONNX_MODEL_FILE,
                  max_seq_len: int | None = None, intra_op_threads: int | None = None) -> None:
         self.folder, self.model_path = resolve_model_path(model_dir, model_file)
         self.report = load_export_report(self.folder)

@@ -34,7 +34,7 @@ from aiohttp import web
 
 from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.metrics import CONTENT_TYPE, ServingMetrics
-from serving.runtime import DEFAULT_MODEL_FILE, EmbeddingModel, Embeddings
+from serving.runtime import ONNX_MODEL_FILE, EmbeddingModel, Embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ class BackgroundServer:
 
 
 def serve(model_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8080,
-          model_file: str = DEFAULT_MODEL_FILE, max_seq_len: int | None = None,
+          model_file: str = ONNX_MODEL_FILE, max_seq_len: int | None = None,
           threads: int | None = None, config: ServerConfig | None = None,
           access_log: bool = False) -> None:
     """Loads the model folder and serves it until interrupted (SIGINT/SIGTERM).

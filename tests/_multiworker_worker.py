@@ -115,8 +115,9 @@ def _mirrored_step(args: dict) -> dict:
     import numpy as np
 
     from tf_minilm.distill.distiller import Distiller
+    from tf_minilm.distill.optimizer import make_optimizer, no_decay_variables
+    from tf_minilm.distill.runtime import resolve_strategy
     from tf_minilm.distill.schedules import WarmupLinearDecay
-    from tf_minilm.distill.train import make_optimizer, no_decay_variables, resolve_strategy
 
     def one_step(strategy):
         keras.utils.set_random_seed(0)
@@ -200,8 +201,9 @@ def _train(args: dict) -> dict:
             cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
     import numpy as np
 
-    from tf_minilm.distill.callbacks import CheckpointManager
-    from tf_minilm.distill.train import TrainOptions, run_distillation
+    from tf_minilm.distill.options import TrainOptions
+    from tf_minilm.distill.state import CheckpointManager
+    from tf_minilm.distill.trainer import run_distillation
 
     options = TrainOptions(**args["options"])
     dropout = args.get("dropout", 0.1)

@@ -15,9 +15,10 @@ import pytest
 
 from tests.conftest import WORDS, make_wordpiece_tokenizer
 from tf_minilm.cli import main
+from tf_minilm.distill.config import DistillConfig
 from tf_minilm.distill.job import resolve
 from tf_minilm.hf.checkpoints import load_hf_checkpoint, save_hf_checkpoint
-from tf_minilm.model.config import ConfigError, DistillConfig, EncoderConfig
+from tf_minilm.model.config import ConfigError, EncoderConfig
 from tf_minilm.model.encoder import Encoder
 
 TEACHER = EncoderConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3,
@@ -119,7 +120,7 @@ def test_end_to_end_outputs_and_resume(teacher_dir, corpus_dir, tmp_path, caplog
         path = interrupted / name
         shutil.rmtree(path) if path.is_dir() else os.remove(path)
     args = tiny_args(teacher_dir, corpus_dir, interrupted, "--resume")
-    caplog.set_level(logging.INFO, logger="tf_minilm.distill.train")
+    caplog.set_level(logging.INFO, logger="tf_minilm.distill.trainer")
     assert main(args) == 0
     assert re.search(r"resuming from .*ckpt-00000016.* at step 16", caplog.text), caplog.text
     resumed = keras.saving.load_model(interrupted / "student.keras")
@@ -156,13 +157,13 @@ def test_resume_refuses_changed_settings(teacher_dir, corpus_dir, tmp_path, capl
     ("flags", "message"),
     [
         (["--student-heads", "5"], r"--student-heads \(5\) does not divide --student-hidden \(16\)"),
-        (["--relation-heads", "3"], r"--relation-heads \(3\) does not divide the teacher hidden size \(32\)"),
+        (["--relation-heads", "3"], r"--relation-heads=3 does not divide the teacher hidden size 32"),
         (["--teacher-layer", "4"], r"--teacher-layer 4 is out of range: the teacher has 3 layers"),
-        (["--method", "minilm", "--student-heads", "2"], r"--method minilm \(v1\) needs equal attention heads"),
+        (["--method", "minilm", "--student-heads", "2"], r"--method minilm with --student-heads 2: MiniLM v1 needs equal attention-head counts"),
         (["--init", "teacher-layers"], r"--init teacher-layers needs a student as wide as the teacher"),
         (["--max-seq-len", "100"], r"--max-seq-len 100 exceeds the teacher's 64 positions"),
-        (["--warmup-steps", "50"], r"--warmup-steps must be in \[0, --steps=24\)"),
-        (["--warmup-steps", "24"], r"--warmup-steps must be in \[0, --steps=24\)"),
+        (["--warmup-steps", "50"], r"--warmup-steps must be an integer in \[0, --steps=24\)"),
+        (["--warmup-steps", "24"], r"--warmup-steps must be an integer in \[0, --steps=24\)"),
         (["--learning-rate", "nan"], r"--learning-rate must be > 0|--learning-rate must be a finite"),
         (["--learning-rate", "inf"], r"--learning-rate must be a finite number"),
         (["--loss", "embeding_mse"], r"--loss: unknown loss term 'embeding_mse'"),
@@ -178,7 +179,7 @@ def test_resume_refuses_changed_settings(teacher_dir, corpus_dir, tmp_path, capl
         (["--stages", "minilmv2:8", "hidden_mse", "--assistant-hidden", "16"],
          r"--stages cannot go with --assistant-hidden"),
         (["--init-layers", "1,2"], r"--init teacher-layers needs a student as wide as the teacher"),
-        (["--relations", "qx"], r"--relations has 'qx'"),
+        (["--relations", "qx"], r"--relations: bad relation name 'qx'"),
         (["--assistant-hidden", "18"], r"--assistant-hidden \(18\) is not divisible"),
         (["--batch-size", "4096"], r"--batch-size 4096 is larger than the \d+ training sequences"),
     ],

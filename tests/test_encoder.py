@@ -86,7 +86,7 @@ def test_stop_after_qkv_gives_same_qkv_and_skips_later_layers():
 def test_layer_numbers_are_one_based_and_checked():
     encoder = scrambled_encoder()
     batch = ragged_batch(encoder.config)
-    with pytest.raises(ValueError, match=r"layer 0 is out of range .* 1-based: 1\.\.3"):
+    with pytest.raises(ValueError, match=r"layer 0 is out of range.* 1-based: 1\.\.3"):
         encoder(batch, qkv_layers=(0,))
     with pytest.raises(ValueError, match="layer 4 is out of range"):
         encoder(batch, qkv_layers=(4,))

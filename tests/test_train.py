@@ -22,24 +22,14 @@ import pytest
 import tensorflow as tf
 from _multiworker_worker import eval_dataset, make_dataset, tiny_student, tiny_teacher
 
-from tf_minilm.distill.callbacks import (
-    CheckpointManager,
-    NonFiniteLossError,
-    TrainingCheckpointError,
-)
+from tf_minilm.distill.assistant import distill_with_assistant
+from tf_minilm.distill.callbacks import NonFiniteLossError
+from tf_minilm.distill.optimizer import make_optimizer, no_decay_variables
+from tf_minilm.distill.options import TrainOptions
+from tf_minilm.distill.runtime import StrategyError, resolve_precision, resolve_strategy
 from tf_minilm.distill.schedules import WarmupLinearDecay
-from tf_minilm.distill.train import (
-    DataExhaustedError,
-    StrategyError,
-    TrainOptions,
-    distill_with_assistant,
-    learning_rate_at,
-    make_optimizer,
-    no_decay_variables,
-    resolve_precision,
-    resolve_strategy,
-    run_distillation,
-)
+from tf_minilm.distill.state import CheckpointManager, TrainingCheckpointError
+from tf_minilm.distill.trainer import DataExhaustedError, learning_rate_at, run_distillation
 from tf_minilm.model.encoder import Encoder
 
 WORKER = os.path.join(os.path.dirname(__file__), "_multiworker_worker.py")

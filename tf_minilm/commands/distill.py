@@ -8,7 +8,8 @@ import json
 import logging
 from typing import Any
 
-from tf_minilm.model.config import ConfigError, DistillConfig
+from tf_minilm.distill.config import DistillConfig
+from tf_minilm.model.config import ConfigError
 
 HELP = ("distil a teacher into a MiniLM/MiniLMv2 student (no flags: the embedded default "
         "teacher and corpus)")

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from tf_minilm.constants import PACKING_MODES
 from tf_minilm.data.corpus import (
     CorpusError,
     CorpusFile,
@@ -73,7 +74,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Packing = Literal["packed", "per-document"]
-PACKING_MODES = ("packed", "per-document")
 _CACHE_FORMAT = 1
 _SPECIAL_TOKEN_STYLES = (("[CLS]", "[SEP]", "[PAD]"), ("<s>", "</s>", "<pad>"))
 

@@ -43,10 +43,11 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Literal
 
+from tf_minilm.constants import DOC_SEPARATORS
+
 logger = logging.getLogger(__name__)
 
 DocSeparator = Literal["line", "blank-line", "file"]
-DOC_SEPARATORS = ("line", "blank-line", "file")
 
 # lower-cased name suffix -> (format, compression)
 _SUFFIXES: dict[str, tuple[str, str | None]] = {

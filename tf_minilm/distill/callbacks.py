@@ -1,18 +1,16 @@
-"""Training-state checkpoints and the Keras callbacks of a distillation run.
+"""The Keras callbacks of a distillation run, and the metrics log they write.
 
-`CheckpointManager` writes `ckpt-<step>.npz` files holding every student variable
-(weights and dropout seed states), every optimizer variable (step counter, Adam
-moments, loss-scale state) and a JSON header (global step, run fingerprint,
-student config, elapsed time). Files are written to a temporary name in the same
-folder, fsync'ed and renamed with `os.replace`, so a checkpoint under its final
-name is always complete; states with a non-finite value are refused.
+Owns: stopping at a non-finite loss, periodic checkpoints (through a `save` callable;
+the file format is `distill.state`'s), `metrics.jsonl` + TensorBoard, and periodic
+evaluation. Imports: Keras and NumPy only.
 
 Callbacks (put them in this order, before any other):
     `NonFiniteGuard`     stops training at the first non-finite loss and says where;
     `PeriodicCheckpoint` saves every N steps (never after a non-finite loss);
     `MetricsLogger`      appends one JSON line per interval to metrics.jsonl and the
                          same scalars to TensorBoard, then resets the running means
-                         so each line averages its own interval.
+                         so each line averages its own interval;
+    `PeriodicEvaluation` evaluates held-out batches every N steps ("eval_*" lines).
 Each counts global steps from `initial_step` (one `on_train_batch_end` per step,
 so the model must use `steps_per_execution=1`).
 """
@@ -23,208 +21,18 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import keras
-import numpy as np
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
-_CHECKPOINT_RE = re.compile(r"^ckpt-(\d{8,})\.npz$")
-_TEMP_PREFIX = ".ckpt-"
-
-
-class TrainingCheckpointError(ValueError):
-    """A training checkpoint that cannot be written, read or applied to this run."""
 
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped because a loss became NaN or infinite."""
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _variable_values(variables: list[Any]) -> list[np.ndarray]:
-    return [np.asarray(keras.ops.convert_to_numpy(v.value)) for v in variables]
-
-
-class CheckpointManager:
-    """Atomic, rotating training checkpoints in one folder.
-
-    Args:
-        directory: folder of the `ckpt-<step>.npz` files (created on first save).
-        keep: how many of the newest checkpoints to keep (>= 1).
-        is_chief: only the chief writes; other workers only read (multi-worker).
-
-    Example:
-    >>> manager = CheckpointManager("runs/x/checkpoints", keep=3)  # doctest: +SKIP
-    >>> path = manager.save(100, student.variables, optimizer.variables, {})  # doctest: +SKIP
-    >>> meta = manager.restore(manager.latest(), student.variables,
-    ...                        optimizer.variables)  # doctest: +SKIP
-    """
-
-    def __init__(self, directory: str | os.PathLike, keep: int = 3, is_chief: bool = True) -> None:
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep_checkpoints must be an integer >= 1, got {keep!r}")
-        self.directory = os.fspath(directory)
-        self.keep = keep
-        self.is_chief = is_chief
-
-    def path(self, step: int) -> str:
-        """Final file name of the checkpoint of global step `step`."""
-        return os.path.join(self.directory, f"ckpt-{step:08d}.npz")
-
-    def checkpoints(self) -> list[tuple[int, str]]:
-        """(step, path) of every complete checkpoint, oldest first."""
-        if not os.path.isdir(self.directory):
-            return []
-        found = []
-        for name in os.listdir(self.directory):
-            match = _CHECKPOINT_RE.match(name)
-            if match:
-                found.append((int(match.group(1)), os.path.join(self.directory, name)))
-        return sorted(found)
-
-    def latest(self) -> str | None:
-        """Path of the newest checkpoint, or None."""
-        found = self.checkpoints()
-        return found[-1][1] if found else None
-
-    def remove_stale_temporaries(self) -> None:
-        """Delete temporary files left by a save that was killed half-way."""
-        if not self.is_chief or not os.path.isdir(self.directory):
-            return
-        for name in os.listdir(self.directory):
-            if name.startswith(_TEMP_PREFIX) and name.endswith(".tmp"):
-                os.remove(os.path.join(self.directory, name))
-
-    def save(
-        self,
-        step: int,
-        student_variables: list[Any],
-        optimizer_variables: list[Any],
-        meta: dict[str, Any],
-    ) -> str | None:
-        """Write the state of global step `step`; returns the path (None on non-chief workers).
-
-        Raises:
-            TrainingCheckpointError: a value is NaN/inf (nothing is written).
-        """
-        if not self.is_chief:
-            return None
-        student = _variable_values(student_variables)
-        optimizer = _variable_values(optimizer_variables)
-        for group, values, variables in (
-            ("student", student, student_variables),
-            ("optimizer", optimizer, optimizer_variables),
-        ):
-            for value, variable in zip(values, variables, strict=True):
-                if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-                    raise TrainingCheckpointError(
-                        f"refusing to save step {step}: {group} variable {variable.path} holds "
-                        "NaN or inf"
-                    )
-        header = dict(meta)
-        header.update(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "step": int(step),
-                "student_variables": [v.path for v in student_variables],
-                "optimizer_variables": [v.path for v in optimizer_variables],
-            }
-        )
-        arrays = {f"student/{i:05d}": value for i, value in enumerate(student)}
-        arrays.update({f"optimizer/{i:05d}": value for i, value in enumerate(optimizer)})
-        arrays["header"] = np.array(json.dumps(header))
-        os.makedirs(self.directory, exist_ok=True)
-        final = self.path(step)
-        handle = tempfile.NamedTemporaryFile(
-            dir=self.directory, prefix=_TEMP_PREFIX, suffix=".tmp", delete=False
-        )
-        try:
-            with handle:
-                np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(handle.name, final)
-        except BaseException:
-            if os.path.exists(handle.name):
-                os.remove(handle.name)
-            raise
-        _fsync_directory(self.directory)
-        for _, old in self.checkpoints()[: -self.keep]:
-            os.remove(old)
-        logger.info("saved checkpoint %s", final)
-        return final
-
-    @staticmethod
-    def read(path: str) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
-        """(student arrays, optimizer arrays, header) of a checkpoint file."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                header = json.loads(str(data["header"]))
-                student = [data[f"student/{i:05d}"] for i in range(len(header["student_variables"]))]
-                optimizer = [
-                    data[f"optimizer/{i:05d}"] for i in range(len(header["optimizer_variables"]))
-                ]
-        except (OSError, KeyError, ValueError) as err:
-            raise TrainingCheckpointError(f"{path}: not a readable training checkpoint ({err})") \
-                from err
-        if header.get("format") != CHECKPOINT_FORMAT:
-            raise TrainingCheckpointError(
-                f"{path}: checkpoint format {header.get('format')!r}, expected {CHECKPOINT_FORMAT}"
-            )
-        return student, optimizer, header
-
-    def restore(
-        self, path: str, student_variables: list[Any], optimizer_variables: list[Any]
-    ) -> dict[str, Any]:
-        """Assign a checkpoint to the variables (call in cross-replica context); returns its header.
-
-        Raises:
-            TrainingCheckpointError: the checkpoint does not match the variables
-                (count, shape or dtype), naming the first mismatch.
-        """
-        student, optimizer, header = self.read(path)
-        for group, values, variables in (
-            ("student", student, student_variables),
-            ("optimizer", optimizer, optimizer_variables),
-        ):
-            if len(values) != len(variables):
-                raise TrainingCheckpointError(
-                    f"{path}: holds {len(values)} {group} variables, this run has "
-                    f"{len(variables)} (different model, optimizer or precision?)"
-                )
-            for value, variable, saved_name in zip(
-                values, variables, header[f"{group}_variables"], strict=True
-            ):
-                shape = tuple(variable.shape)
-                if value.shape != shape or np.dtype(value.dtype) != np.dtype(variable.dtype):
-                    raise TrainingCheckpointError(
-                        f"{path}: {group} variable {saved_name} is {value.dtype}{list(value.shape)}"
-                        f" but this run's {variable.path} is {variable.dtype}{list(shape)}"
-                    )
-        for values, variables in ((student, student_variables), (optimizer, optimizer_variables)):
-            for value, variable in zip(values, variables, strict=True):
-                variable.assign(value)
-        logger.info("restored checkpoint %s (step %d)", path, header["step"])
-        return header
 
 
 def _finite_losses(logs: dict[str, Any] | None) -> tuple[bool, dict[str, float]]:
@@ -513,3 +321,47 @@ def truncate_jsonl(path: str, after_step: int) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(handle.name, path)
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Evaluates `dataset` every `every` steps (None: only when asked); records "eval_*" lines.
+
+    Args:
+        dataset: a finite dataset of held-out batches, or None.
+        every: steps between evaluations, or None.
+        eval_steps: batches per evaluation; None = the whole dataset.
+        metrics_logger: the run's `MetricsLogger` (eval lines go to its file).
+        initial_step: the global step training starts from.
+    """
+
+    def __init__(self, dataset: Any, every: int | None, eval_steps: int | None,
+                 metrics_logger: MetricsLogger, initial_step: int) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.every = every
+        self.eval_steps = eval_steps
+        self.metrics_logger = metrics_logger
+        self.step = initial_step
+        self.last_step: int | None = None
+        self.last_result: dict[str, float] | None = None
+
+    def run(self, step: int, write: bool = True) -> dict[str, float]:
+        """Evaluate now; record (unless `write` is False) and return {"loss": ..., ...}."""
+        values = self.model.evaluate(self.dataset, steps=self.eval_steps, verbose=0,
+                                     return_dict=True)
+        values = {key: float(value) for key, value in values.items()}
+        self.last_step, self.last_result = step, values
+        if write:
+            self.metrics_logger.write_record(
+                {"step": step, **{f"eval_{k}": v for k, v in values.items()}}
+            )
+        logger.info("step %d eval %s", step,
+                    " ".join(f"{k}={v:.6g}" for k, v in sorted(values.items())))
+        return values
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.step += 1
+        if self.dataset is not None and self.every and self.step % self.every == 0 \
+                and not self.model.stop_training:
+            self.run(self.step)
+            self.model.reset_metrics()

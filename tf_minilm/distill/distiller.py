@@ -29,46 +29,21 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tf_minilm.constants import INPUT_NAMES, METHODS, QKV_LETTERS
 from tf_minilm.distill import alignment
 from tf_minilm.distill import losses as losses_lib
 from tf_minilm.distill import objectives as objectives_lib
-from tf_minilm.model.encoder import INPUT_NAMES, Encoder
+from tf_minilm.distill.options import resolve_clipnorm
+from tf_minilm.model.config import check_layer_number
+from tf_minilm.model.encoder import Encoder
 from tf_minilm.model.pooling import PoolingSpec, sentence_embedding
-
-METHODS = ("minilmv2", "minilm")
-_QKV_LETTERS = "qkv"
-
-
-def _check_relations(relations: Sequence[str]) -> tuple[str, ...]:
-    """Validate MiniLMv2 relation names ("qq", "kk", "vv", "qk", ...)."""
-    if isinstance(relations, str) or not isinstance(relations, Sequence):
-        raise ValueError(
-            f"relations must be a list of names such as ('qq', 'kk', 'vv'), got {relations!r}"
-        )
-    names = tuple(relations)
-    if not names:
-        raise ValueError("relations is empty; give at least one of 'qq', 'kk', 'vv', ...")
-    for name in names:
-        if not (isinstance(name, str) and len(name) == 2 and set(name) <= set(_QKV_LETTERS)):
-            raise ValueError(
-                f"unknown relation {name!r}: a relation is two letters from q, k, v "
-                "(for example 'qq', 'kk', 'vv')"
-            )
-    if len(set(names)) != len(names):
-        raise ValueError(f"relations {names!r} name the same relation twice")
-    return names
 
 
 def _resolve_layer(layer: int | None, encoder: Encoder, side: str) -> int:
     depth = encoder.config.num_hidden_layers
     if layer is None:
         return depth
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= depth:
-        raise ValueError(
-            f"{side}_layer={layer!r} is out of range: the {side} has {depth} layers and layer "
-            f"numbers are 1-based (1..{depth}, default: the last, {depth})"
-        )
-    return layer
+    return check_layer_number(layer, depth, side, f"{side}_layer=")
 
 
 def _dense_gradient(gradient: Any) -> Any:
@@ -119,7 +94,7 @@ class Distiller(keras.Model):
             must divide both hidden sizes. Ignored by "minilm".
         relations: MiniLMv2 relations to sum, default ("qq", "kk", "vv").
         clipnorm: clip the (all-reduced, unscaled) gradient to this global norm;
-            None disables clipping. Do not also set `global_clipnorm` on the
+            None or 0 disables clipping. Do not also set `global_clipnorm` on the
             optimizer when training on more than one replica (Keras clips per
             replica, before the all-reduce).
         objective: a loss spec (`tf_minilm.distill.objectives.parse_objective`), e.g.
@@ -195,32 +170,19 @@ class Distiller(keras.Model):
         self.pooling = pooling or PoolingSpec()
         self.teacher_layer = _resolve_layer(teacher_layer, teacher, "teacher")
         self.student_layer = _resolve_layer(student_layer, student, "student")
-        self.relations = _check_relations(relations)
+        self.relations = objectives_lib.check_relations(relations)
         self.num_relation_heads = num_relation_heads
-        if clipnorm is not None and not float(clipnorm) > 0.0:
-            raise ValueError(f"clipnorm must be a positive number or None, got {clipnorm!r}")
-        self.clipnorm = None if clipnorm is None else float(clipnorm)
+        self.clipnorm = resolve_clipnorm(clipnorm)
 
         uses_relations = any(objectives_lib.relation_term(o) for o in self.stage_objectives)
         if uses_relations and self.method == "minilmv2":
-            if isinstance(num_relation_heads, bool) or not isinstance(num_relation_heads, int) \
-                    or num_relation_heads < 1:
-                raise ValueError(
-                    f"num_relation_heads must be a positive integer, got {num_relation_heads!r}"
-                )
-            for side, model in (("teacher", teacher), ("student", student)):
-                hidden = model.config.hidden_size
-                if hidden % num_relation_heads:
-                    raise ValueError(
-                        f"num_relation_heads={num_relation_heads} does not divide the {side} "
-                        f"hidden size {hidden}; pick A_r dividing both the teacher "
-                        f"({teacher.config.hidden_size}) and the student "
-                        f"({student.config.hidden_size}) hidden sizes"
-                    )
+            objectives_lib.check_relation_heads(
+                num_relation_heads, {"teacher": teacher.config.hidden_size,
+                                     "student": student.config.hidden_size})
             self._relation_names = tuple(f"loss_{name}" for name in self.relations)
             needed = set("".join(self.relations))
         elif uses_relations:
-            losses_lib.check_minilm_v1_heads(
+            objectives_lib.check_minilm_v1_heads(
                 teacher.config.num_attention_heads, student.config.num_attention_heads
             )
             self._relation_names = tuple(f"loss_{name}" for name in losses_lib.V1_TERMS)
@@ -228,7 +190,7 @@ class Distiller(keras.Model):
         else:
             self._relation_names = ()
             needed = set()
-        self._needed_projections = tuple(c for c in _QKV_LETTERS if c in needed)
+        self._needed_projections = tuple(c for c in QKV_LETTERS if c in needed)
 
         teacher.trainable = False
         self.teacher = teacher

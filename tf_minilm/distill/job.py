@@ -24,12 +24,13 @@ import platform
 import sys
 from typing import Any
 
+from tf_minilm.constants import RUN_FILES
+from tf_minilm.distill.config import DistillConfig
 from tf_minilm.fileio import atomic_path, write_json_atomic
-from tf_minilm.model.config import ConfigError, DistillConfig, EncoderConfig
+from tf_minilm.model.config import ConfigError, EncoderConfig, check_layer_number
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl")
 
 
 @dataclasses.dataclass
@@ -88,16 +89,6 @@ def _student_sizes(config: DistillConfig, teacher: EncoderConfig) -> EncoderConf
         raise ConfigError(f"student sizes: {err}") from err
 
 
-def _check_relation_heads(config: DistillConfig, sizes: dict[str, int]) -> None:
-    for who, hidden in sizes.items():
-        if hidden % config.relation_heads:
-            raise ConfigError(
-                f"--relation-heads ({config.relation_heads}) does not divide the {who} hidden size "
-                f"({hidden}); MiniLMv2 splits Q/K/V of teacher and student into the same number "
-                "of relation heads"
-            )
-
-
 def resolve(config: DistillConfig) -> ResolvedJob:
     """Fill in defaults and validate against the teacher's config.json (no weights loaded).
 
@@ -114,10 +105,8 @@ def resolve(config: DistillConfig) -> ResolvedJob:
     teacher = EncoderConfig.from_json_file(os.path.join(teacher_dir, "config.json"))
     student = _student_sizes(config, teacher)
 
-    teacher_layer = config.teacher_layer or teacher.num_hidden_layers
-    if not 1 <= teacher_layer <= teacher.num_hidden_layers:
-        raise ConfigError(f"--teacher-layer {teacher_layer} is out of range: the teacher has "
-                          f"{teacher.num_hidden_layers} layers (1-based: 1..{teacher.num_hidden_layers})")
+    teacher_layer = check_layer_number(config.teacher_layer or teacher.num_hidden_layers,
+                                       teacher.num_hidden_layers, "teacher", "--teacher-layer")
     if config.max_seq_len > teacher.max_sequence_length:
         raise ConfigError(f"--max-seq-len {config.max_seq_len} exceeds the teacher's "
                           f"{teacher.max_sequence_length} positions")
@@ -132,14 +121,16 @@ def resolve(config: DistillConfig) -> ResolvedJob:
 
     relation = {objectives.relation_term(stage.objective)
                 for stage in config.resolved_stages()} - {None}
-    if "minilmv2" in relation:
-        _check_relation_heads(config, sizes)
-    elif "minilm" in relation and student.num_attention_heads != teacher.num_attention_heads:
-        raise ConfigError(
-            "--method minilm (v1) needs equal attention heads: the teacher has "
-            f"{teacher.num_attention_heads}, --student-heads is {student.num_attention_heads} "
-            "(use --method minilmv2, whose relation heads lift this limit)"
-        )
+    try:
+        if "minilmv2" in relation:
+            objectives.check_relation_heads(config.relation_heads, sizes, "--relation-heads")
+        elif "minilm" in relation:
+            objectives.check_minilm_v1_heads(teacher.num_attention_heads,
+                                             student.num_attention_heads)
+    except objectives.ObjectiveError as err:
+        raise ConfigError(str(err) if "minilmv2" in relation else
+                          f"--method minilm with --student-heads "
+                          f"{student.num_attention_heads}: {err}") from err
 
     same_shape = all(getattr(student, f) == getattr(teacher, f)
                      for f in ("hidden_size", "num_attention_heads", "intermediate_size"))
@@ -243,13 +234,13 @@ def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
 
 
 def train_options(job: ResolvedJob) -> Any:
-    from tf_minilm.distill.train import TrainOptions
+    from tf_minilm.distill.options import TrainOptions
 
     config = job.config
     return TrainOptions(
         steps=config.steps, learning_rate=config.resolved_learning_rate(),
         warmup_steps=config.resolved_warmup_steps(), weight_decay=config.weight_decay,
-        clipnorm=config.clipnorm or None, method=config.resolved_method(),
+        clipnorm=config.resolved_clipnorm(), method=config.resolved_method(),
         teacher_layer=job.teacher_layer,
         objective=config.resolved_loss(),
         stages=tuple(config.stages) if config.stages is not None else None,
@@ -302,7 +293,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
     student_config = job.student_config
     log_dir = os.path.join(output, "logs")
     if config.assistant_hidden:
-        from tf_minilm.distill.train import distill_with_assistant
+        from tf_minilm.distill.assistant import distill_with_assistant
 
         # Each stage is a run folder of its own (checkpoints, metrics, TensorBoard) under
         # stages/, apart from the final student/ folder.
@@ -316,7 +307,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
         )
         student, final = result.student, result.student_stage
     else:
-        from tf_minilm.distill.train import run_distillation
+        from tf_minilm.distill.trainer import run_distillation
         from tf_minilm.model.student import build_student
 
         def build_models() -> tuple[Any, Any]:

@@ -49,82 +49,20 @@ float32.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
+from tf_minilm.constants import QKV_LETTERS
+from tf_minilm.distill.objectives import check_head_count, check_relation_heads, check_relations
+
 # Added to padded-key scores before the softmax; finite so that 0 * it stays 0.
 MASK_VALUE = -1e9
 
-_LETTERS = "qkv"
 DEFAULT_RELATIONS: tuple[str, ...] = ("qq", "kk", "vv")
 V1_TERMS: Mapping[str, str] = {"attention": "qk", "value_relation": "vv"}
 
 QKV = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
-
-
-def check_minilm_v1_heads(teacher_heads: int, student_heads: int) -> None:
-    """Raise if the teacher and student head counts do not allow MiniLM v1.
-
-    MiniLM v1 compares attention distributions head by head, so both models
-    must have the same number of attention heads (their hidden widths may
-    differ).
-
-    Args:
-        teacher_heads: number of attention heads of the teacher layer.
-        student_heads: number of attention heads of the student layer.
-
-    Returns:
-        None.
-
-    Raises:
-        ValueError: if the two counts differ or are not positive.
-    """
-    for side, heads in (("teacher", teacher_heads), ("student", student_heads)):
-        if isinstance(heads, bool) or not isinstance(heads, numbers.Integral) or heads < 1:
-            raise ValueError(
-                f"MiniLM v1: {side} attention-head count must be a positive integer, got {heads!r}"
-            )
-    if teacher_heads != student_heads:
-        raise ValueError(
-            "MiniLM v1 needs equal attention-head counts on teacher and student, got "
-            f"teacher {teacher_heads} heads and student {student_heads} heads "
-            "(use MiniLMv2 relation heads to distil across head counts)"
-        )
-
-
-def _check_head_count(num_heads: int, what: str) -> None:
-    if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
-        raise ValueError(f"{what} must be a positive integer, got {num_heads!r}")
-
-
-def _parse_relations(relations: Sequence[str]) -> list[str]:
-    """Validate relation names; returns them unchanged, in order."""
-    if isinstance(relations, str):
-        raise ValueError(
-            "relations must be a sequence of names such as ('qq', 'kk', 'vv'), "
-            f"got the single string {relations!r}"
-        )
-    names = list(relations)
-    if not names:
-        raise ValueError("relations is empty; give at least one name such as 'qq'")
-    seen: set[str] = set()
-    for name in names:
-        if (
-            not isinstance(name, str)
-            or len(name) != 2
-            or name[0] not in _LETTERS
-            or name[1] not in _LETTERS
-        ):
-            raise ValueError(
-                f"bad relation name {name!r}: expected two letters from 'q', 'k', 'v' "
-                "(for example 'qq', 'kk', 'vv', 'qk')"
-            )
-        if name in seen:
-            raise ValueError(f"relation {name!r} is given more than once in {tuple(names)!r}")
-        seen.add(name)
-    return names
 
 
 def _check_qkv(qkv: Sequence[tf.Tensor], side: str) -> None:
@@ -145,8 +83,8 @@ def _check_static_shapes(
     batch_seq = mask.shape.as_list() if mask.shape.rank == 2 else [None, None]
     for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
         hidden_seen: dict[str, int] = {}
-        for letter in [c for c in _LETTERS if c in letters]:
-            shape = tf.TensorShape(getattr(qkv[_LETTERS.index(letter)], "shape", None))
+        for letter in [c for c in QKV_LETTERS if c in letters]:
+            shape = tf.TensorShape(getattr(qkv[QKV_LETTERS.index(letter)], "shape", None))
             if shape.rank is None:
                 continue
             if shape.rank != 3:
@@ -185,11 +123,7 @@ def _split_heads(
     hidden = x.shape[-1]
     shape = tf.shape(x)
     if hidden is not None:
-        if hidden % num_heads != 0:
-            raise ValueError(
-                f"{side} hidden size {hidden} (of {letter}) is not divisible by "
-                f"{heads_name}={num_heads}"
-            )
+        check_relation_heads(num_heads, {f"{side} {letter}": hidden}, heads_name)
         head_dim = hidden // num_heads
         inv_scale = tf.constant(1.0 / math.sqrt(head_dim), tf.float32)
     else:
@@ -250,9 +184,9 @@ def _relation_kl_losses(
     _check_static_shapes(teacher_qkv, student_qkv, mask, needed)
     split = {}
     for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
-        for letter in [c for c in _LETTERS if c in needed]:
+        for letter in [c for c in QKV_LETTERS if c in needed]:
             split[side, letter] = _split_heads(
-                qkv[_LETTERS.index(letter)], num_heads, heads_name, side, letter
+                qkv[QKV_LETTERS.index(letter)], num_heads, heads_name, side, letter
             )
 
     losses: dict[str, tf.Tensor] = {}
@@ -298,8 +232,8 @@ def relation_losses(
         ValueError: on a bad relation name, a hidden size not divisible by
             `num_relation_heads` (naming the side and size), or malformed inputs.
     """
-    _check_head_count(num_relation_heads, "num_relation_heads")
-    names = _parse_relations(relations)
+    check_head_count(num_relation_heads, "num_relation_heads")
+    names = check_relations(relations)
     return _relation_kl_losses(
         teacher_qkv,
         student_qkv,
@@ -359,7 +293,7 @@ def minilm_v1_losses(
         each normalised per example by num_heads x real length, then averaged
         over the batch.
     """
-    _check_head_count(num_heads, "num_heads")
+    check_head_count(num_heads, "num_heads")
     return _relation_kl_losses(
         teacher_qkv, student_qkv, attention_mask, num_heads, "num_heads", V1_TERMS
     )

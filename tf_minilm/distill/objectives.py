@@ -1,9 +1,11 @@
 """Objective specs: which loss terms a distillation step sums, with what weights, in which stage.
 
-This module owns the names of the loss terms and the grammar of a loss spec; every
-caller (the `Distiller`, `DistillConfig`, the CLI) validates through `parse_objective`
-and `parse_stages` and re-raises naming its own flag. It imports neither TensorFlow
-nor Keras, so configuration code can check a spec before anything heavy loads.
+Owns: the names of the loss terms, the grammar of a loss spec and of a stage list, and
+the rules the relation terms put on the models (relation names, relation heads that
+divide both widths, MiniLM v1's equal head counts). Every caller (`losses`, the
+`Distiller`, `DistillConfig`, the CLI) checks through the functions here and re-raises
+naming its own flag. Imports: `tf_minilm.constants` only; neither TensorFlow nor
+Keras, so configuration code can check a spec before anything heavy loads.
 
 Terms (see `tf_minilm.distill.losses` and `tf_minilm.distill.alignment` for the math):
 
@@ -33,10 +35,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 
-RELATION_TERMS = ("minilmv2", "minilm")
-ALIGNMENT_TERMS = ("embedding_mse", "embedding_cosine", "hidden_mse")
+from tf_minilm.constants import ALIGNMENT_TERMS, METHODS, QKV_LETTERS
+
+RELATION_TERMS = METHODS
 TERMS = RELATION_TERMS + ALIGNMENT_TERMS
 
 Objective = tuple[tuple[str, float], ...]
@@ -45,6 +49,85 @@ Objective = tuple[tuple[str, float], ...]
 
 class ObjectiveError(ValueError):
     """A loss spec or stage list that cannot be used; the message says which part."""
+
+
+# ------------------------------------------------------------------- relation rules
+def check_relations(relations: Sequence[str]) -> tuple[str, ...]:
+    """Check MiniLMv2 relation names ("qq", "kk", "vv", "qk", ...).
+
+    Args:
+        relations: a sequence of two-letter names over q, k, v; no repeats.
+
+    Returns:
+        The names as a tuple, in the order given.
+
+    Raises:
+        ObjectiveError: a single string, an empty list, a bad name or a repeat.
+    """
+    if isinstance(relations, str) or not isinstance(relations, Sequence):
+        raise ObjectiveError(
+            "relations must be a list of names such as ('qq', 'kk', 'vv'), got the single "
+            f"{'string' if isinstance(relations, str) else 'value'} {relations!r}")
+    names = tuple(relations)
+    if not names:
+        raise ObjectiveError("relations is empty; give at least one name such as 'qq'")
+    for name in names:
+        if not (isinstance(name, str) and len(name) == 2 and set(name) <= set(QKV_LETTERS)):
+            raise ObjectiveError(
+                f"bad relation name {name!r}: a relation is two letters from q, k, v (for "
+                "example 'qq', 'kk', 'vv', 'qk')")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ObjectiveError(f"relation {repeated[0]!r} is given more than once in {names!r}; name each relation once, not twice")
+    return names
+
+
+def check_head_count(count: int, name: str) -> int:
+    """`count` as a positive integer, or `ObjectiveError` naming `name`."""
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+        raise ObjectiveError(f"{name} must be a positive integer, got {count!r}")
+    return int(count)
+
+
+def check_relation_heads(num_relation_heads: int, hidden_sizes: Mapping[str, int],
+                         name: str = "num_relation_heads") -> int:
+    """MiniLMv2 splits every model's Q/K/V into the same A_r relation heads.
+
+    Args:
+        num_relation_heads: A_r.
+        hidden_sizes: {"teacher": 384, "student": 384, ...}, the widths to split.
+        name: what the caller calls A_r in its message (a flag, a field).
+
+    Returns:
+        A_r.
+
+    Raises:
+        ObjectiveError: A_r is not a positive integer or does not divide a width.
+    """
+    check_head_count(num_relation_heads, name)
+    for who, hidden in hidden_sizes.items():
+        if hidden is not None and hidden % num_relation_heads:
+            widths = ", ".join(f"{k} {v}" for k, v in hidden_sizes.items())
+            raise ObjectiveError(
+                f"{name}={num_relation_heads} does not divide the {who} hidden size {hidden}"
+                + (f" (hidden sizes: {widths})" if len(hidden_sizes) > 1 else "")
+                + "; the relation heads split Q/K/V of every model alike")
+    return num_relation_heads
+
+
+def check_minilm_v1_heads(teacher_heads: int, student_heads: int) -> None:
+    """MiniLM v1 compares attention head by head: equal head counts (widths may differ).
+
+    Raises:
+        ObjectiveError: a count that is not positive, or the two counts differ.
+    """
+    for side, heads in (("teacher", teacher_heads), ("student", student_heads)):
+        check_head_count(heads, f"MiniLM v1: {side} attention-head count")
+    if teacher_heads != student_heads:
+        raise ObjectiveError(
+            "MiniLM v1 needs equal attention-head counts on teacher and student, got "
+            f"teacher {teacher_heads} heads and student {student_heads} heads "
+            "(use MiniLMv2 relation heads to distil across head counts)")
 
 
 def parse_objective(spec: str | Sequence[tuple[str, float]]) -> Objective:

@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from tf_minilm.constants import CLASSIFIER_POOLINGS
 from tf_minilm.evaluate.tasks import TaskData
 from tf_minilm.fileio import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 MODES = ("fine-tune", "probe")
-POOLINGS = ("cls", "mean", "pooler")
 
 
 class EvaluationError(ValueError):
@@ -81,9 +81,9 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise EvaluationError(f"mode is {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.pooling not in POOLINGS:
+        if self.pooling not in CLASSIFIER_POOLINGS:
             raise EvaluationError(
-                f"pooling is {self.pooling!r}; choose one of {', '.join(POOLINGS)}")
+                f"pooling is {self.pooling!r}; choose one of {', '.join(CLASSIFIER_POOLINGS)}")
         for name in ("epochs", "batch_size", "probe_max_iter"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

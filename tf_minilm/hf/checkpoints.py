@@ -20,13 +20,13 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from tf_minilm.constants import HF_WEIGHT_FILES, SAFETENSORS_FILE
 from tf_minilm.fileio import public_mode
 from tf_minilm.model.config import ConfigError, EncoderConfig
 from tf_minilm.model.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 KNOWN_PREFIXES = ("bert.", "roberta.", "model.")
 
 
@@ -120,7 +120,7 @@ def assign_state_dict(encoder: Encoder, state: dict[str, np.ndarray], source: st
 
 # --------------------------------------------------------------------------- reading
 def _read_weights(folder: str) -> tuple[dict[str, np.ndarray], str]:
-    safetensors_path = os.path.join(folder, "model.safetensors")
+    safetensors_path = os.path.join(folder, SAFETENSORS_FILE)
     torch_path = os.path.join(folder, "pytorch_model.bin")
     if os.path.exists(safetensors_path):
         from safetensors import SafetensorError
@@ -144,7 +144,7 @@ def _read_weights(folder: str) -> tuple[dict[str, np.ndarray], str]:
             raise CheckpointError(f"{torch_path}: cannot read weights ({err})") from err
         return {k: v.float().numpy() for k, v in raw.items()}, torch_path
     raise CheckpointError(
-        f"{folder}: no weights file (expected one of {', '.join(WEIGHT_FILES)})"
+        f"{folder}: no weights file (expected one of {', '.join(HF_WEIGHT_FILES)})"
     )
 
 
@@ -313,7 +313,7 @@ def save_hf_checkpoint(
         config = encoder.config
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config.to_hf_dict(), handle, indent=2, sort_keys=True)
-        save_file(encoder_state_dict(encoder), os.path.join(staging, "model.safetensors"),
+        save_file(encoder_state_dict(encoder), os.path.join(staging, SAFETENSORS_FILE),
                   metadata={"format": "pt"})
         if tokenizer is not None:
             for name, text in _tokenizer_files(tokenizer, config).items():

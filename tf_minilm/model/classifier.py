@@ -7,10 +7,9 @@ from typing import Any
 import keras
 from keras import ops
 
+from tf_minilm.constants import CLASSIFIER_POOLINGS
 from tf_minilm.model.encoder import INPUT_NAMES, Encoder
 from tf_minilm.model.pooling import mean_pool
-
-POOLINGS = ("cls", "mean", "pooler")
 
 
 @keras.saving.register_keras_serializable(package="tf_minilm")
@@ -60,8 +59,8 @@ class SequenceClassifier(keras.Model):
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling is {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"pooling is {pooling!r}; choose one of {', '.join(CLASSIFIER_POOLINGS)}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if not isinstance(encoder, Encoder):

@@ -8,10 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_minilm.model.config import EncoderConfig
+from tf_minilm.model.config import EncoderConfig, check_layer_number
 from tf_minilm.model.layers import Embeddings, TransformerBlock, additive_attention_mask
-
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @keras.saving.register_keras_serializable(package="tf_minilm")
@@ -96,14 +94,7 @@ class Encoder(keras.Model):
     def resolve_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
         """Check 1-based layer numbers against the depth; returns them as a tuple."""
         depth = self.config.num_hidden_layers
-        resolved = tuple(int(layer) for layer in layers)
-        for layer in resolved:
-            if not 1 <= layer <= depth:
-                raise ValueError(
-                    f"layer {layer} is out of range for an encoder with {depth} layers "
-                    f"(layer numbers are 1-based: 1..{depth})"
-                )
-        return resolved
+        return tuple(check_layer_number(int(layer), depth) for layer in layers)
 
     def call(
         self,

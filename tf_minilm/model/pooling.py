@@ -20,7 +20,8 @@ import json
 import os
 from typing import Any
 
-POOLING_MODES = ("mean", "cls")
+from tf_minilm.constants import POOLING_MODES
+
 _ST_MODE_FIELDS = {
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",

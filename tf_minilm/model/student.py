@@ -8,10 +8,9 @@ from typing import Any
 
 import keras
 
-from tf_minilm.model.config import ConfigError, EncoderConfig
+from tf_minilm.constants import STUDENT_INITS
+from tf_minilm.model.config import ConfigError, EncoderConfig, check_layer_number
 from tf_minilm.model.encoder import Encoder
-
-INIT_CHOICES = ("random", "teacher-layers")
 
 
 def student_config(
@@ -80,9 +79,7 @@ def check_layer_choice(teacher_layers: Sequence[int], teacher_depth: int,
     """
     layers = tuple(int(layer) for layer in teacher_layers)
     for layer in layers:
-        if not 1 <= layer <= teacher_depth:
-            raise ConfigError(f"teacher layer {layer} is out of range: the teacher has "
-                              f"{teacher_depth} layers (1-based: 1..{teacher_depth})")
+        check_layer_number(layer, teacher_depth, "teacher")
     if any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
         raise ConfigError(f"teacher layers {list(layers)} must be strictly increasing (each "
                           "layer once, in the teacher's order)")
@@ -154,8 +151,8 @@ def build_student(
     >>> student = build_student(teacher, num_layers=3, hidden_size=384, num_heads=12,
     ...                         init="teacher-layers")  # doctest: +SKIP
     """
-    if init not in INIT_CHOICES:
-        raise ConfigError(f"--init is {init!r}; choose one of {', '.join(INIT_CHOICES)}")
+    if init not in STUDENT_INITS:
+        raise ConfigError(f"--init is {init!r}; choose one of {', '.join(STUDENT_INITS)}")
     config = student_config(teacher.config, num_layers, hidden_size, num_heads, intermediate_size)
     if seed is not None:
         keras.utils.set_random_seed(seed)

