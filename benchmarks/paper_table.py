@@ -214,7 +214,8 @@ def int8_latency(model_dir: str, export_dir: str, args: argparse.Namespace) -> d
 
 def evaluate(model_dir: str, task: Any, mode: str, epochs: int, max_seq_len: int,
              seed: int) -> float:
-    from tf_minilm.evaluate.evaluation import EvalSettings, evaluate_model
+    from tf_minilm.evaluate.downstream import evaluate_model
+    from tf_minilm.evaluate.settings import EvalSettings
 
     settings = EvalSettings(mode=mode, epochs=epochs, max_seq_len=max_seq_len, seed=seed)
     return float(evaluate_model(model_dir, task, settings)["accuracy"])

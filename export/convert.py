@@ -29,17 +29,13 @@ from typing import Any
 
 from export.errors import ExportError
 from export.logs import quiet
-from tf_minilm.constants import INPUT_NAMES, POOLING_MODES
+from tf_minilm.constants import INPUT_NAMES
 
 logger = logging.getLogger(__name__)
 
 MIN_OPSET = 13
 MAX_OPSET = 18
 DEFAULT_OPSET = 17
-COUNT_EPSILON = 1e-9
-"""Floor of the real-token count in mean pooling (a row without real tokens pools to 0)."""
-NORM_EPSILON = 1e-12
-"""Floor of the L2 norm (a zero vector stays zero instead of becoming NaN)."""
 ARITHMETIC_OPS = frozenset({"Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv", "Div"})
 """TensorFlow ops grappler simplifies when one operand is a neutral constant (0 or 1)."""
 PASS_THROUGH_OPS = frozenset({"Identity", "Cast"})
@@ -65,9 +61,12 @@ def check_opset(opset: int) -> int:
 
 def check_pooling(pooling: str) -> str:
     """Return `pooling` if it is "mean" or "cls", else raise `ExportError`."""
-    if pooling not in POOLING_MODES:
-        raise ExportError(f"pooling is {pooling!r}; choose one of {', '.join(POOLING_MODES)}")
-    return pooling
+    from tf_minilm.model.pooling import PoolingError, PoolingSpec
+
+    try:
+        return PoolingSpec(pooling).mode
+    except PoolingError as err:
+        raise ExportError(f"pooling: {err}") from err
 
 
 def input_signature() -> list[Any]:
@@ -89,42 +88,14 @@ def float32_copy(encoder: Any) -> Any:
     Returns:
         The float32 copy (the original is left untouched).
     """
-    from keras import ops
-
-    from tf_minilm.model.encoder import Encoder
+    from tf_minilm.model.encoder import Encoder, copy_encoder
 
     if not isinstance(encoder, Encoder):
         raise ExportError(f"expected a tf_minilm Encoder, got {type(encoder).__name__}")
-    copy = Encoder(encoder.config, dtype="float32", name=encoder.name)
-    if len(copy.weights) != len(encoder.weights):
-        raise ExportError(
-            f"cannot copy {encoder.name} to float32: {len(encoder.weights)} weights, "
-            f"a fresh encoder of the same config has {len(copy.weights)}"
-        )
-    for target, source in zip(copy.weights, encoder.weights, strict=True):
-        if target.path != source.path or tuple(target.shape) != tuple(source.shape):
-            raise ExportError(
-                f"cannot copy {encoder.name} to float32: weight {source.path} "
-                f"{tuple(source.shape)} does not match {target.path} {tuple(target.shape)}"
-            )
-        target.assign(ops.cast(source, "float32"))
-    return copy
-
-
-def pool_and_normalize(hidden: Any, attention_mask: Any, pooling: str = "mean") -> Any:
-    """[batch, seq, hidden] -> [batch, hidden]: masked mean or first token, L2-normalised."""
-    import tensorflow as tf
-
-    check_pooling(pooling)
-    if pooling == "cls":
-        pooled = hidden[:, 0, :]
-    else:
-        mask = tf.expand_dims(tf.cast(attention_mask, hidden.dtype), -1)
-        total = tf.reduce_sum(hidden * mask, axis=1)
-        count = tf.maximum(tf.reduce_sum(mask, axis=1), COUNT_EPSILON)
-        pooled = total / count
-    norm = tf.sqrt(tf.reduce_sum(pooled * pooled, axis=-1, keepdims=True))
-    return pooled / tf.maximum(norm, NORM_EPSILON)
+    try:
+        return copy_encoder(encoder, "float32")
+    except ValueError as err:
+        raise ExportError(f"cannot copy {encoder.name} to float32: {err}") from err
 
 
 def embedding_function(encoder: Any, pooling: str = "mean") -> Any:
@@ -140,7 +111,9 @@ def embedding_function(encoder: Any, pooling: str = "mean") -> Any:
     """
     import tensorflow as tf
 
-    check_pooling(pooling)
+    from tf_minilm.model.pooling import PoolingSpec, sentence_embedding
+
+    spec = PoolingSpec(check_pooling(pooling), normalize=True)
 
     @tf.function(input_signature=input_signature())
     def embed(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> dict[str, Any]:
@@ -152,7 +125,7 @@ def embedding_function(encoder: Any, pooling: str = "mean") -> Any:
         hidden = tf.cast(encoder(inputs, training=False)["last_hidden_state"], tf.float32)
         return {
             "last_hidden_state": hidden,
-            "sentence_embedding": pool_and_normalize(hidden, attention_mask, pooling),
+            "sentence_embedding": sentence_embedding(hidden, attention_mask, spec),
         }
 
     return embed

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from tf_minilm.constants import (
     ONNX_MODEL_FILE,
     TOKENIZER_FILES,
 )
+from tf_minilm.versions import installed_versions
 
 logger = logging.getLogger(__name__)
 
@@ -210,17 +210,6 @@ def _graph_io(model: Any) -> tuple[list[dict], list[dict]]:
     return describe(model.graph.input), describe(model.graph.output)
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages the export depends on."""
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def export_model(
     source: Any,
     output_dir: str | os.PathLike,
@@ -338,7 +327,7 @@ def export_model(
             "expected_fusions": expected,
             "parity": parity,
             "files": {"model_bytes": files, "side_files": side_files},
-            "versions": package_versions(),
+            "versions": installed_versions(VERSIONED_PACKAGES),
             "export_seconds": round(time.perf_counter() - started, 2),
         }
         if tuple(report["output_names"]) != EMBEDDING_OUTPUTS:

@@ -59,22 +59,9 @@ def tokenize(
     Returns:
         `{"input_ids", "attention_mask", "token_type_ids"}`, each int64 [n, longest].
     """
-    import tokenizers
+    from tf_minilm.tokens import pad_encodings, truncating_copy
 
-    own = tokenizers.Tokenizer.from_str(tokenizer.to_str())
-    own.no_padding()
-    own.enable_truncation(max_length=max_seq_len)
-    encodings = own.encode_batch(list(texts))
-    longest = max(len(encoding.ids) for encoding in encodings)
-    batch = {name: np.zeros((len(texts), longest), dtype=np.int64)
-             for name in ("input_ids", "attention_mask", "token_type_ids")}
-    batch["input_ids"].fill(pad_id)
-    for row, encoding in enumerate(encodings):
-        length = len(encoding.ids)
-        batch["input_ids"][row, :length] = encoding.ids
-        batch["attention_mask"][row, :length] = 1
-        batch["token_type_ids"][row, :length] = encoding.type_ids
-    return batch
+    return pad_encodings(truncating_copy(tokenizer, max_seq_len).encode_batch(list(texts)), pad_id)
 
 
 def keras_outputs(function: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

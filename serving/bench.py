@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from serving.runtime import (
     load_export_report,
     make_session,
 )
+from tf_minilm.versions import environment
 
 logger = logging.getLogger(__name__)
 
@@ -347,21 +347,10 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 def versions() -> dict[str, Any]:
     """Versions of Python, the libraries used (TensorFlow only if already loaded) and the CPU."""
-    from importlib import metadata
-
-    found: dict[str, Any] = {"python": platform.python_version(),
-                             "platform": platform.platform(),
-                             "processor": platform.processor() or platform.machine(),
-                             "cpu_count": os.cpu_count()}
     packages = ["numpy", "onnxruntime", "tokenizers", "aiohttp"]
     if "tensorflow" in sys.modules:
         packages += ["tensorflow-cpu", "tensorflow", "keras"]
-    for package in packages:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+    return environment(packages)
 
 
 def run_benchmarks(model_paths: Sequence[str | os.PathLike[str]],

@@ -30,6 +30,7 @@ from tf_minilm.constants import (
     ONNX_MODEL_FILE,
     POOLING_MODES,
 )
+from tf_minilm.tokens import pad_encodings, pad_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -253,16 +254,7 @@ class EmbeddingModel:
             tokenizer = Tokenizer.from_file(os.fspath(path))
         except Exception as err:  # tokenizers raises a bare Exception subclass
             raise ModelFolderError(f"cannot load tokenizer {str(path)!r}: {err}") from err
-        pad_id = 0
-        padding = tokenizer.padding
-        if padding and padding.get("pad_id") is not None:
-            pad_id = int(padding["pad_id"])
-        else:
-            for token in ("[PAD]", "<pad>"):
-                token_id = tokenizer.token_to_id(token)
-                if token_id is not None:
-                    pad_id = token_id
-                    break
+        pad_id = pad_id_of(tokenizer)
         # Padding is done here per batch (to the longest text), never to a fixed length.
         tokenizer.no_padding()
         tokenizer.enable_truncation(max_length=self.max_seq_len)
@@ -387,19 +379,6 @@ class EmbeddingModel:
                 raise TypeError(f"texts[{index}] must be a str, got {type(text).__name__}")
         return self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
 
-    def _pad(self, encodings: Sequence[Any]) -> dict[str, np.ndarray]:
-        length = max(len(e.ids) for e in encodings)
-        input_ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(encodings), length), dtype=np.int64)
-        token_type_ids = np.zeros((len(encodings), length), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            n = len(encoding.ids)
-            input_ids[row, :n] = encoding.ids
-            attention_mask[row, :n] = 1
-            token_type_ids[row, :n] = encoding.type_ids
-        return {"input_ids": input_ids, "attention_mask": attention_mask,
-                "token_type_ids": token_type_ids}
-
     def tokenize(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Tokenizes texts into padded int64 model inputs (input order kept).
 
@@ -410,12 +389,7 @@ class EmbeddingModel:
             Dict of int64 [len(texts), longest] arrays `input_ids`, `attention_mask`,
             `token_type_ids`; each text truncated to `max_seq_len` tokens.
         """
-        encodings = self._encodings(texts)
-        if not encodings:
-            empty = np.zeros((0, 0), dtype=np.int64)
-            return {"input_ids": empty, "attention_mask": empty.copy(),
-                    "token_type_ids": empty.copy()}
-        return self._pad(encodings)
+        return pad_encodings(self._encodings(texts), self.pad_id)
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> Embeddings:
         """Embeds texts and counts their tokens.
@@ -437,7 +411,7 @@ class EmbeddingModel:
         order = sorted(range(len(encodings)), key=lambda i: counts[i], reverse=True)
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = self._pad([encodings[i] for i in rows])
+            batch = pad_encodings([encodings[i] for i in rows], self.pad_id)
             vectors[rows] = self._embed_padded(batch)
         return Embeddings(vectors=vectors, token_counts=counts)
 

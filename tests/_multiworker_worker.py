@@ -117,7 +117,7 @@ def _mirrored_step(args: dict) -> dict:
     from tf_minilm.distill.distiller import Distiller
     from tf_minilm.distill.optimizer import make_optimizer, no_decay_variables
     from tf_minilm.distill.runtime import resolve_strategy
-    from tf_minilm.distill.schedules import WarmupLinearDecay
+    from tf_minilm.schedules import WarmupLinearDecay
 
     def one_step(strategy):
         keras.utils.set_random_seed(0)

@@ -13,22 +13,16 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_wordpiece_tokenizer
-from tf_minilm.evaluate import evaluation
-from tf_minilm.evaluate.evaluation import (
-    EvalSettings,
-    EvaluationError,
-    accuracy,
-    batched_apply,
-    bench_latencies,
-    evaluate_model,
-    fit_linear_probe,
-    logistic_loss_and_grad,
-    macro_f1,
-    onnx_info,
-    pad_batch,
-    tokenize,
-)
+from tf_minilm.evaluate import finetune as finetune_lib
+from tf_minilm.evaluate import probe as probe_lib
+from tf_minilm.evaluate import report as report_lib
+from tf_minilm.evaluate.downstream import evaluate_model
+from tf_minilm.evaluate.metrics import accuracy, macro_f1
+from tf_minilm.evaluate.probe import fit_linear_probe
+from tf_minilm.evaluate.report import bench_latencies, onnx_info
+from tf_minilm.evaluate.settings import EvalSettings, EvaluationError
 from tf_minilm.evaluate.tasks import make_task
+from tf_minilm.tokens import batched_apply, pad_batch, tokenize
 
 FILLER = "the a of to and in is was for on that with as by at from it model film music".split()
 
@@ -79,7 +73,20 @@ def test_accuracy_and_macro_f1_match_loop_oracle():
 
 
 # --------------------------------------------------------------------------- probe
-def test_logistic_gradient_matches_finite_differences():
+def logistic_loss_and_grad(weights, bias, x, y, l2):
+    """NumPy oracle: mean softmax cross-entropy + l2/2 * ||weights||^2 and its gradients."""
+    logits = x @ weights + bias
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(logits).sum(axis=1))
+    n = len(y)
+    loss = float(np.mean(log_norm - logits[np.arange(n), y]) + 0.5 * l2 * np.sum(weights ** 2))
+    probs = np.exp(logits - log_norm[:, None])
+    probs[np.arange(n), y] -= 1.0
+    probs /= n
+    return loss, x.T @ probs + l2 * weights, probs.sum(axis=0)
+
+
+def test_logistic_oracle_gradient_matches_finite_differences():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(12, 5)), rng.integers(0, 3, 12)
     w, b = rng.normal(size=(5, 3)), rng.normal(size=3)
@@ -108,26 +115,6 @@ def test_logistic_gradient_matches_finite_differences():
     assert logistic_loss_and_grad(w, b, x, y, 0.3)[0] == pytest.approx(expected)
 
 
-def test_logistic_hessian_matches_finite_differences_of_the_gradient():
-    rng = np.random.default_rng(3)
-    x, y = rng.normal(size=(15, 4)), rng.integers(0, 3, 15)
-    theta = rng.normal(size=(5, 3))  # weights rows + bias row
-    hessian = evaluation.logistic_hessian(theta[:-1], theta[-1], x, l2=0.2)
-
-    def grad(t):
-        _, gw, gb = logistic_loss_and_grad(t[:-1], t[-1], x, y, 0.2)
-        return np.concatenate([gw, gb[None]]).ravel()
-
-    eps = 1e-6
-    for k in range(theta.size):
-        step = np.zeros(theta.size)
-        step[k] = eps
-        numeric = (grad(theta + step.reshape(theta.shape))
-                   - grad(theta - step.reshape(theta.shape))) / (2 * eps)
-        np.testing.assert_allclose(hessian[:, k], numeric, atol=1e-6)
-    np.testing.assert_allclose(hessian, hessian.T, atol=1e-12)
-
-
 @pytest.mark.parametrize("classes", [2, 3])
 def test_linear_probe_reaches_the_optimum_and_separates(classes):
     rng = np.random.default_rng(2)
@@ -138,22 +125,22 @@ def test_linear_probe_reaches_the_optimum_and_separates(classes):
     assert accuracy(labels, probe.predict(features)) == 1.0
     x = (features - probe.mean) / probe.scale
     _, grad_w, grad_b = logistic_loss_and_grad(probe.weights, probe.bias, x, labels, 1e-2)
-    assert max(np.abs(grad_w).max(), np.abs(grad_b).max()) < 1e-8
-    assert probe.steps < 30
+    assert max(np.abs(grad_w).max(), np.abs(grad_b).max()) < 1e-6
+    assert probe.steps < 100  # converged before the iteration cap
 
 
 def test_probe_l2_is_chosen_on_training_data_only():
     rng = np.random.default_rng(4)
     labels = np.repeat([0, 1], 50)
     features = rng.normal(size=(100, 8)) + labels[:, None] * 0.8
-    best, scores = evaluation.select_probe_l2(features, labels, 2, seed=0)
-    assert best in evaluation.PROBE_L2_GRID
-    assert set(scores) == {repr(v) for v in evaluation.PROBE_L2_GRID}
+    best, scores = probe_lib.select_probe_l2(features, labels, 2, seed=0)
+    assert best in probe_lib.PROBE_L2_GRID
+    assert set(scores) == {repr(v) for v in probe_lib.PROBE_L2_GRID}
     assert scores[repr(best)] == max(scores.values())
     # ties go to the larger penalty
-    assert all(scores[repr(v)] < scores[repr(best)] for v in evaluation.PROBE_L2_GRID if v > best)
-    assert evaluation.select_probe_l2(features[:15], labels[:15], 2, seed=0) == (
-        evaluation.FALLBACK_PROBE_L2, {})
+    assert all(scores[repr(v)] < scores[repr(best)] for v in probe_lib.PROBE_L2_GRID if v > best)
+    assert probe_lib.select_probe_l2(features[:15], labels[:15], 2, seed=0) == (
+        probe_lib.FALLBACK_PROBE_L2, {})
 
 
 # --------------------------------------------------------------------------- tokens/batches
@@ -187,7 +174,7 @@ def test_batched_apply_restores_order_and_pads_per_batch():
 def test_training_dataset_yields_every_example_once_per_epoch():
     ids = [[2] + [10 + i] * (1 + i % 4) + [3] for i in range(10)]
     labels = np.arange(10) % 2
-    dataset = evaluation.training_dataset(ids, labels, batch_size=4, pad_id=0, seed=0)
+    dataset = finetune_lib.training_dataset(ids, labels, batch_size=4, pad_id=0, seed=0)
     seen = []
     for inputs, label in dataset:
         input_ids = inputs["input_ids"].numpy()
@@ -203,7 +190,7 @@ def test_training_dataset_yields_every_example_once_per_epoch():
 
 
 def test_warmup_linear_decay_matches_hf_formula():
-    from tf_minilm.distill.schedules import WarmupLinearDecay  # the schedule fine_tune uses
+    from tf_minilm.schedules import WarmupLinearDecay  # the schedule fine_tune uses
 
     schedule = WarmupLinearDecay(1e-3, warmup_steps=4, total_steps=20)
     for step in range(25):
@@ -225,7 +212,7 @@ def test_parameter_count_matches_bert_formula(tiny_model_dir):
     embeddings = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h
     block = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * 2 * h
     expected = embeddings + layers * block + h * h + h
-    counts = evaluation.parameter_counts(encoder)
+    counts = report_lib.parameter_counts(encoder)
     assert counts == {"encoder_params": expected, "embedding_params": embeddings,
                       "non_embedding_params": expected - embeddings}
 
@@ -247,7 +234,7 @@ def test_probe_separates_the_toy_task(tiny_model_dir):
     assert result["accuracy"] == 1.0 and result["macro_f1"] == 1.0
     assert result["num_test"] == 16 and result["mode"] == "probe"
     assert result["onnx"] is None
-    assert result["probe_l2"] in evaluation.PROBE_L2_GRID
+    assert result["probe_l2"] in probe_lib.PROBE_L2_GRID
     assert result["model"] == os.path.basename(os.path.dirname(tiny_model_dir)) + "/student"
 
 
@@ -302,8 +289,8 @@ def test_onnx_folder_and_bench_latencies_are_found(tmp_path):
     ]}))
     info = onnx_info(str(model_dir), bench_file=str(bench))
     assert [r["seq"] for r in info["latency"]] == [16, 128]
-    assert evaluation.headline_latency(info) == "9.25 (s128)"
-    assert evaluation.headline_latency(None) == "-"
+    assert report_lib.headline_latency(info) == "9.25 (s128)"
+    assert report_lib.headline_latency(None) == "-"
     with pytest.raises(EvaluationError, match="not a folder"):
         onnx_info(str(model_dir), onnx_dir=str(tmp_path / "missing"))
     bench.write_text("[1, 2]")

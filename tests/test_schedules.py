@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from tf_minilm.distill.schedules import WarmupLinearDecay
+from tf_minilm.schedules import WarmupLinearDecay
 
 
 def reference(step: int, peak: float, warmup: int, total: int) -> float:

@@ -27,10 +27,10 @@ from tf_minilm.distill.callbacks import NonFiniteLossError
 from tf_minilm.distill.optimizer import make_optimizer, no_decay_variables
 from tf_minilm.distill.options import TrainOptions
 from tf_minilm.distill.runtime import StrategyError, resolve_precision, resolve_strategy
-from tf_minilm.distill.schedules import WarmupLinearDecay
 from tf_minilm.distill.state import CheckpointManager, TrainingCheckpointError
 from tf_minilm.distill.trainer import DataExhaustedError, learning_rate_at, run_distillation
 from tf_minilm.model.encoder import Encoder
+from tf_minilm.schedules import WarmupLinearDecay
 
 WORKER = os.path.join(os.path.dirname(__file__), "_multiworker_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

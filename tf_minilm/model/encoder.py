@@ -157,6 +157,24 @@ def copy_encoder(encoder: Encoder, dtype: Any = "float32", name: str | None = No
         The copy.
     """
     copy = Encoder(encoder.config, name=name or encoder.name, dtype=dtype)
-    for target, source in zip(copy.weights, encoder.weights, strict=True):
-        target.assign(ops.cast(source, target.dtype))
+    copy_weights(encoder, copy)
     return copy
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Assign `source`'s weights to `target` of the same architecture, cast to its dtypes.
+
+    The one weight copy of the project (a float32 copy for export or saving, an
+    assistant re-built for the next stage, a classifier's float32 twin).
+
+    Raises:
+        ValueError: the two models' weights differ in number, path or shape.
+    """
+    if len(target.weights) != len(source.weights):
+        raise ValueError(f"cannot copy {source.name} into {target.name}: {len(source.weights)} "
+                         f"weights, the target has {len(target.weights)}")
+    for to, frm in zip(target.weights, source.weights, strict=True):
+        if to.path != frm.path or tuple(to.shape) != tuple(frm.shape):
+            raise ValueError(f"cannot copy {source.name} into {target.name}: weight {frm.path} "
+                             f"{tuple(frm.shape)} does not match {to.path} {tuple(to.shape)}")
+        to.assign(ops.cast(frm, to.dtype))

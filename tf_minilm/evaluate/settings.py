@@ -1,0 +1,81 @@
+"""How a downstream evaluation runs: `EvalSettings` and `EvaluationError`.
+
+Owns: the evaluation's settings and their checks (the CLI re-raises naming its flags).
+Imports: `tf_minilm.constants` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tf_minilm.constants import CLASSIFIER_POOLINGS
+
+MODES = ("fine-tune", "probe")
+
+
+class EvaluationError(ValueError):
+    """A setting or input the evaluation cannot use; the message names it."""
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    """How to evaluate (every field has a working default).
+
+    Args:
+        mode: "fine-tune" (whole encoder + head) or "probe" (logistic regression on
+            frozen pooled embeddings).
+        epochs: fine-tuning epochs.
+        batch_size: examples per step (and per inference batch).
+        learning_rate: peak AdamW learning rate of fine-tuning.
+        warmup_fraction: share of the fine-tuning steps spent warming the learning rate
+            up linearly from 0; it then decays linearly to 0.
+        weight_decay: AdamW decoupled weight decay (not applied to biases/LayerNorm).
+        max_seq_len: tokens per text after truncation ([CLS] and [SEP] included).
+        pooling: "mean", "cls" or "pooler" (see `SequenceClassifier`).
+        dropout: dropout before the fine-tuning head.
+        seed: seed of the head initialisation, dropout and shuffling.
+        probe_l2: L2 penalty of the probe's weights (on standardised features); None
+            chooses it from `PROBE_L2_GRID` by accuracy on 10% of the training split.
+        probe_max_iter: most Newton steps of the probe.
+
+    Example:
+    >>> settings = EvalSettings(mode="probe", max_seq_len=128)
+    """
+
+    mode: str = "fine-tune"
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    max_seq_len: int = 64
+    pooling: str = "mean"
+    dropout: float = 0.1
+    seed: int = 0
+    probe_l2: float | None = None
+    probe_max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise EvaluationError(f"mode is {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.pooling not in CLASSIFIER_POOLINGS:
+            raise EvaluationError(
+                f"pooling is {self.pooling!r}; choose one of {', '.join(CLASSIFIER_POOLINGS)}")
+        for name in ("epochs", "batch_size", "probe_max_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) \
+                or self.max_seq_len < 2:
+            raise EvaluationError(f"max_seq_len must be an integer >= 2, got {self.max_seq_len!r}")
+        if not float(self.learning_rate) > 0.0:
+            raise EvaluationError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise EvaluationError(
+                f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise EvaluationError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if float(self.weight_decay) < 0.0:
+            raise EvaluationError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.probe_l2 is not None and not float(self.probe_l2) > 0.0:
+            raise EvaluationError(f"probe_l2 must be > 0 (or None: chosen), got {self.probe_l2!r}")
