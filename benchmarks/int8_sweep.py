@@ -171,7 +171,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from export.validate import VALIDATION_SENTENCES, tokenize
-    from tf_minilm.hf.checkpoints import load_tokenizer
+    from tf_minilm.hf.tokenizer import load_tokenizer
 
     os.makedirs(args.workdir, exist_ok=True)
     fp32_path = os.path.join(args.workdir, "teacher", "model.onnx")

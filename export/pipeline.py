@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -40,6 +39,7 @@ from tf_minilm.constants import (
     ONNX_MODEL_FILE,
     TOKENIZER_FILES,
 )
+from tf_minilm.fileio import staged_folder
 from tf_minilm.versions import installed_versions
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ def _has_tokenizer(folder: str) -> bool:
 
 
 def _load_tokenizer_dir(folder: str) -> Any:
-    from tf_minilm.hf.checkpoints import CheckpointError, load_tokenizer
+    from tf_minilm.hf.errors import CheckpointError
+    from tf_minilm.hf.tokenizer import load_tokenizer
 
     if not os.path.isdir(folder):
         raise ExportError(f"tokenizer folder {folder} does not exist")
@@ -101,7 +102,8 @@ def load_student(source: Any, tokenizer: Any = None) -> Student:
     Raises:
         ExportError: unreadable or corrupt source, not an Encoder, no tokenizer.
     """
-    from tf_minilm.hf.checkpoints import CheckpointError, load_hf_checkpoint
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.errors import CheckpointError
     from tf_minilm.model.encoder import Encoder
 
     tokenizer_dir = None
@@ -272,11 +274,7 @@ def export_model(
     from export.quantize import quantize_int8
     from export.validate import validate_export
 
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.staging-", dir=parent)
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; the export is a normal folder
+    with staged_folder(output_dir) as staging:
         function = embedding_function(float32_copy(student.encoder), pooling)
         logger.info("converting %s (opset %d, %s pooling)", student.source, opset, pooling)
         model = function_to_onnx(function, opset)
@@ -335,12 +333,6 @@ def export_model(
                               f"{list(EMBEDDING_OUTPUTS)}")
         with open(os.path.join(staging, EXPORT_REPORT_FILE), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
-        from tf_minilm.hf.checkpoints import replace_folder
-
-        replace_folder(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("exported %s -> %s in %.1f s", student.source, output_dir,
                 time.perf_counter() - started)
     return report

@@ -429,7 +429,7 @@ def test_real_teacher_exports_fused_with_parity(real_teacher_dir, tmp_path):
     # Independent reference: transformers' PyTorch BertModel + sentence-transformers pooling.
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from tf_minilm.hf.checkpoints import load_tokenizer
+    from tf_minilm.hf.tokenizer import load_tokenizer
 
     feeds = tokenize(load_tokenizer(real_teacher_dir), VALIDATION_SENTENCES, 128, 0)
     model = transformers.AutoModel.from_pretrained(real_teacher_dir).eval()

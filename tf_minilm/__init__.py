@@ -17,7 +17,7 @@ _LAZY = {
     "Encoder": "tf_minilm.model.encoder",
     "load_hf_checkpoint": "tf_minilm.hf.checkpoints",
     "save_hf_checkpoint": "tf_minilm.hf.checkpoints",
-    "CheckpointError": "tf_minilm.hf.checkpoints",
+    "CheckpointError": "tf_minilm.hf.errors",
     "build_student": "tf_minilm.model.student",
     "Distiller": "tf_minilm.distill.distiller",
     "SequenceClassifier": "tf_minilm.model.classifier",

@@ -1,7 +1,9 @@
-"""Atomic file writes: write beside the destination, then move into place.
+"""Atomic writes of files and folders: write beside the destination, then move into place.
 
-An interrupted write never leaves a truncated file under the final name, and the
-files get ordinary permissions (tempfile's private 0600/0700 are relaxed to the umask).
+Owns: every write that must never leave a partial result under its final name (run
+files, checkpoints' JSON, model folders, exports). An interrupted write leaves the old
+file or folder as it was, and outputs get ordinary permissions (tempfile's private
+0600/0700 are relaxed to the umask). Imports: the standard library only.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -58,3 +61,43 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, value: Any, sort_keys: bool = True) -> None:
     """Write `value` as indented JSON to `path` atomically (keys sorted unless told not to)."""
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=sort_keys, default=str) + "\n")
+
+
+def replace_folder(staging: str, folder: str) -> None:
+    """Move a fully written `staging` folder to `folder`, replacing any previous one.
+
+    The old folder is kept aside until the new one is in place, so an interruption
+    never leaves a half-written folder under the final name.
+    """
+    for name in os.listdir(staging):
+        public_mode(os.path.join(staging, name))
+    public_mode(staging)
+    backup = None
+    if os.path.exists(folder):
+        backup = folder.rstrip(os.sep) + ".old-" + os.path.basename(staging)
+        os.rename(folder, backup)
+    os.rename(staging, folder)
+    if backup:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[str]:
+    """Yield an empty staging folder beside `folder`; on success it replaces `folder`.
+
+    On an exception the staging folder is removed and `folder` is left untouched.
+
+    Example:
+    >>> with staged_folder("runs/x/student") as staging:  # doctest: +SKIP
+    ...     write_everything_into(staging)
+    """
+    folder = os.path.abspath(os.fspath(folder))
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.staging-", dir=parent)
+    try:
+        yield staging
+        replace_folder(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -124,7 +124,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
     )
     from tf_minilm.evaluate.report import versions, write_json
     from tf_minilm.evaluate.tasks import TaskError
-    from tf_minilm.hf.checkpoints import CheckpointError
+    from tf_minilm.hf.errors import CheckpointError
     from tf_minilm.model.pooling import PoolingError, PoolingSpec
 
     try:
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from tf_minilm.evaluate.report import format_table, versions, write_json
     from tf_minilm.evaluate.settings import EvalSettings, EvaluationError
     from tf_minilm.evaluate.tasks import TaskError, load_task
-    from tf_minilm.hf.checkpoints import CheckpointError
+    from tf_minilm.hf.errors import CheckpointError
 
     try:
         settings = EvalSettings(

@@ -252,7 +252,8 @@ def run(config: DistillConfig) -> dict[str, Any]:
 
     from tf_minilm.data.batches import make_dataset, make_eval_dataset, prepare_corpus
     from tf_minilm.data.corpus import ReadOptions
-    from tf_minilm.hf.checkpoints import load_hf_checkpoint, load_tokenizer
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(job.teacher_dir)
     prepared = prepare_corpus(

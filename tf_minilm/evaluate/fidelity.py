@@ -159,7 +159,7 @@ def embedder(path: str, tokenizer_dir: str | None = None, pooling: PoolingSpec |
     elif os.path.isfile(path) and path.endswith(".keras"):
         import keras
 
-        from tf_minilm.hf.checkpoints import load_tokenizer
+        from tf_minilm.hf.tokenizer import load_tokenizer
         from tf_minilm.model.encoder import Encoder
 
         encoder = keras.saving.load_model(path)

@@ -36,7 +36,7 @@ class EvalSettings:
         seed: seed of the head initialisation, dropout and shuffling.
         probe_l2: L2 penalty of the probe's weights (on standardised features); None
             chooses it from `PROBE_L2_GRID` by accuracy on 10% of the training split.
-        probe_max_iter: most Newton steps of the probe.
+        probe_max_iter: most solver (L-BFGS) iterations of the probe.
 
     Example:
     >>> settings = EvalSettings(mode="probe", max_seq_len=128)

@@ -1,4 +1,9 @@
-"""Hugging Face checkpoint folders in and out (BERT, RoBERTa, XLM-R).
+"""Hugging Face checkpoint folders in and out (BERT, RoBERTa, XLM-R): config and weights.
+
+Owns: the 1:1 map between `Encoder` weights and HF tensor names, reading
+`model.safetensors` / `pytorch_model.bin`, and writing a folder `transformers` loads
+(through `fileio.staged_folder`). Imports: `model`, `hf.tokenizer`, `hf.errors`,
+`constants`, `fileio`.
 
 `load_hf_checkpoint` reads `config.json`, `model.safetensors` (or `pytorch_model.bin`
 when torch is installed) and `tokenizer.json` (or `vocab.txt`); `save_hf_checkpoint`
@@ -11,27 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import tokenizers
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from tf_minilm.constants import HF_WEIGHT_FILES, SAFETENSORS_FILE
-from tf_minilm.fileio import public_mode
+from tf_minilm.fileio import staged_folder
+from tf_minilm.hf.errors import CheckpointError
+from tf_minilm.hf.tokenizer import load_tokenizer, tokenizer_files
 from tf_minilm.model.config import ConfigError, EncoderConfig
 from tf_minilm.model.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
 KNOWN_PREFIXES = ("bert.", "roberta.", "model.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be read or written; the message names file and field."""
 
 
 # --------------------------------------------------------------------------- naming
@@ -148,54 +148,6 @@ def _read_weights(folder: str) -> tuple[dict[str, np.ndarray], str]:
     )
 
 
-def _wordpiece_tokenizer(vocab_path: str, lowercase: bool) -> tokenizers.Tokenizer:
-    vocab: dict[str, int] = {}
-    with open(vocab_path, encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
-            token = line.rstrip("\n")
-            if token:
-                vocab[token] = index
-    for special in ("[UNK]", "[CLS]", "[SEP]", "[PAD]"):
-        if special not in vocab:
-            raise CheckpointError(f"{vocab_path}: special token {special} is not in the vocabulary")
-    tokenizer = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
-    )
-    return tokenizer
-
-
-def load_tokenizer(folder: str) -> tokenizers.Tokenizer:
-    """`tokenizer.json` if present, else a BERT WordPiece tokenizer from `vocab.txt`.
-
-    Padding and truncation stored in `tokenizer.json` are switched off: every caller sets
-    its own (packing, serving and evaluation want different ones).
-    """
-    json_path = os.path.join(folder, "tokenizer.json")
-    if os.path.exists(json_path):
-        try:
-            tokenizer = tokenizers.Tokenizer.from_file(json_path)
-        except Exception as err:  # tokenizers raises a bare Exception on bad JSON
-            raise CheckpointError(f"{json_path}: cannot read tokenizer ({err})") from err
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        return tokenizer
-    vocab_path = os.path.join(folder, "vocab.txt")
-    if os.path.exists(vocab_path):
-        lowercase = True
-        config_path = os.path.join(folder, "tokenizer_config.json")
-        if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as handle:
-                lowercase = bool(json.load(handle).get("do_lower_case", True))
-        return _wordpiece_tokenizer(vocab_path, lowercase)
-    raise CheckpointError(f"{folder}: no tokenizer (expected tokenizer.json or vocab.txt)")
-
-
 def load_hf_checkpoint(
     folder: str | os.PathLike, dtype: str | None = None
 ) -> tuple[Encoder, tokenizers.Tokenizer]:
@@ -235,59 +187,6 @@ def load_hf_checkpoint(
     return encoder, tokenizer
 
 
-# --------------------------------------------------------------------------- writing
-def _tokenizer_files(tokenizer: tokenizers.Tokenizer, config: EncoderConfig) -> dict[str, str]:
-    """Text of the tokenizer side files that let `AutoTokenizer` load the folder."""
-    vocab = tokenizer.get_vocab(with_added_tokens=True)
-    if config.is_roberta_like:
-        special = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>",
-                   "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-                   "mask_token": "<mask>"}
-        tokenizer_class = (
-            "XLMRobertaTokenizerFast" if config.model_type == "xlm-roberta" else "RobertaTokenizerFast"
-        )
-    else:
-        special = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-                   "unk_token": "[UNK]", "mask_token": "[MASK]"}
-        tokenizer_class = "BertTokenizerFast"
-    special = {key: token for key, token in special.items() if token in vocab}
-    normalizer = json.loads(tokenizer.to_str()).get("normalizer") or {}
-    tokenizer_config = {
-        "tokenizer_class": tokenizer_class,
-        "model_max_length": config.max_sequence_length,
-        "do_lower_case": bool(normalizer.get("lowercase", False)),
-        **special,
-    }
-    files = {
-        "tokenizer.json": tokenizer.to_str(pretty=True),
-        "tokenizer_config.json": json.dumps(tokenizer_config, indent=2),
-        "special_tokens_map.json": json.dumps(special, indent=2),
-    }
-    model = json.loads(tokenizer.to_str()).get("model", {})
-    if model.get("type") == "WordPiece":
-        ordered = sorted(vocab.items(), key=lambda item: item[1])
-        files["vocab.txt"] = "".join(token + "\n" for token, _ in ordered)
-    return files
-
-
-def replace_folder(staging: str, folder: str) -> None:
-    """Move a fully written `staging` folder to `folder`, replacing any previous one.
-
-    The old folder is kept aside until the new one is in place, so an interruption
-    never leaves a half-written checkpoint under the final name.
-    """
-    for name in os.listdir(staging):
-        public_mode(os.path.join(staging, name))
-    public_mode(staging)
-    backup = None
-    if os.path.exists(folder):
-        backup = folder.rstrip(os.sep) + ".old-" + os.path.basename(staging)
-        os.rename(folder, backup)
-    os.rename(staging, folder)
-    if backup:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def save_hf_checkpoint(
     encoder: Encoder, tokenizer: tokenizers.Tokenizer | None, folder: str | os.PathLike
 ) -> str:
@@ -306,21 +205,14 @@ def save_hf_checkpoint(
     from safetensors.numpy import save_file
 
     folder = os.path.abspath(os.fspath(folder))
-    parent = os.path.dirname(folder)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
-    try:
+    with staged_folder(folder) as staging:
         config = encoder.config
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config.to_hf_dict(), handle, indent=2, sort_keys=True)
         save_file(encoder_state_dict(encoder), os.path.join(staging, SAFETENSORS_FILE),
                   metadata={"format": "pt"})
         if tokenizer is not None:
-            for name, text in _tokenizer_files(tokenizer, config).items():
+            for name, text in tokenizer_files(tokenizer, config).items():
                 with open(os.path.join(staging, name), "w", encoding="utf-8") as handle:
                     handle.write(text)
-        replace_folder(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
