@@ -184,7 +184,7 @@ def distill_row(name: str, args: argparse.Namespace, folder: str) -> tuple[str, 
 
 def relation_loss(teacher: Any, student: Any, eval_sequences: Any) -> float:
     """Held-out MiniLMv2 loss (A_r 48, last layers) of the `student` encoder against `teacher`."""
-    from tf_minilm.data.batches import make_eval_dataset
+    from tf_minilm.data.pipeline import make_eval_dataset
     from tf_minilm.distill.distiller import Distiller
 
     distiller = Distiller(teacher, student, method="minilmv2", num_relation_heads=48)
@@ -303,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from tf_minilm.assets import default_teacher_dir
-    from tf_minilm.data.batches import prepare_corpus
     from tf_minilm.data.corpus import default_corpus_paths
+    from tf_minilm.data.prepare import prepare_corpus
     from tf_minilm.evaluate import fidelity
     from tf_minilm.evaluate.tasks import load_task
     from tf_minilm.fileio import write_json_atomic, write_text_atomic

@@ -1,4 +1,4 @@
-"""Tests for tf_minilm.data.batches: packing layout, splits, exact-resume batching, sharding, cache."""
+"""Tests for tf_minilm.data (packing, schedule, pipeline, cache, prepare): packing layout, splits, exact-resume batching, sharding, cache."""
 
 from __future__ import annotations
 
@@ -10,20 +10,17 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from tf_minilm.data.batches import (
-    BatchSchedule,
-    CorpusError,
-    CorpusStats,
-    ReadOptions,
+from tf_minilm.data.corpus import CorpusError, CorpusStats, ReadOptions
+from tf_minilm.data.packing import (
     Sequences,
     SpecialTokens,
-    make_dataset,
-    make_eval_dataset,
     pack_documents,
-    prepare_corpus,
     special_tokens,
     split_train_eval,
 )
+from tf_minilm.data.pipeline import make_dataset, make_eval_dataset
+from tf_minilm.data.prepare import prepare_corpus
+from tf_minilm.data.schedule import BatchSchedule
 
 NUM_WORDS = 300
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -290,7 +287,7 @@ def test_cache_hit_and_rebuild(tmp_path, bert_tok, caplog):
     corpus, cache = tmp_path / "c", tmp_path / "cache"
     write_corpus(corpus)
     args = dict(max_seq_len=16, eval_fraction=0.1, seed=0, cache_dir=cache)
-    with caplog.at_level(logging.INFO, logger="tf_minilm.data.batches"):
+    with caplog.at_level(logging.INFO, logger="tf_minilm.data"):
         first = prepare_corpus(corpus, bert_tok, **args)
         assert not first.cache_hit and "corpus cache miss" in caplog.text
         caplog.clear()
@@ -325,7 +322,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path, bert_tok, caplog):
     first = prepare_corpus(tmp_path / "c", bert_tok, max_seq_len=16, cache_dir=tmp_path / "k")
     with open(first.cache_path, "wb") as f:
         f.write(b"not a zip file")
-    with caplog.at_level(logging.WARNING, logger="tf_minilm.data.batches"):
+    with caplog.at_level(logging.WARNING, logger="tf_minilm.data"):
         again = prepare_corpus(tmp_path / "c", bert_tok, max_seq_len=16, cache_dir=tmp_path / "k")
     assert not again.cache_hit and "is unreadable" in caplog.text
     np.testing.assert_array_equal(again.train.input_ids, first.train.input_ids)
@@ -365,11 +362,11 @@ def test_real_teacher_tokenizer_on_bbc():
 
 def test_progress_reporting(bert_tok, caplog):
     docs = [doc_text(w) for w in DOC_WORDS]
-    with caplog.at_level(logging.INFO, logger="tf_minilm.data.batches"):
+    with caplog.at_level(logging.INFO, logger="tf_minilm.data"):
         pack_documents(docs, bert_tok, max_seq_len=8, progress=None, total_files=1)
     assert "tokenized: 0/1 files, 0 documents, 37 tokens" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="tf_minilm.data.batches"):
+    with caplog.at_level(logging.INFO, logger="tf_minilm.data"):
         quiet = pack_documents(docs, bert_tok, max_seq_len=8, progress=False)
     assert "tokenized" not in caplog.text
     with_bar = pack_documents(docs, bert_tok, max_seq_len=8, progress=True, total_files=1)

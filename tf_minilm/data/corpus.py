@@ -132,8 +132,8 @@ class CorpusStats:
         unsupported_files: files skipped inside folders because of their extension.
         unreadable_files: files that failed while reading (e.g. a corrupt
             archive); documents read before the failure are kept.
-        tokens: real tokens after tokenization (set by `tf_minilm.data.batches`).
-        sequences: packed sequences (set by `tf_minilm.data.batches`).
+        tokens: real tokens after tokenization (set by `tf_minilm.data.packing`).
+        sequences: packed sequences (set by `tf_minilm.data.packing`).
 
     Example:
     >>> stats = CorpusStats(files_read=2, documents=10)

@@ -250,8 +250,9 @@ def run(config: DistillConfig) -> dict[str, Any]:
                 job.student_config.intermediate_size, job.init,
                 config.resolved_loss() or " then ".join(config.stages or []))
 
-    from tf_minilm.data.batches import make_dataset, make_eval_dataset, prepare_corpus
     from tf_minilm.data.corpus import ReadOptions
+    from tf_minilm.data.pipeline import make_dataset, make_eval_dataset
+    from tf_minilm.data.prepare import prepare_corpus
     from tf_minilm.hf.checkpoints import load_hf_checkpoint
     from tf_minilm.hf.tokenizer import load_tokenizer
 
