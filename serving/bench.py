@@ -30,14 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.runtime import (
-    EMBEDDING_OUTPUT,
-    INPUT_NAMES,
-    ONNX_INT8_FILE,
-    ONNX_MODEL_FILE,
-    load_export_report,
-    make_session,
-)
+from serving.runtime import EMBEDDING_OUTPUT, load_export_report, make_session
+from tf_minilm.constants import INPUT_NAMES, ONNX_INT8_FILE, ONNX_MODEL_FILE
 from tf_minilm.versions import environment
 
 logger = logging.getLogger(__name__)

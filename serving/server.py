@@ -34,7 +34,8 @@ from aiohttp import web
 
 from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.metrics import CONTENT_TYPE, ServingMetrics
-from serving.runtime import ONNX_MODEL_FILE, EmbeddingModel, Embeddings
+from serving.runtime import EmbeddingModel, Embeddings
+from tf_minilm.constants import ONNX_MODEL_FILE
 
 logger = logging.getLogger(__name__)
 

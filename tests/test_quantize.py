@@ -1,4 +1,4 @@
-"""SmoothQuant-style smoothing (export/smoothing.py) and int8 quantization of a tiny
+"""SmoothQuant-style smoothing (benchmarks/smoothing.py, an int8 experiment) and int8 quantization of a tiny
 fused encoder: sites found, exact in float32, outlier range moved, int8 still close."""
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from export.errors import ExportError  # noqa: E402
-from export.pipeline import export_model  # noqa: E402
-from export.quantize import quantize_int8  # noqa: E402
-from export.smoothing import (  # noqa: E402
+from benchmarks.smoothing import (  # noqa: E402
     KINDS,
     activation_channel_max,
     find_sites,
@@ -25,6 +22,9 @@ from export.smoothing import (  # noqa: E402
     smooth_onnx,
     smoothing_scales,
 )
+from export.errors import ExportError  # noqa: E402
+from export.pipeline import export_model  # noqa: E402
+from export.quantize import quantize_int8  # noqa: E402
 from export.validate import VALIDATION_SENTENCES, tokenize  # noqa: E402
 
 LAYERS = 2

@@ -22,7 +22,7 @@ from serving.bench import (
 from serving.loadtest import check_loopback_url, run_load_test
 from serving.runtime import EmbeddingModel
 from serving.server import BackgroundServer, ServerConfig, create_app
-from serving.testing import build_tiny_model_dir
+from tests.serving_model import build_tiny_model_dir
 
 TINY_CONFIG = BenchConfig(seq_lens=(8, 16), throughput_batch=4, throughput_seq=16, warmup=1,
                           repeats=3, time_budget_s=5.0, threads=1)

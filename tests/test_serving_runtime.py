@@ -11,7 +11,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from serving.runtime import EmbeddingModel, ModelFolderError, load_export_report
-from serving.testing import build_tiny_model_dir
+from tests.serving_model import build_tiny_model_dir
 
 TEXTS = [
     "Hello world",

@@ -23,7 +23,7 @@ from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.metrics import Counter, Histogram, Registry, ServingMetrics
 from serving.runtime import EmbeddingModel, Embeddings
 from serving.server import BackgroundServer, ServerConfig, create_app
-from serving.testing import build_tiny_model_dir
+from tests.serving_model import build_tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["Hello world", "the quick brown fox jumps over the lazy dog", "cat", "a red mat"]
@@ -343,7 +343,7 @@ def test_serving_never_imports_tensorflow(tmp_path):
         import json, sys, urllib.request
         import serving, serving.cli_serve, serving.cli_bench, serving.bench
         from serving import EmbeddingModel, create_app, BackgroundServer
-        from serving.testing import build_tiny_model_dir
+        from tests.serving_model import build_tiny_model_dir
         from serving.bench import BenchConfig, run_benchmarks
         tiny = build_tiny_model_dir({str(tmp_path / "m")!r})
         model = EmbeddingModel(tiny.folder)

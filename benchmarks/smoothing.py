@@ -1,5 +1,8 @@
 """SmoothQuant-style rescaling of a fused float32 encoder graph before dynamic int8.
 
+An experiment of `benchmarks/int8_sweep.py` (README: it did not pay off), kept out of the
+`export` package: the export never smooths.
+
 onnxruntime's dynamic quantizer gives each activation tensor one scale, so a few
 outlier channels of BERT hidden states (tens of times larger than the rest) leave the
 other channels with a handful of int8 levels. Smoothing divides input channel j of a

@@ -139,7 +139,7 @@ def _graph(weights: dict[str, np.ndarray], pooling: str, with_embedding_output: 
               for name in ("input_ids", "attention_mask", "token_type_ids")]
     graph = helper.make_graph(nodes, "tiny_encoder", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="tf-minilm serving.testing")
+                              producer_name="tf-minilm tests.serving_model")
     model.ir_version = 8
     return model
 
@@ -206,7 +206,7 @@ def build_tiny_model_dir(folder: str | os.PathLike[str], hidden_size: int = 16,
     if write_report:
         (folder / "export_report.json").write_text(json.dumps({
             "max_seq_len": max_seq_len, "pooling": pooling, "hidden_size": hidden_size,
-            "source": "serving.testing.build_tiny_model_dir", "opset": 17}, indent=2),
+            "source": "tests.serving_model.build_tiny_model_dir", "opset": 17}, indent=2),
             encoding="utf-8")
     return TinyModel(folder=folder, weights=weights, pooling=pooling,
                      max_seq_len=max_seq_len, vocab=list(VOCAB))
