@@ -15,6 +15,8 @@ CORE = [
     "pyyaml>=6,<7",
     # Spearman correlation of the fidelity metrics.
     "scipy>=1.11,<2",
+    # The linear probe (LogisticRegression) and F1 scores of `tf-minilm evaluate`.
+    "scikit-learn>=1.5,<2",
 ]
 EXPORT = [
     "tf2onnx==1.17.0",
@@ -27,6 +29,8 @@ SERVE = [
     "tokenizers>=0.20,<0.24",
     "numpy>=1.26,<2.5",
     "aiohttp>=3.9,<4",
+    # /metrics exposition of the server.
+    "prometheus-client>=0.22,<1",
 ]
 TEST = [
     "pytest>=8",

@@ -27,13 +27,10 @@ def time_models(folder: str, batch: int, seq: int, threads: int, rounds: int,
     import numpy as np
     import onnxruntime as ort
 
+    from serving.runtime import make_session
+
     def make(path: str) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return make_session(path, threads)
 
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(1000, 29000, (batch, seq)).astype(np.int64),

@@ -55,14 +55,9 @@ def bbc_texts(count: int, seed: int = 0) -> list[str]:
 
 
 def session(path: str, threads: int):
-    import onnxruntime as ort
+    from serving.runtime import make_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return make_session(path, threads)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

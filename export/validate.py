@@ -74,13 +74,9 @@ def keras_outputs(function: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.n
 
 def onnx_outputs(path: str | os.PathLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run the ONNX model at `path` with onnxruntime (all graph optimizations, CPU)."""
-    import onnxruntime as ort
+    from serving.runtime import make_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(os.fspath(path), sess_options=options,
-                                   providers=["CPUExecutionProvider"])
+    session = make_session(path)
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
 

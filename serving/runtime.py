@@ -134,6 +134,8 @@ def load_export_report(folder: str | os.PathLike[str]) -> ExportReport:
 def make_session(onnx_file: str | os.PathLike[str], intra_op_threads: int | None = None) -> Any:
     """Creates a CPU onnxruntime session with all graph optimisations enabled.
 
+    The one session setup of the project (serving, benchmarks, the export's parity check).
+
     Args:
         onnx_file: path of the `.onnx` model.
         intra_op_threads: threads for one operator; None or 0 lets onnxruntime decide
@@ -151,6 +153,7 @@ def make_session(onnx_file: str | os.PathLike[str], intra_op_threads: int | None
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: load-time warnings are not the caller's
     if intra_op_threads:
         if intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {intra_op_threads}")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
-from serving.metrics import Counter, Histogram, Registry, ServingMetrics
+from serving.metrics import ServingMetrics
 from serving.runtime import EmbeddingModel, Embeddings
 from serving.server import BackgroundServer, ServerConfig, create_app
 from tests.serving_model import build_tiny_model_dir
@@ -97,26 +97,30 @@ async def post_many(url: str, bodies: list[object]) -> list[tuple[int, dict, dic
 
 # -- metrics ------------------------------------------------------------------------------------
 def test_prometheus_text_format():
-    registry = Registry()
-    counter = registry.register(Counter("hits_total", "Hits by path.", ["path"]))
-    histogram = registry.register(Histogram("size", "Sizes.", [1, 4], ["kind"]))
-    counter.inc(('/a"b\\c\n',))
-    counter.inc(("/x",), 2)
-    for value in (1, 3, 3, 10):
-        histogram.observe(value, ("k",))
-    lines = registry.render().splitlines()
-    assert lines[:2] == ["# HELP hits_total Hits by path.", "# TYPE hits_total counter"]
-    assert 'hits_total{path="/a\\"b\\\\c\\n"} 1' in lines
-    assert 'hits_total{path="/x"} 2' in lines
-    assert "# TYPE size histogram" in lines
-    assert 'size_bucket{kind="k",le="1"} 1' in lines
-    assert 'size_bucket{kind="k",le="4"} 3' in lines
-    assert 'size_bucket{kind="k",le="+Inf"} 4' in lines
-    assert 'size_sum{kind="k"} 17' in lines and 'size_count{kind="k"} 4' in lines
-    with pytest.raises(ValueError, match="cannot decrease"):
-        counter.inc(("/x",), -1)
-    with pytest.raises(ValueError, match="takes labels"):
-        counter.inc(())
+    metrics = ServingMetrics(prefix="t", queue_depth=lambda: 7)
+    metrics.observe_request('/a"b\\c\n', "GET", 200, 0.003)
+    metrics.observe_request("/x", "POST", 400, 0.2)
+    metrics.observe_request("/x", "POST", 400, 20.0)
+    for texts in (1, 3, 3, 10):
+        metrics.observe_batch(texts, tokens=5 * texts, seconds=0.01)
+    text = metrics.render()
+    values = metric_values(text)
+    lines = text.splitlines()
+    assert lines[:2] == ["# HELP t_requests_total HTTP requests by endpoint, method and status code.",
+                         "# TYPE t_requests_total counter"]
+    assert values['t_requests_total{endpoint="/a\\"b\\\\c\\n",method="GET",status="200"}'] == 1
+    assert values['t_requests_total{endpoint="/x",method="POST",status="400"}'] == 2
+    assert "# TYPE t_batch_size histogram" in lines
+    assert values['t_batch_size_bucket{le="1.0"}'] == 1
+    assert values['t_batch_size_bucket{le="4.0"}'] == 3
+    assert values['t_batch_size_bucket{le="+Inf"}'] == 4
+    assert values["t_batch_size_sum"] == 17 and values["t_batch_size_count"] == 4
+    assert values['t_request_duration_seconds_bucket{endpoint="/x",le="10.0"}'] == 1
+    assert values["t_texts_total"] == 17 and values["t_tokens_total"] == 85
+    assert values["t_queue_depth"] == 7
+    assert metrics.value("t_batch_size_count") == 4
+    # every server has its own registry: nothing is shared between instances
+    assert ServingMetrics(prefix="t").value("t_texts_total") == 0
 
 
 # -- batcher ------------------------------------------------------------------------------------
@@ -150,8 +154,8 @@ def test_batcher_gathers_requests_without_overflowing_and_slices_results():
     # FIFO, at most 4 texts unless one request alone is larger; the request that would
     # overflow starts the next batch.
     assert calls == [["a", "bb", "ccc"], ["dddd", "e", "ff", "g"], ["hhhhhhh"] * 6]
-    assert metrics.batch_size.count() == 3
-    assert metrics.texts.value() == 13
+    assert metrics.value("tf_minilm_batch_size_count") == 3
+    assert metrics.value("tf_minilm_texts_total") == 13
 
 
 def test_batcher_rejects_when_queue_full_and_fails_waiting_requests_on_close():
