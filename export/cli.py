@@ -1,5 +1,8 @@
 """`tf-minilm export`: a student to ONNX (fp32 + int8), fused for onnxruntime, checked.
 
+Owns: the command's flags and its summary; the work is `export.pipeline`'s. Imports:
+`export.convert`, `export.errors`, `export.pipeline` (inside `run`).
+
 Imports nothing heavy at module level: TensorFlow, tf2onnx and onnxruntime are
 imported inside `run`.
 """

@@ -1,5 +1,9 @@
 """Keras -> ONNX through tf2onnx, from a float32 copy, with a checked signature.
 
+Owns: the exported signature, the float32 copy for export and the tf2onnx conversion.
+Pooling is `tf_minilm.model.pooling`'s. Imports: `export.errors`, `export.logs`,
+`tf_minilm.constants`, `tf_minilm.model`.
+
 The exported graph takes three int64 [batch, seq] inputs `input_ids`,
 `attention_mask` and `token_type_ids`. `embedding_function` gives the encoder graph
 its outputs `last_hidden_state` [batch, seq, hidden] and `sentence_embedding`

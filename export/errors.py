@@ -1,4 +1,7 @@
-"""Exceptions of the export stage; every message names the file, check or value at fault."""
+"""Exceptions of the export stage; every message names the file, check or value at fault.
+
+Owns: `ExportError` and its kinds. Imports: nothing.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """onnxruntime transformer fusions (Attention, SkipLayerNormalization, BiasGelu,
 EmbedLayerNormalization), applied and then checked, because they fail silently.
 
+Owns: applying and verifying onnxruntime's transformer fusions. Imports:
+`export.errors`, `export.logs`.
+
 onnxruntime's optimizer matches the exact subgraphs PyTorch's HF BERT exports. The
 encoder layers are spelled to export those subgraphs (see `tf_minilm.model.layers`);
 `prepare_for_fusion` undoes the two rewrites tf2onnx/grappler make on top:

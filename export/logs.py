@@ -1,4 +1,7 @@
-"""Silencing the chatty loggers of tf2onnx and onnxruntime's Python tools for a block."""
+"""Silencing the chatty loggers of tf2onnx and onnxruntime's Python tools for a block.
+
+Owns: the list of noisy loggers and the `quiet` block. Imports: nothing.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """The whole export: load, convert, fuse, quantize, validate, then move into place.
 
+Owns: the order of the export steps and the export folder's contents (report included).
+Imports: the other `export` modules, `tf_minilm.hf`, `tf_minilm.model.encoder`,
+`tf_minilm.constants`, `tf_minilm.fileio`, `tf_minilm.versions`.
+
 Everything is written into a staging folder beside the output folder and moved into
 place only when every check passed, so a failed export leaves no half-written model
 and an earlier good export untouched. The folder holds:

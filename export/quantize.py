@@ -1,5 +1,7 @@
 """Dynamic int8 quantization of an exported (fused or plain) ONNX graph.
 
+Owns: the int8 quantization settings. Imports: `export.errors`, `export.logs`.
+
 Weights are stored as signed int8 per output channel (per-tensor scales cost about four
 points of cosine on real MiniLM weights, 7-bit `reduce_range` far more); activations
 are quantized on the fly. `DefaultTensorType` tells the quantizer the element type of

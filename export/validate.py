@@ -1,5 +1,8 @@
 """Parity of exported ONNX graphs with the Keras float32 model, on real tokenized text.
 
+Owns: the validation sentences, the tolerances and the parity report. Imports:
+`export.errors`, `tf_minilm.tokens`, `serving.runtime` (its onnxruntime session).
+
 A fixed set of sentences of very different lengths is tokenized with the model's own
 tokenizer and run as one right-padded batch through the Keras float32 function and
 through onnxruntime. The float32 graph must match to `FP32_TOLERANCE` (max abs over

@@ -1,5 +1,8 @@
 """Dynamic batching: texts of concurrent requests share one model call.
 
+Owns: the request queue and the batch loop. Imports: `serving.runtime`,
+`serving.metrics`.
+
 Requests wait in a bounded asyncio queue. One worker task takes the oldest request,
 then keeps taking requests for up to `max_wait_ms` (or until `max_batch_size` texts
 are gathered), runs the model on all their texts in a worker thread so the event

@@ -1,5 +1,9 @@
 """Latency and throughput benchmark of exported ONNX models, with a Keras baseline.
 
+Owns: what a benchmark row measures and the table. Imports: `serving.runtime`,
+`tf_minilm.constants`, `tf_minilm.fileio`, `tf_minilm.versions`; `tf_minilm.hf` /
+`tf_minilm.model` only for a Keras row.
+
 For every model given:
 
 - an exported ONNX folder gives an onnxruntime fp32 row set (`model.onnx`) and an

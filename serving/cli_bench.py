@@ -1,6 +1,9 @@
 """`tf-minilm bench`: latency/throughput of ONNX (fp32, int8) and Keras models, and a
 bounded loopback load test of the HTTP server.
 
+Owns: the command's flags. Imports: `serving.bench`, `serving.loadtest`,
+`serving.runtime` (inside `run`).
+
 Imports nothing heavy at module level; TensorFlow is loaded only when a Keras model
 is benchmarked.
 """

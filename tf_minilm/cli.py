@@ -1,5 +1,8 @@
 """`tf-minilm` command line: argument parsing and dispatch only.
 
+Owns: the command table and the process-level set-up (logging, allocator). Imports: the
+command modules, by name, when a command runs.
+
 Each subcommand lives in its own module exposing `HELP`, `add_arguments(parser)` and
 `run(args) -> int`. Those modules import nothing heavy at import time, so
 `tf-minilm serve` never loads TensorFlow.

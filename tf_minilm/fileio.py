@@ -16,6 +16,9 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+PARTIAL = ".partial"
+"""Marks the temporary file of an atomic write (a killed write leaves one behind)."""
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -30,8 +33,17 @@ def public_mode(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success it replaces `path`.
+
+    Args:
+        path: the final file.
+        durable: fsync the written file before the rename and its folder after it, so
+            the new file survives a power loss once this returns (training checkpoints,
+            caches); plain writes skip the two syncs.
+
+    The temporary file is `.<name>.<random>.partial<ext>` (the extension kept, so
+    writers that add one, such as `np.savez`, write exactly there).
 
     Example:
     >>> with atomic_path("out/model.keras") as tmp:  # doctest: +SKIP
@@ -41,15 +53,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
-    handle, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".partial{ext}", dir=directory)
+    handle, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f"{PARTIAL}{ext}", dir=directory)
     os.close(handle)
     try:
         yield tmp
         public_mode(tmp)
+        if durable:
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
         os.replace(tmp, path)
+        if durable:
+            fsync_directory(directory)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync_directory(directory: str) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -1,4 +1,7 @@
-"""Learning-rate schedule of the MiniLM recipe: linear warm-up, then linear decay to 0."""
+"""Learning-rate schedule of the MiniLM recipe: linear warm-up, then linear decay to 0.
+
+Owns: `WarmupLinearDecay` (distillation and fine-tuning). Imports: Keras only.
+"""
 
 from __future__ import annotations
 

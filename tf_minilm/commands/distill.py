@@ -1,4 +1,9 @@
-"""`tf-minilm distill`: flags generated from `DistillConfig`, work done by `tf_minilm.distill.job`."""
+"""`tf-minilm distill`: flags generated from `DistillConfig`, work done by `tf_minilm.distill.job`.
+
+Owns: the distill command's argument parsing (one flag per `DistillConfig` field) and
+its printed summary. Imports: `distill.config`, `distill.job`, `model.config`,
+`data.corpus`.
+"""
 
 from __future__ import annotations
 

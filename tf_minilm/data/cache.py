@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ from tf_minilm.data.packing import (
     Sequences,
     plain_tokenizer,
 )
+from tf_minilm.fileio import atomic_path
 
 if TYPE_CHECKING:
     import tokenizers
@@ -89,22 +89,13 @@ def load_cache(path: str, key: str, max_seq_len: int) -> tuple[Sequences, Corpus
 
 
 def write_cache(path: str, key: str, sequences: Sequences, stats: CorpusStats) -> bool:
-    folder = os.path.dirname(path)
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".corpus-", suffix=".npz.tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path, durable=True) as partial:
             meta = json.dumps({"key": key, "stats": stats.to_dict()})
-            np.savez(f, input_ids=sequences.input_ids, lengths=sequences.lengths,
+            np.savez(partial, input_ids=sequences.input_ids, lengths=sequences.lengths,
                      meta=np.array(meta))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return True
     except OSError as err:
         logger.warning("could not write the corpus cache %s (%s); continuing without it",
                        path, err)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         return False

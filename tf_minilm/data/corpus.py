@@ -1,5 +1,8 @@
 """Reading a text corpus from files and folders, robustly and in bounded memory.
 
+Owns: the supported file kinds, document splitting, the corpus statistics and the
+default corpus. Imports: `constants`, `assets`.
+
 Supported files (matched on the lower-cased name; folders are walked
 recursively in sorted order, so the document order is deterministic):
 

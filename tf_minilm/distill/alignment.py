@@ -1,5 +1,7 @@
 """Output-alignment losses: the student's sentence embedding and hidden states vs the teacher's.
 
+Owns: the alignment terms' math. Imports: TensorFlow only.
+
 Pure tensor functions (float32 whatever the input dtype), as `tf_minilm.distill.losses` is for
 the relation losses. The math, with B examples, real-token mask m[b, t] and width H:
 

@@ -2,7 +2,7 @@
 
 Owns: stopping at a non-finite loss, periodic checkpoints (through a `save` callable;
 the file format is `distill.state`'s), `metrics.jsonl` + TensorBoard, and periodic
-evaluation. Imports: Keras and NumPy only.
+evaluation. Imports: Keras, `fileio`.
 
 Callbacks (put them in this order, before any other):
     `NonFiniteGuard`     stops training at the first non-finite loss and says where;
@@ -21,12 +21,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import keras
+
+from tf_minilm.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -312,15 +313,9 @@ def truncate_jsonl(path: str, after_step: int) -> None:
                 continue  # a line cut by the kill
             if int(record.get("step", 0)) <= after_step:
                 kept.append(json.dumps(record) + "\n")
-    directory = os.path.dirname(path) or "."
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=directory, prefix=".metrics-", suffix=".tmp", delete=False, encoding="utf-8"
-    )
-    with handle:
+    with atomic_path(path, durable=True) as partial, \
+            open(partial, "w", encoding="utf-8") as handle:
         handle.writelines(kept)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):

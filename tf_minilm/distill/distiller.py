@@ -1,5 +1,10 @@
 """`Distiller`: a frozen teacher, a trainable student and a weighted objective, as a Keras model.
 
+Owns: the distillation step (forward of both models, the objective's terms, float32
+losses, gradient clipping across replicas) and the training-only projection. Imports:
+`distill.losses`, `distill.alignment`, `distill.objectives`, `distill.options`, `model`,
+`constants`.
+
 The objective (`tf_minilm.distill.objectives`) sums weighted terms: the MiniLM / MiniLMv2
 self-attention relations of `tf_minilm.distill.losses` and the output alignments of
 `tf_minilm.distill.alignment` (sentence embedding, last hidden states), all in float32. With

@@ -1,5 +1,9 @@
 """Distillation losses for MiniLM (v1) and MiniLMv2, as pure tensor functions.
 
+Owns: the relation losses' math (pure tensors in, float32 scalars out). The rules on
+relation names and heads are `distill.objectives`'. Imports: TensorFlow,
+`distill.objectives`, `constants`.
+
 The math
 --------
 Both losses compare, row by row, probability distributions built from the

@@ -5,7 +5,8 @@ every student variable (weights and dropout seed states), every optimizer variab
 (step counter, Adam moments, loss-scale state) and a JSON header (global step, run
 fingerprint, elapsed time). Files are written to a temporary name in the same folder,
 fsync'ed and renamed with `os.replace`, so a checkpoint under its final name is always
-complete; states with a non-finite value are refused. Imports: Keras and NumPy only.
+complete (`fileio.atomic_path`, durable); states with a non-finite value are refused.
+Imports: Keras, NumPy, `fileio`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from typing import Any
 
 import keras
 import numpy as np
+
+from tf_minilm.fileio import PARTIAL, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -34,19 +36,6 @@ _TEMP_PREFIX = ".ckpt-"
 
 class TrainingCheckpointError(ValueError):
     """A training checkpoint that cannot be written, read or applied to this run."""
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _variable_values(variables: list[Any]) -> list[np.ndarray]:
@@ -100,7 +89,7 @@ class CheckpointManager:
         if not self.is_chief or not os.path.isdir(self.directory):
             return
         for name in os.listdir(self.directory):
-            if name.startswith(_TEMP_PREFIX) and name.endswith(".tmp"):
+            if name.startswith(_TEMP_PREFIX) and (PARTIAL in name or name.endswith(".tmp")):
                 os.remove(os.path.join(self.directory, name))
 
     def save(
@@ -143,20 +132,8 @@ class CheckpointManager:
         arrays["header"] = np.array(json.dumps(header))
         os.makedirs(self.directory, exist_ok=True)
         final = self.path(step)
-        handle = tempfile.NamedTemporaryFile(
-            dir=self.directory, prefix=_TEMP_PREFIX, suffix=".tmp", delete=False
-        )
-        try:
-            with handle:
-                np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(handle.name, final)
-        except BaseException:
-            if os.path.exists(handle.name):
-                os.remove(handle.name)
-            raise
-        _fsync_directory(self.directory)
+        with atomic_path(final, durable=True) as partial:
+            np.savez(partial, **arrays)
         for _, old in self.checkpoints()[: -self.keep]:
             os.remove(old)
         logger.info("saved checkpoint %s", final)

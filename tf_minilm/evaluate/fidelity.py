@@ -1,5 +1,9 @@
 """Fidelity of a student to its teacher: how closely its sentence embeddings track the teacher's.
 
+Owns: the fidelity metrics, the embedder of a model in any form (HF folder, .keras, ONNX
+export) and the texts they are measured on. Imports: `evaluate.embed`, `evaluate.tasks`,
+`hf`, `model`, `tokens`, `serving.runtime` (ONNX exports).
+
 No labels are needed. Both models embed the same texts (their pooling, L2-normalised);
 then, with T and S the [n, d] embedding matrices:
 

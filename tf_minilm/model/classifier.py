@@ -1,4 +1,7 @@
-"""`SequenceClassifier`: an `Encoder` with a pooled, dropout-regularised linear head."""
+"""`SequenceClassifier`: an `Encoder` with a pooled, dropout-regularised linear head.
+
+Owns: `SequenceClassifier`. Imports: `model.encoder`, `model.pooling`, `constants`.
+"""
 
 from __future__ import annotations
 

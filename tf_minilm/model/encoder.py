@@ -1,4 +1,8 @@
-"""`Encoder`: a BERT / RoBERTa / XLM-R encoder as a Keras 3 model that exposes Q/K/V."""
+"""`Encoder`: a BERT / RoBERTa / XLM-R encoder as a Keras 3 model that exposes Q/K/V.
+
+Owns: `Encoder`, `copy_encoder` and `copy_weights` (the one weight copy). Imports:
+`model.config`, `model.layers`, `constants`.
+"""
 
 from __future__ import annotations
 
@@ -173,8 +177,11 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
     if len(target.weights) != len(source.weights):
         raise ValueError(f"cannot copy {source.name} into {target.name}: {len(source.weights)} "
                          f"weights, the target has {len(target.weights)}")
+    def inner(variable: Any) -> str:  # the path below the model's name
+        return variable.path.split("/", 1)[1] if "/" in variable.path else variable.path
+
     for to, frm in zip(target.weights, source.weights, strict=True):
-        if to.path != frm.path or tuple(to.shape) != tuple(frm.shape):
+        if inner(to) != inner(frm) or tuple(to.shape) != tuple(frm.shape):
             raise ValueError(f"cannot copy {source.name} into {target.name}: weight {frm.path} "
                              f"{tuple(frm.shape)} does not match {to.path} {tuple(to.shape)}")
         to.assign(ops.cast(frm, to.dtype))

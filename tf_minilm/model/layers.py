@@ -1,5 +1,7 @@
 """Keras 3 layers of a BERT-family encoder, written to match Hugging Face numerics.
 
+Owns: the embedding, attention and transformer-block layers. Imports: Keras only.
+
 The attention is spelled out as Dense -> reshape -> transpose -> matmul with a scale
 `Div` and an HF-style additive mask, which is both what `transformers` computes and
 the subgraph onnxruntime's transformer optimizer knows how to fuse. GELU is the exact

@@ -1,5 +1,9 @@
 """Sentence-embedding pooling: which pooling a model folder declares, and the pooling itself.
 
+Owns: `PoolingSpec`, reading a sentence-transformers folder's pooling, and the one
+pooling definition on tensors. Imports: `constants` (Keras ops inside the tensor
+functions only).
+
 This module owns the one definition of how token states become a sentence embedding
 (`sentence_embedding`, used by distillation, fidelity and evaluation) and reads the
 sentence-transformers description of it from a model folder (`modules.json`,

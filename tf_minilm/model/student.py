@@ -1,4 +1,8 @@
-"""Student construction: a smaller encoder sharing the teacher's vocabulary and tokenizer."""
+"""Student construction: a smaller encoder sharing the teacher's vocabulary and tokenizer.
+
+Owns: the student's sizes and initialisation, including which teacher layers it copies.
+Imports: `model.config`, `model.encoder`, `constants`.
+"""
 
 from __future__ import annotations
 
