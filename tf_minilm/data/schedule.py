@@ -23,9 +23,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def check_seed(seed: int) -> int:
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise CorpusError(f"seed={seed!r} must be a non-negative integer")
+MAX_SEED = 2**32 - 1
+"""Largest seed every consumer takes (Keras' `set_random_seed`, NumPy, TensorFlow)."""
+
+
+def check_seed(seed: int, name: str = "seed") -> int:
+    """The one seed rule: an integer in [0, 2**32 - 1] (it seeds data order and weights).
+
+    Raises:
+        CorpusError: anything else; the message names `name`.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed <= MAX_SEED:
+        raise CorpusError(f"{name}={seed!r} must be an integer in [0, {MAX_SEED}]")
     return int(seed)
 
 

@@ -94,23 +94,13 @@ def distill_with_assistant(
     if isinstance(assistant_steps, bool) or not isinstance(assistant_steps, int) \
             or assistant_steps < 1:
         raise ValueError(f"assistant_steps must be a positive integer, got {assistant_steps!r}")
-    stage_one = dataclasses.replace(
-        options, steps=assistant_steps,
-        warmup_steps=None if options.warmup_steps is None
-        else min(options.warmup_steps, assistant_steps - 1),
-        teacher_layer=options.teacher_layer, student_layer=None,
-    )
-    stage_two = dataclasses.replace(options, teacher_layer=None)
+    stage_one, stage_two = stage_options(options, assistant_steps)
     if strategy is None:
         strategy = resolve_strategy(options.strategy)
 
     def build_stage_one() -> tuple[Encoder, Encoder]:
         teacher = build_teacher()
-        assistant = build_student(
-            teacher, teacher.config.num_hidden_layers, hidden, heads, 4 * hidden,
-            init="random", seed=options.seed,
-        )
-        return teacher, assistant
+        return teacher, build_assistant(teacher, hidden, heads, options.seed)
 
     output_dir = os.fspath(output_dir)
     first = run_distillation(
@@ -134,3 +124,22 @@ def distill_with_assistant(
         assistant=first.student, student=second.student,
         assistant_stage=first, student_stage=second,
     )
+
+
+def stage_options(options: TrainOptions, assistant_steps: int) -> tuple[TrainOptions, TrainOptions]:
+    """The two stages' options: teacher -> assistant (`assistant_steps`, the teacher layer
+    of `options`, the warm-up clipped to the stage), then assistant -> student (its last
+    layer)."""
+    stage_one = dataclasses.replace(
+        options, steps=assistant_steps,
+        warmup_steps=None if options.warmup_steps is None
+        else min(options.warmup_steps, assistant_steps - 1),
+        teacher_layer=options.teacher_layer, student_layer=None,
+    )
+    return stage_one, dataclasses.replace(options, teacher_layer=None)
+
+
+def build_assistant(teacher: Encoder, hidden: int, heads: int, seed: int) -> Encoder:
+    """The assistant: the teacher's depth, `hidden` wide with `heads` heads, a 4x FFN."""
+    return build_student(teacher, teacher.config.num_hidden_layers, hidden, heads, 4 * hidden,
+                         init="random", seed=seed)

@@ -3,8 +3,8 @@
 Owns: the distill command's settings, their defaults (the measured default objective
 and learning rates), reading them from a YAML/JSON file, and the checks that need no
 teacher; each check calls the rule's owner (`objectives`, `options`) and re-raises
-naming the flag. Imports: `constants`, `model.config`, `distill.objectives`,
-`distill.options` (all TF-free), so a bad flag fails before TensorFlow loads.
+naming the flag. Imports: `constants`, `model.config`, `data.schedule` (the seed rule, its error),
+`distill.objectives`, `distill.options` (all TF-free), so a bad flag fails before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from tf_minilm.constants import (
     PRECISIONS,
     STRATEGIES,
 )
+from tf_minilm.data.corpus import CorpusError
+from tf_minilm.data.schedule import check_seed
 from tf_minilm.distill import objectives
 from tf_minilm.distill.options import OptionError, check_warmup_steps, resolve_clipnorm
 from tf_minilm.model.config import ConfigError
@@ -241,6 +243,10 @@ class DistillConfig:
             raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.weight_decay < 1:
             raise ConfigError(f"--weight-decay must be in [0, 1), got {self.weight_decay}")
+        try:
+            check_seed(self.seed, "--seed")
+        except CorpusError as err:
+            raise ConfigError(str(err)) from err
         try:
             check_warmup_steps(self.warmup_steps, self.steps, "--warmup-steps", "--steps")
             resolve_clipnorm(self.clipnorm, "--clipnorm")

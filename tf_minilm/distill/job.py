@@ -70,6 +70,38 @@ class ResolvedJob:
             values["extensions"] = list(self.extensions)
         return values
 
+    def build_student(self, teacher: Any) -> Any:
+        """The student `Encoder` this job trains, initialised from `teacher` as resolved."""
+        from tf_minilm.model.student import build_student
+
+        sizes = self.student_config
+        return build_student(teacher, sizes.num_hidden_layers, sizes.hidden_size,
+                             sizes.num_attention_heads, sizes.intermediate_size,
+                             init=self.init, teacher_layers=self.init_layers,
+                             seed=self.config.seed)
+
+    def train_options(self) -> Any:
+        """The `TrainOptions` of this job: the resolved flags under the trainer's names.
+
+        The names differ where the trainer's are the papers' (`num_relation_heads` for
+        `--relation-heads`, `objective` for `--loss`); evaluation runs at every checkpoint.
+        """
+        from tf_minilm.distill.options import TrainOptions
+
+        config = self.config
+        return TrainOptions(
+            steps=config.steps, learning_rate=config.resolved_learning_rate(),
+            warmup_steps=config.resolved_warmup_steps(), weight_decay=config.weight_decay,
+            clipnorm=config.resolved_clipnorm(), method=config.resolved_method(),
+            teacher_layer=self.teacher_layer, objective=config.resolved_loss(),
+            stages=tuple(config.stages) if config.stages is not None else None,
+            pooling=self.pooling, num_relation_heads=config.relation_heads,
+            relations=tuple(config.relations), seed=config.seed,
+            checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
+            log_every=config.log_every, eval_every=config.checkpoint_every,
+            resume=config.resume, strategy=config.strategy, precision=config.precision,
+        )
+
     @property
     def cache_dir(self) -> str:
         return self.config.cache_dir or os.path.join(self.config.output, "cache")
@@ -81,7 +113,10 @@ def _student_sizes(config: DistillConfig, teacher: EncoderConfig) -> EncoderConf
     layers, hidden = config.student_layers, config.student_hidden or teacher.hidden_size
     heads, intermediate = config.student_heads, config.student_intermediate
     if config.student_config:
-        given = EncoderConfig.from_json_file(config.student_config)
+        try:
+            given = EncoderConfig.from_json_file(config.student_config)
+        except ConfigError as err:
+            raise ConfigError(f"--student-config: {err}") from err
         layers, hidden = given.num_hidden_layers, given.hidden_size
         heads, intermediate = given.num_attention_heads, given.intermediate_size
     heads = heads or teacher.num_attention_heads
@@ -100,7 +135,7 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         ConfigError: naming the flag at fault.
     """
     from tf_minilm.assets import default_teacher_dir
-    from tf_minilm.data.corpus import collect_files, default_corpus_paths
+    from tf_minilm.data.corpus import CorpusError, collect_files, default_corpus_paths
 
     config.validate()
     teacher_dir = config.teacher or default_teacher_dir()
@@ -174,7 +209,10 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         raise ConfigError(f"--teacher {teacher_dir}: {err}") from err
 
     corpus = [os.fspath(p) for p in config.corpus] or default_corpus_paths()
-    collect_files(corpus)  # raises CorpusError naming a missing path
+    try:
+        collect_files(corpus)
+    except CorpusError as err:
+        raise ConfigError(f"--corpus: {err}") from err
     return ResolvedJob(config, teacher_dir, corpus, teacher, student, init, teacher_layer,
                        init_layers, pooling)
 
@@ -220,26 +258,6 @@ def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
     return saved
 
 
-def train_options(job: ResolvedJob) -> Any:
-    from tf_minilm.distill.options import TrainOptions
-
-    config = job.config
-    return TrainOptions(
-        steps=config.steps, learning_rate=config.resolved_learning_rate(),
-        warmup_steps=config.resolved_warmup_steps(), weight_decay=config.weight_decay,
-        clipnorm=config.resolved_clipnorm(), method=config.resolved_method(),
-        teacher_layer=job.teacher_layer,
-        objective=config.resolved_loss(),
-        stages=tuple(config.stages) if config.stages is not None else None,
-        pooling=job.pooling,
-        num_relation_heads=config.relation_heads, relations=tuple(config.relations),
-        seed=config.seed, checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints, log_every=config.log_every,
-        eval_every=config.checkpoint_every, resume=config.resume, strategy=config.strategy,
-        precision=config.precision,
-    )
-
-
 def run(config: DistillConfig) -> dict[str, Any]:
     """Run a distillation end to end; returns the summary written to `result.json`."""
     job = resolve(config)
@@ -278,7 +296,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
                             start_step=start_step)
 
     eval_dataset = make_eval_dataset(prepared.eval, config.batch_size)
-    options = train_options(job)
+    options = job.train_options()
     student_config = job.student_config
     log_dir = os.path.join(output, "logs")
     if config.assistant_hidden:
@@ -297,16 +315,10 @@ def run(config: DistillConfig) -> dict[str, Any]:
         student, final = result.student, result.student_stage
     else:
         from tf_minilm.distill.trainer import run_distillation
-        from tf_minilm.model.student import build_student
 
         def build_models() -> tuple[Any, Any]:
             teacher = load_hf_checkpoint(job.teacher_dir)[0]
-            student = build_student(
-                teacher, student_config.num_hidden_layers, student_config.hidden_size,
-                student_config.num_attention_heads, student_config.intermediate_size,
-                init=job.init, teacher_layers=job.init_layers, seed=config.seed,
-            )
-            return teacher, student
+            return teacher, job.build_student(teacher)
 
         final = run_distillation(build_models, make_train_dataset, output, options,
                                  eval_dataset=eval_dataset, log_dir=log_dir)

@@ -4,7 +4,7 @@ Owns: the fields of a run (steps, schedule, optimizer, objective, checkpoints, s
 and precision names), their defaults, and the rules shared with the CLI's
 `DistillConfig`: `check_warmup_steps` (the decay needs at least one step) and
 `resolve_clipnorm` (None or 0 is off, else a positive norm). Imports: `constants`,
-`distill.objectives`, `model.pooling` (all TF-free).
+`distill.objectives`, `model.pooling`, `data.schedule` (its seed rule); all TF-free.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from tf_minilm.constants import METHODS, PRECISIONS, STRATEGIES
+from tf_minilm.data.schedule import check_seed
 from tf_minilm.distill import objectives as objectives_lib
 from tf_minilm.model.pooling import PoolingSpec
 
@@ -172,8 +173,7 @@ class TrainOptions:
             raise ValueError(
                 f"TrainOptions.precision is {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"TrainOptions.seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed, "TrainOptions.seed")
         if self.jit_compile not in (None, True, False):
             raise ValueError(
                 f"TrainOptions.jit_compile must be True, False or None (auto), got "

@@ -309,7 +309,7 @@ def run_distillation(
     try:
         # 2. Build teacher, student, Distiller and optimizer inside the strategy scope.
         keras.utils.set_random_seed(options.seed)
-        distiller, schedule = _build(build_models, options, stages, plan, strategy)
+        distiller, schedule = _build(build_models, options, plan, strategy)
 
         # 3. Resume: restore the newest checkpoint of this same run, trim the metrics log.
         fingerprint = _fingerprint(options, distiller, policy, plan)
@@ -404,24 +404,11 @@ def run_distillation(
 
 
 def _build(build_models: Callable[[], tuple[Encoder, Encoder]], options: TrainOptions,
-           stages: Sequence[objectives_lib.Stage], plan: _ResumePlan,
+           plan: _ResumePlan,
            strategy: tf.distribute.Strategy) -> tuple[Distiller, WarmupLinearDecay]:
     """Teacher and student from `build_models`, the `Distiller` and its built AdamW, in scope."""
     with strategy.scope():
-        teacher, student = build_models()
-        distiller = Distiller(
-            teacher,
-            student,
-            method=options.method,
-            teacher_layer=options.teacher_layer,
-            student_layer=options.student_layer,
-            num_relation_heads=options.num_relation_heads,
-            relations=options.relations,
-            clipnorm=options.resolved_clipnorm,
-            stage_objectives=[stage.objective for stage in stages],
-            pooling=options.pooling,
-            name="distiller",
-        )
+        distiller = make_distiller(*build_models(), options)
         schedule = WarmupLinearDecay(options.learning_rate, plan.warmup_steps,
                                      plan.base_steps, replans=plan.replans)
         optimizer = make_optimizer(
@@ -436,6 +423,23 @@ def _build(build_models: Callable[[], tuple[Encoder, Encoder]], options: TrainOp
                           jit_compile=resolve_jit_compile(options.jit_compile, strategy))
         distiller.optimizer.build(distiller.all_stage_variables)
     return distiller, schedule
+
+
+def make_distiller(teacher: Encoder, student: Encoder, options: TrainOptions) -> Distiller:
+    """The `Distiller` of a run's options (every stage's objective, clipping, pooling)."""
+    return Distiller(
+        teacher,
+        student,
+        method=options.method,
+        teacher_layer=options.teacher_layer,
+        student_layer=options.student_layer,
+        num_relation_heads=options.num_relation_heads,
+        relations=options.relations,
+        clipnorm=options.resolved_clipnorm,
+        stage_objectives=[stage.objective for stage in options.resolved_stages()],
+        pooling=options.pooling,
+        name="distiller",
+    )
 
 
 def learning_rate_at(options: TrainOptions, step: int) -> float:
