@@ -58,10 +58,12 @@ def make_dataset(
     Returns:
         A `tf.data.Dataset` of dicts `input_ids`, `attention_mask`,
         `token_type_ids`, each int32 [global_batch_size // num_shards,
-        max_seq_len]. Its auto-sharding is off: sharding is done here, so with
-        `tf.distribute` pass `num_shards=input_context.num_input_pipelines`,
-        `shard_index=input_context.input_pipeline_id` (e.g. from
-        `distribute_datasets_from_function`).
+        max_seq_len]. Its auto-sharding policy is OFF, for sharding here: with
+        `distribute_datasets_from_function` pass
+        `num_shards=input_context.num_input_pipelines`,
+        `shard_index=input_context.input_pipeline_id`. `run_distillation` takes the
+        global batches instead (`num_shards=1`) and sets the policy to DATA, so Keras
+        splits each global batch over workers and replicas.
 
     Raises:
         CorpusError: bad batch size, shard, step or seed.
