@@ -6,8 +6,10 @@ Owns: the request queue and the batch loop. Imports: `serving.runtime`,
 Requests wait in a bounded asyncio queue. One worker task takes the oldest request,
 then keeps taking requests for up to `max_wait_ms` (or until `max_batch_size` texts
 are gathered), runs the model on all their texts in a worker thread so the event
-loop never blocks, and hands each request its own slice of the result. A full queue
-rejects new requests at once (`QueueFullError`) instead of growing without bound.
+loop never blocks, and hands each request its own slice of the result. When a shared
+call fails, each of its requests runs alone, so an error reaches only the request that
+caused it. A full queue rejects new requests at once (`QueueFullError`) instead of
+growing without bound.
 """
 
 from __future__ import annotations
@@ -160,6 +162,26 @@ class DynamicBatcher:
             size += len(request.texts)
         return batch
 
+    async def _run_alone(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        for request in batch:
+            if request.future.done():
+                continue
+            start = time.perf_counter()
+            try:
+                result = await loop.run_in_executor(self._executor, self._embed, request.texts)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if not request.future.done():
+                    request.future.set_exception(err)
+                continue
+            if self.metrics is not None:
+                self.metrics.observe_batch(len(request.texts), sum(result.token_counts),
+                                           time.perf_counter() - start)
+            if not request.future.done():
+                request.future.set_result(result)
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -174,11 +196,18 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 raise  # close() fails the in-flight requests
             except Exception as err:
+                if len(batch) == 1:
+                    self._inflight = []
+                    logger.warning("model call on %d texts failed: %s", len(texts), err)
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(err)
+                    continue
+                # An error belongs to its request: run each alone, so one bad text (or a
+                # row the model cannot embed) fails only the request that sent it.
+                logger.warning("model call on %d requests failed (%s); running each alone",
+                               len(batch), err)
+                await self._run_alone(batch)
                 self._inflight = []
-                logger.exception("model call on %d texts failed", len(texts))
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(err)
                 continue
             self._inflight = []
             if self.metrics is not None:

@@ -32,6 +32,7 @@ class ServingMetrics:
         batch_latency: `<prefix>_batch_duration_seconds` histogram (model call time).
         texts: `<prefix>_texts_total` embedded texts.
         tokens: `<prefix>_tokens_total` tokens fed to the model.
+        model_errors: `<prefix>_model_errors_total{kind}` requests the model failed on.
         queue_depth: `<prefix>_queue_depth` gauge, read at scrape time.
 
     Example:
@@ -59,6 +60,10 @@ class ServingMetrics:
         self.texts = Counter(f"{prefix}_texts", "Texts embedded.", registry=self.registry)
         self.tokens = Counter(f"{prefix}_tokens", "Tokens fed to the model (after truncation).",
                               registry=self.registry)
+        self.model_errors = Counter(
+            f"{prefix}_model_errors", "Requests the model could not embed, by kind "
+            "(non_finite: NaN/inf output; otherwise the exception's type).", ["kind"],
+            registry=self.registry)
         self.queue_depth = Gauge(f"{prefix}_queue_depth", "Requests waiting for the model.",
                                  registry=self.registry)
         self.queue_depth.set_function(queue_depth)

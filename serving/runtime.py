@@ -44,6 +44,18 @@ HIDDEN_OUTPUT, EMBEDDING_OUTPUT = EMBEDDING_OUTPUTS
 DEFAULT_MAX_SEQ_LEN = 128
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN or infinite values; never returned as an embedding.
+
+    Attributes:
+        rows: indices (in the texts given) of the embeddings that were not finite.
+    """
+
+    def __init__(self, message: str, rows: Sequence[int]) -> None:
+        super().__init__(message)
+        self.rows = list(rows)
+
+
 class ModelFolderError(ValueError):
     """The model folder or one of its files is missing or invalid; the message names it."""
 
@@ -409,6 +421,9 @@ class EmbeddingModel:
         Returns:
             `Embeddings` with float32 [len(texts), dimension] vectors in input order and
             the token count of each text.
+
+        Raises:
+            NonFiniteOutputError: an embedding holds NaN or inf (no result is returned).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -421,6 +436,12 @@ class EmbeddingModel:
             rows = order[start:start + batch_size]
             batch = pad_encodings([encodings[i] for i in rows], self.pad_id)
             vectors[rows] = self._embed_padded(batch)
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        if bad.size:
+            raise NonFiniteOutputError(
+                f"{self.model_path.name} produced non-finite values for {bad.size} of "
+                f"{len(vectors)} texts (indices {bad[:10].tolist()}); its weights may be "
+                "corrupt", bad.tolist())
         return Embeddings(vectors=vectors, token_counts=counts)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:

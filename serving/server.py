@@ -6,18 +6,23 @@ Owns: the HTTP API (routes, request checks, responses). Imports: `serving.batchi
 Endpoints:
 
 - `POST /v1/embeddings` with `{"input": "text" | ["text", ...], "model": optional,
-  "encoding_format": "float" | "base64"}` answers
+  "encoding_format": "float" | "base64", "dimensions": optional}` answers
   `{"object": "list", "data": [{"object": "embedding", "index": i, "embedding": [...]}],
   "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}`.
 - `GET /healthz`: model facts as JSON.
 - `GET /metrics`: Prometheus text format.
 
 `model` is optional and only type-checked: one server serves one model, whose name
-every response reports. Unknown fields (e.g. `user`) are ignored.
+every response reports. `dimensions` keeps the first N components and renormalises them
+(Matryoshka-style, as OpenAI clients expect). Unknown fields (e.g. `user`) are ignored.
 
 Errors are JSON `{"error": {"message": ..., "type": ...}}`: 400 for malformed or
-invalid bodies, 413 for requests over the configured limits, 503 when the request
-queue is full. No TensorFlow is imported.
+invalid bodies (lone surrogates, nesting too deep, a body cut short), 408 for a body not
+received within `read_timeout_s`, 413 for requests over the configured limits, 503 when
+the request queue is full, 500 when the model cannot embed this request's texts
+(`model_error` for a non-finite output, which is never sent). Each request succeeds or fails on its own
+texts: the batcher re-runs a failed shared call request by request. No TensorFlow is
+imported.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web
 
 from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.metrics import CONTENT_TYPE, ServingMetrics
-from serving.runtime import EmbeddingModel, Embeddings
+from serving.runtime import EmbeddingModel, Embeddings, NonFiniteOutputError
 from tf_minilm.constants import ONNX_MODEL_FILE
 
 logger = logging.getLogger(__name__)
@@ -67,6 +73,7 @@ class ServerConfig:
         max_texts_per_request: most texts in one request's `input`.
         max_chars_per_text: most characters in one text.
         max_body_bytes: largest request body in bytes.
+        read_timeout_s: longest wait for a request body; a stalled client gets 408.
         model_name: name reported in responses; default: the model's name.
 
     Example:
@@ -79,6 +86,7 @@ class ServerConfig:
     max_texts_per_request: int = 256
     max_chars_per_text: int = 20_000
     max_body_bytes: int = 8 * 1024 * 1024
+    read_timeout_s: float = 30.0
     model_name: str | None = None
 
     def __post_init__(self) -> None:
@@ -89,6 +97,9 @@ class ServerConfig:
                 raise ValueError(f"ServerConfig.{field} must be a positive integer, got {value!r}")
         if not isinstance(self.max_wait_ms, int | float) or self.max_wait_ms < 0:
             raise ValueError(f"ServerConfig.max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+        if not isinstance(self.read_timeout_s, int | float) or not self.read_timeout_s > 0:
+            raise ValueError(
+                f"ServerConfig.read_timeout_s must be > 0, got {self.read_timeout_s!r}")
 
 
 class RequestError(Exception):
@@ -107,7 +118,8 @@ METRICS_KEY = web.AppKey("metrics", ServingMetrics)
 BATCHER_KEY = web.AppKey("batcher", DynamicBatcher)
 NAME_KEY = web.AppKey("model_name", str)
 
-_STATUS_KINDS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_STATUS_KINDS = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+                 413: "request_too_large"}
 
 
 def error_response(status: int, message: str, kind: str,
@@ -117,15 +129,26 @@ def error_response(status: int, message: str, kind: str,
                              headers=headers)
 
 
-def parse_embedding_request(body: Any, config: ServerConfig) -> tuple[list[str], str]:
+@dataclasses.dataclass
+class EmbeddingRequest:
+    """A validated `/v1/embeddings` body."""
+
+    texts: list[str]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+
+
+def parse_embedding_request(body: Any, config: ServerConfig,
+                            dimension: int | None = None) -> EmbeddingRequest:
     """Validates a decoded `/v1/embeddings` body.
 
     Args:
         body: the decoded JSON.
         config: limits.
+        dimension: the model's embedding size (the upper bound of `dimensions`).
 
     Returns:
-        `(texts, encoding_format)`.
+        The `EmbeddingRequest`.
 
     Raises:
         RequestError: the body is invalid (400) or over a limit (413).
@@ -160,6 +183,11 @@ def parse_embedding_request(body: Any, config: ServerConfig) -> tuple[list[str],
         if len(text) > config.max_chars_per_text:
             raise RequestError(413, f"{where} has {len(text)} characters; the limit is "
                                     f"{config.max_chars_per_text}", "request_too_large")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise RequestError(400, f"{where} is not valid Unicode text: {err.reason} at "
+                                    f"character {err.start}") from None
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError(400, f"'model' must be a string, got {type(model).__name__}")
@@ -167,7 +195,25 @@ def parse_embedding_request(body: Any, config: ServerConfig) -> tuple[list[str],
     if encoding_format not in ENCODING_FORMATS:
         raise RequestError(400, f"'encoding_format' must be one of {list(ENCODING_FORMATS)}, "
                                 f"got {encoding_format!r}")
-    return texts, encoding_format
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        limit = dimension if dimension is not None else dimensions
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) \
+                or not 1 <= dimensions <= limit:
+            raise RequestError(400, f"'dimensions' must be an integer in [1, {limit}] (the "
+                                    f"model's embedding size), got {dimensions!r}")
+    return EmbeddingRequest(texts, encoding_format, dimensions)
+
+
+def shorten(vectors: Any, dimensions: int | None) -> Any:
+    """The first `dimensions` components of each vector, renormalised to unit length
+    (Matryoshka-style truncation, as OpenAI's `dimensions` asks); unchanged when None."""
+    if dimensions is None or dimensions >= vectors.shape[1]:
+        return vectors
+    import numpy as np
+
+    cut = vectors[:, :dimensions]
+    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
 
 
 async def _embeddings(request: web.Request) -> web.Response:
@@ -178,28 +224,48 @@ async def _embeddings(request: web.Request) -> web.Response:
             raise RequestError(413, f"request body has {request.content_length} bytes; the limit "
                                     f"is {config.max_body_bytes}", "request_too_large")
         try:
-            raw = await request.read()
+            raw = await asyncio.wait_for(request.read(), config.read_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             raise RequestError(413, f"request body is larger than the limit of "
                                     f"{config.max_body_bytes} bytes", "request_too_large") from None
+        except TimeoutError:
+            raise RequestError(408, f"request body not received within "
+                                    f"{config.read_timeout_s:g} s", "request_timeout") from None
+        except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as err:
+            logger.info("client went away while sending its body: %s", err)
+            raise RequestError(400, f"request body ended early ({err})",
+                               "incomplete_body") from None
         try:
             body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, int-size limits
             raise RequestError(400, f"request body is not valid JSON: {err}") from None
-        texts, encoding_format = parse_embedding_request(body, config)
+        except RecursionError:
+            raise RequestError(400, "request body is nested too deeply to parse") from None
+        parsed = parse_embedding_request(body, config, app[MODEL_KEY].dimension)
     except RequestError as err:
         return error_response(err.status, err.message, err.kind)
 
     try:
-        result = await app[BATCHER_KEY].submit(texts)
+        result = await app[BATCHER_KEY].submit(parsed.texts)
     except QueueFullError as err:
         return error_response(503, f"server is overloaded: {err}; retry later",
                               "server_overloaded", headers={"Retry-After": "1"})
     except BatcherClosedError as err:
         return error_response(503, str(err), "server_unavailable")
+    except NonFiniteOutputError as err:
+        app[METRICS_KEY].model_errors.labels("non_finite").inc()
+        logger.error("%s", err)
+        return error_response(500, "the model produced non-finite values for this input; "
+                                   "no embedding is returned", "model_error")
+    except Exception as err:  # the model or tokenizer failed on this request alone
+        app[METRICS_KEY].model_errors.labels(type(err).__name__).inc()
+        logger.error("model failed on a request of %d texts: %s", len(parsed.texts), err)
+        return error_response(500, f"internal server error: the model failed on this input "
+                                   f"({type(err).__name__})", "internal_error")
 
+    encoding_format = parsed.encoding_format
     data = []
-    for index, vector in enumerate(result.vectors):
+    for index, vector in enumerate(shorten(result.vectors, parsed.dimensions)):
         if encoding_format == "base64":
             embedding: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
         else:

@@ -417,3 +417,121 @@ def test_background_server_is_loopback_and_stops(model):
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url + "/healthz", timeout=2)
     assert thread is not None and not thread.is_alive()
+
+
+# -- hostile inputs: an error belongs to its request ---------------------------------------
+def test_batcher_runs_each_request_alone_when_a_shared_call_fails():
+    calls: list[list[str]] = []
+    inner = fake_embed(calls)
+
+    def embed(texts):
+        if "poison" in texts:
+            calls.append(list(texts))
+            raise ValueError("cannot embed 'poison'")
+        return inner(texts)
+
+    async def main():
+        batcher = DynamicBatcher(embed, max_batch_size=16, max_wait_ms=200, max_queue=16)
+        await batcher.start()
+        requests = [["a"], ["poison", "b"], ["cc"], ["ddd"]]
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests),
+                                       return_exceptions=True)
+        await batcher.close()
+        return requests, results
+
+    requests, results = asyncio.run(main())
+    assert isinstance(results[1], ValueError)
+    for texts, result in zip(requests, results, strict=True):
+        if texts != ["poison", "b"]:
+            assert result.vectors[:, 0].tolist() == [len(t) for t in texts]
+    assert calls[0] == ["a", "poison", "b", "cc", "ddd"]  # shared, failed, then one by one
+
+
+def poisoned_model_dir(tmp_path, word: str = "fox"):
+    """A tiny export whose embedding row of `word` is NaN (a corrupt weight)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tests.serving_model import VOCAB
+
+    tiny = build_tiny_model_dir(tmp_path / "poisoned", int8=False)
+    path = tiny.folder / "model.onnx"
+    graph = onnx.load(path)
+    for index, init in enumerate(graph.graph.initializer):
+        if init.name == "word_emb":
+            table = numpy_helper.to_array(init).copy()
+            table[VOCAB.index(word)] = np.nan
+            graph.graph.initializer[index].CopyFrom(numpy_helper.from_array(table, "word_emb"))
+    onnx.save(graph, path)
+    return tiny.folder
+
+
+def test_non_finite_embeddings_are_never_served(tmp_path):
+    from serving.runtime import NonFiniteOutputError
+
+    poisoned = EmbeddingModel(poisoned_model_dir(tmp_path), intra_op_threads=1)
+    with pytest.raises(NonFiniteOutputError, match=r"non-finite values for 1 of 2 texts"):
+        poisoned.embed(["the cat", "the fox"])
+    config = ServerConfig(max_wait_ms=300, max_batch_size=32)
+    with BackgroundServer(create_app(poisoned, config)) as server:
+        bodies = [{"input": ["the cat"]}, {"input": ["a quick fox"]}, {"input": ["the dog"]}]
+        results = asyncio.run(post_many(server.url, bodies))
+        assert [status for status, _, _ in results] == [200, 500, 200]
+        assert results[1][1]["error"]["type"] == "model_error"
+        _, text, _ = request(server.url + "/metrics", method="GET")
+    assert metric_values(text)['tf_minilm_model_errors_total{kind="non_finite"}'] == 1
+
+
+def test_a_lone_surrogate_is_a_400_for_its_request_only(model):
+    config = ServerConfig(max_wait_ms=300, max_batch_size=64)
+    with BackgroundServer(create_app(model, config)) as server:
+        good = [{"input": [text]} for text in TEXTS * 3]
+        bodies = good[:5] + [{"input": ["bad \ud800 text"]}] + good[5:]
+        results = asyncio.run(post_many(server.url, bodies))
+    statuses = [status for status, _, _ in results]
+    assert statuses[5] == 400 and "not valid Unicode" in results[5][1]["error"]["message"]
+    assert statuses[:5] + statuses[6:] == [200] * len(good)
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    (b'{"input": "ok", "dimensions": 0}', "'dimensions' must be an integer in [1, 16]"),
+    (b'{"input": "ok", "dimensions": 17}', "'dimensions' must be an integer in [1, 16]"),
+    (b'{"input": "ok", "dimensions": "8"}', "'dimensions' must be an integer"),
+    (b'{"input": "ok", "x": ' + b"9" * 5000 + b"}", "not valid JSON"),
+])
+def test_more_bad_bodies_are_json_400(model, raw, message):
+    with BackgroundServer(create_app(model)) as server:
+        status, body, _ = request(server.url + "/v1/embeddings", raw=raw)
+        assert status == 400 and message in body["error"]["message"], body
+        assert request(server.url + "/v1/embeddings", {"input": ["cat"]})[0] == 200
+
+
+def test_dimensions_truncates_and_renormalises(model):
+    with BackgroundServer(create_app(model)) as server:
+        status, body, _ = request(server.url + "/v1/embeddings",
+                                  {"input": ["the cat sat"], "dimensions": 8})
+    assert status == 200
+    got = np.asarray(body["data"][0]["embedding"])
+    full = model.encode(["the cat sat"])[0]
+    np.testing.assert_allclose(got, full[:8] / np.linalg.norm(full[:8]), atol=1e-6)
+
+
+def test_stalled_and_vanishing_clients_get_408_and_no_500(model):
+    import socket
+
+    config = ServerConfig(read_timeout_s=0.5)
+    with BackgroundServer(create_app(model, config)) as server:
+        head = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n")
+        with socket.create_connection((server.host, server.port), timeout=10) as stalled:
+            stalled.sendall(head + b'{"input": ')
+            reply = stalled.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply
+        with socket.create_connection((server.host, server.port), timeout=10) as gone:
+            gone.sendall(head + b'{"input": ')
+        time.sleep(1.0)
+        assert request(server.url + "/v1/embeddings", {"input": ["cat"]})[0] == 200
+        _, text, _ = request(server.url + "/metrics", method="GET")
+    values = metric_values(text)
+    assert not [k for k in values if 'status="500"' in k], text
