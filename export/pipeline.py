@@ -43,7 +43,7 @@ from tf_minilm.constants import (
     ONNX_MODEL_FILE,
     TOKENIZER_FILES,
 )
-from tf_minilm.fileio import staged_folder
+from tf_minilm.fileio import NotOurFolderError, check_replaceable, staged_folder
 from tf_minilm.versions import installed_versions
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def load_student(source: Any, tokenizer: Any = None) -> Student:
     if isinstance(source, Encoder):
         if tokenizer is None:
             raise ExportError("exporting an Encoder object needs a tokenizer (folder or object)")
+        _check_finite(source, f"<{source.name}>")
         return Student(source, tokenizer, f"<{source.name}>", "object", tokenizer_dir)
 
     if not isinstance(source, str | os.PathLike):
@@ -146,6 +147,7 @@ def load_student(source: Any, tokenizer: Any = None) -> Student:
         raise ExportError(f"cannot load {path}: {err}") from err
     if not isinstance(model, Encoder):
         raise ExportError(f"{path} holds a {type(model).__name__}, not a tf_minilm Encoder")
+    _check_finite(model, path)
     if tokenizer is None:
         sibling = os.path.join(os.path.dirname(path), "student")
         if not (os.path.isdir(sibling) and _has_tokenizer(sibling)):
@@ -164,21 +166,25 @@ def load_student(source: Any, tokenizer: Any = None) -> Student:
     return Student(model, tokenizer, path, "keras", tokenizer_dir)
 
 
+def _check_finite(encoder: Any, source: str) -> None:
+    from tf_minilm.model.encoder import non_finite_weights
+
+    bad = non_finite_weights(encoder)
+    if bad:
+        raise ExportError(f"cannot export {source}: weight(s) {', '.join(bad[:3])} hold NaN or "
+                          "infinite values (corrupt weights); nothing was written")
+
+
 def _check_output_dir(output_dir: str, student: Student) -> None:
     if student.source_type != "object":
         real_out = os.path.realpath(output_dir)
         real_src = os.path.realpath(student.source)
         if real_src == real_out or real_src.startswith(real_out + os.sep):
             raise ExportError(f"output {output_dir} would replace the student {student.source}")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ExportError(f"output {output_dir} exists and is not a folder")
-    if os.path.isdir(output_dir):
-        entries = os.listdir(output_dir)
-        if entries and not {EXPORT_REPORT_FILE, ONNX_MODEL_FILE} & set(entries):
-            raise ExportError(
-                f"refusing to replace {output_dir}: it is not empty and holds no {EXPORT_REPORT_FILE} or "
-                f"{ONNX_MODEL_FILE} of an earlier export; choose a new or empty folder"
-            )
+    try:
+        check_replaceable(output_dir)
+    except NotOurFolderError as err:
+        raise ExportError(f"refusing to replace the output: {err}") from err
 
 
 def _write_side_files(staging: str, student: Student) -> list[str]:
@@ -278,7 +284,7 @@ def export_model(
     from export.quantize import quantize_int8
     from export.validate import validate_export
 
-    with staged_folder(output_dir) as staging:
+    with staged_folder(output_dir, "onnx-export") as staging:
         function = embedding_function(float32_copy(student.encoder), pooling)
         logger.info("converting %s (opset %d, %s pooling)", student.source, opset, pooling)
         model = function_to_onnx(function, opset)

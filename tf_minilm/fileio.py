@@ -1,8 +1,11 @@
 """Atomic writes of files and folders: write beside the destination, then move into place.
 
 Owns: every write that must never leave a partial result under its final name (run
-files, checkpoints' JSON, model folders, exports). An interrupted write leaves the old
-file or folder as it was, and outputs get ordinary permissions (tempfile's private
+files, checkpoints, model folders, exports), and folder ownership: a folder is ours only
+if it holds the `OWNER_MARKER` file we wrote, so a user's folder is never replaced or
+written into because of what its files are called. An interrupted write leaves the old
+file or folder as it was (stale staging folders of killed writes are removed by the next
+write of the same folder), and outputs get ordinary permissions (tempfile's private
 0600/0700 are relaxed to the umask). Imports: the standard library only.
 """
 
@@ -16,6 +19,9 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+OWNER_MARKER = ".tf-minilm-owned"
+"""A file tf-minilm writes into every folder it creates; only such folders are replaced."""
+STAGING = ".staging-"
 PARTIAL = ".partial"
 """Marks the temporary file of an atomic write (a killed write leaves one behind)."""
 
@@ -112,22 +118,80 @@ def replace_folder(staging: str, folder: str) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+class NotOurFolderError(ValueError):
+    """A non-empty folder without tf-minilm's marker: it is the user's, not ours to replace."""
+
+
+def is_owned(folder: str | os.PathLike) -> bool:
+    """True if `folder` holds the marker tf-minilm writes into the folders it creates."""
+    return os.path.isfile(os.path.join(os.fspath(folder), OWNER_MARKER))
+
+
+def check_replaceable(folder: str | os.PathLike) -> None:
+    """Raise `NotOurFolderError` unless `folder` is absent, empty, or ours (marked).
+
+    Raises:
+        NotOurFolderError: the message names the folder and what to do.
+    """
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotOurFolderError(f"{folder} exists and is not a folder")
+    if os.path.isdir(folder) and os.listdir(folder) and not is_owned(folder):
+        raise NotOurFolderError(
+            f"{folder} is not empty and was not written by tf-minilm (no {OWNER_MARKER} "
+            "file); nothing in it was changed: choose a new or empty folder")
+
+
+def claim_folder(folder: str | os.PathLike, kind: str) -> None:
+    """Create `folder` (or take an empty one) and mark it as tf-minilm's `kind` output.
+
+    Raises:
+        NotOurFolderError: it is a non-empty folder that is not ours.
+    """
+    check_replaceable(folder)
+    os.makedirs(folder, exist_ok=True)
+    if not is_owned(folder):
+        write_json_atomic(os.path.join(os.fspath(folder), OWNER_MARKER),
+                          {"written_by": "tf-minilm", "kind": kind})
+
+
+def _remove_stale_staging(folder: str) -> None:
+    """Staging folders and backups of `folder` left by a write that was killed."""
+    parent, name = os.path.split(folder)
+    for entry in os.listdir(parent):
+        stale = entry.startswith(f".{name}{STAGING}") or entry.startswith(f"{name}.old-.")
+        if stale and os.path.isdir(os.path.join(parent, entry)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
 @contextlib.contextmanager
-def staged_folder(folder: str | os.PathLike) -> Iterator[str]:
+def staged_folder(folder: str | os.PathLike, kind: str = "folder") -> Iterator[str]:
     """Yield an empty staging folder beside `folder`; on success it replaces `folder`.
 
-    On an exception the staging folder is removed and `folder` is left untouched.
+    `folder` must be absent, empty or ours (`check_replaceable`); the result is marked
+    ours. On an exception the staging folder is removed and `folder` is left untouched.
+
+    Args:
+        folder: the final folder.
+        kind: what it holds, recorded in the marker ("hf-checkpoint", "onnx-export").
+
+    Raises:
+        NotOurFolderError: `folder` holds files tf-minilm did not write.
 
     Example:
     >>> with staged_folder("runs/x/student") as staging:  # doctest: +SKIP
     ...     write_everything_into(staging)
     """
     folder = os.path.abspath(os.fspath(folder))
+    check_replaceable(folder)
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.staging-", dir=parent)
+    _remove_stale_staging(folder)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}{STAGING}", dir=parent)
     try:
         yield staging
+        write_json_atomic(os.path.join(staging, OWNER_MARKER),
+                          {"written_by": "tf-minilm", "kind": kind})
         replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -69,17 +69,38 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
     return DistillConfig.from_mapping(values, source)
 
 
-def run(args: argparse.Namespace) -> int:
+def _exit_code(err: Exception) -> int | None:
+    """2 for bad input (one line, nothing trained), 1 for a run that stopped with its state
+    saved, None for a bug (a traceback). Imported here: a bad flag never loads TensorFlow."""
     from tf_minilm.data.corpus import CorpusError
 
+    if isinstance(err, ConfigError | CorpusError):
+        return 2
+    from tf_minilm.distill.callbacks import NonFiniteLossError
+    from tf_minilm.distill.runtime import StrategyError
+    from tf_minilm.distill.state import TrainingCheckpointError
+    from tf_minilm.distill.trainer import DataExhaustedError
+    from tf_minilm.hf.errors import CheckpointError
+
+    if isinstance(err, CheckpointError | TrainingCheckpointError | StrategyError):
+        return 2
+    if isinstance(err, NonFiniteLossError | DataExhaustedError):
+        return 1
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         from tf_minilm.distill import job
 
         summary = job.run(config)
-    except (ConfigError, CorpusError) as err:
+    except Exception as err:
+        code = _exit_code(err)
+        if code is None:
+            raise
         logger.error("%s", err)
-        return 2
+        return code
     evaluation = summary.get("eval") or {}
     fidelity = {where: {key: value for key, value in values.items()
                         if key in ("spearman", "cka", "knn@10", "skipped")}

@@ -29,7 +29,13 @@ from typing import Any
 
 from tf_minilm.constants import RUN_FILES
 from tf_minilm.distill.config import DistillConfig
-from tf_minilm.fileio import atomic_path, write_json_atomic
+from tf_minilm.fileio import (
+    NotOurFolderError,
+    atomic_path,
+    check_replaceable,
+    claim_folder,
+    write_json_atomic,
+)
 from tf_minilm.model.config import ConfigError, EncoderConfig, check_layer_number
 from tf_minilm.versions import environment
 
@@ -228,7 +234,12 @@ def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
                 f"--output {output} already holds a run ({', '.join(existing)}); pass --resume to "
                 "continue it, or choose another --output (nothing was changed)"
             )
+        try:
+            check_replaceable(output)
+        except NotOurFolderError as err:
+            raise ConfigError(f"--output: {err}") from err
         return None
+
     saved_path = os.path.join(output, "config.json")
     if not os.path.exists(saved_path):
         raise ConfigError(f"--resume: {saved_path} not found; there is no run to resume in {output}")
@@ -263,9 +274,18 @@ def run(config: DistillConfig) -> dict[str, Any]:
     job = resolve(config)
     check_output_folder(job)
     output = job.config.output
-    os.makedirs(output, exist_ok=True)
-    write_json_atomic(os.path.join(output, "config.json"), job.to_dict())
-    write_json_atomic(os.path.join(output, "versions.json"), environment())
+    try:
+        claim_folder(output, "distill-run")
+    except NotOurFolderError as err:
+        raise ConfigError(f"--output: {err}") from err
+
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.errors import CheckpointError
+
+    try:  # corrupt weights or a foreign tokenizer fail here, before the corpus is read
+        load_hf_checkpoint(job.teacher_dir)
+    except CheckpointError as err:
+        raise ConfigError(f"--teacher: {err}") from err
     logger.info("teacher %s (%d x %d), student %d x %d (%d heads, FFN %d), init %s, %s",
                 job.teacher_dir, job.teacher_config.num_hidden_layers,
                 job.teacher_config.hidden_size, job.student_config.num_hidden_layers,
@@ -276,7 +296,6 @@ def run(config: DistillConfig) -> dict[str, Any]:
     from tf_minilm.data.corpus import ReadOptions
     from tf_minilm.data.pipeline import make_dataset, make_eval_dataset
     from tf_minilm.data.prepare import prepare_corpus
-    from tf_minilm.hf.checkpoints import load_hf_checkpoint
     from tf_minilm.hf.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(job.teacher_dir)
@@ -290,6 +309,10 @@ def run(config: DistillConfig) -> dict[str, Any]:
     if len(prepared.train) < config.batch_size:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(prepared.train)} "
                           "training sequences of the corpus")
+    # The inputs are known good: only now does the folder become a run (a start that
+    # failed above leaves no config.json, so the same command can simply be run again).
+    write_json_atomic(os.path.join(output, "config.json"), job.to_dict())
+    write_json_atomic(os.path.join(output, "versions.json"), environment())
 
     def make_train_dataset(start_step: int) -> Any:
         return make_dataset(prepared.train, config.batch_size, seed=config.seed,

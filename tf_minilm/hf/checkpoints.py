@@ -23,7 +23,7 @@ import numpy as np
 import tokenizers
 
 from tf_minilm.constants import HF_WEIGHT_FILES, SAFETENSORS_FILE
-from tf_minilm.fileio import staged_folder
+from tf_minilm.fileio import NotOurFolderError, check_replaceable, staged_folder
 from tf_minilm.hf.errors import CheckpointError
 from tf_minilm.hf.tokenizer import load_tokenizer, tokenizer_files
 from tf_minilm.model.config import ConfigError, EncoderConfig
@@ -94,7 +94,7 @@ def assign_state_dict(encoder: Encoder, state: dict[str, np.ndarray], source: st
     """Assign HF-named arrays to the encoder; errors name `source` and the tensor.
 
     The pooler is optional (sentence-embedding checkpoints often drop it); every other
-    tensor must be present with the expected shape.
+    tensor must be present with the expected shape and hold finite values only.
     """
     state = _canonical_names(state)
     missing = []
@@ -112,6 +112,10 @@ def assign_state_dict(encoder: Encoder, state: dict[str, np.ndarray], source: st
                 f"expected {tuple(variable.shape[::-1]) if kernel else tuple(variable.shape)} "
                 "from config.json"
             )
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise CheckpointError(f"{source}: tensor '{name}' holds {bad} NaN or infinite "
+                                  "value(s); the weights file is corrupt")
         variable.assign(value)
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
@@ -197,7 +201,8 @@ def save_hf_checkpoint(
     Args:
         encoder: the encoder to save (weights are written as float32).
         tokenizer: its tokenizer, or None to write weights and config only.
-        folder: destination folder (replaced if it exists).
+        folder: destination folder (replaced if it exists and tf-minilm wrote it; a
+            non-empty folder of anyone else's is refused).
 
     Returns:
         The folder path.
@@ -205,7 +210,11 @@ def save_hf_checkpoint(
     from safetensors.numpy import save_file
 
     folder = os.path.abspath(os.fspath(folder))
-    with staged_folder(folder) as staging:
+    try:
+        check_replaceable(folder)
+    except NotOurFolderError as err:
+        raise CheckpointError(f"cannot save the checkpoint: {err}") from err
+    with staged_folder(folder, "hf-checkpoint") as staging:
         config = encoder.config
         with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config.to_hf_dict(), handle, indent=2, sort_keys=True)

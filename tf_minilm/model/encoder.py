@@ -1,6 +1,7 @@
 """`Encoder`: a BERT / RoBERTa / XLM-R encoder as a Keras 3 model that exposes Q/K/V.
 
-Owns: `Encoder`, `copy_encoder` and `copy_weights` (the one weight copy). Imports:
+Owns: `Encoder`, `copy_encoder` and `copy_weights` (the one weight copy), and
+`non_finite_weights` (the corrupt-weights check of models loaded from `.keras`). Imports:
 `model.config`, `model.layers`, `constants`.
 """
 
@@ -185,3 +186,11 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
             raise ValueError(f"cannot copy {source.name} into {target.name}: weight {frm.path} "
                              f"{tuple(frm.shape)} does not match {to.path} {tuple(to.shape)}")
         to.assign(ops.cast(frm, to.dtype))
+
+
+def non_finite_weights(model: keras.Model) -> list[str]:
+    """Paths of `model`'s weights that hold a NaN or an infinity (corrupt weights)."""
+    import numpy as np
+
+    return [w.path for w in model.weights
+            if not np.isfinite(np.asarray(ops.convert_to_numpy(w), np.float64)).all()]
