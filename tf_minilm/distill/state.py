@@ -84,6 +84,35 @@ class CheckpointManager:
         found = self.checkpoints()
         return found[-1][1] if found else None
 
+    def newest_readable(self) -> tuple[str, dict[str, Any]] | None:
+        """(path, header) of the newest checkpoint that reads back intact, or None.
+
+        A newer checkpoint that does not read (truncated, zeroed, bad CRC) is renamed
+        `<name>.corrupt` (kept, never deleted) with a warning naming it, and the previous
+        one is used; resume then continues from there.
+
+        Raises:
+            TrainingCheckpointError: checkpoints exist but none of them reads.
+        """
+        found = self.checkpoints()
+        problems = []
+        for _, path in reversed(found):
+            try:
+                header = self.read(path)[2]
+            except TrainingCheckpointError as err:
+                problems.append(str(err))
+                logger.warning("%s; trying the previous checkpoint", err)
+                if self.is_chief:
+                    os.replace(path, path + ".corrupt")
+                continue
+            if problems:
+                logger.warning("resuming from %s, the newest intact checkpoint", path)
+            return path, header
+        if problems:
+            raise TrainingCheckpointError("no training checkpoint in " + self.directory
+                                          + " reads back: " + "; ".join(problems))
+        return None
+
     def remove_stale_temporaries(self) -> None:
         """Delete temporary files left by a save that was killed half-way."""
         if not self.is_chief or not os.path.isdir(self.directory):
@@ -149,9 +178,10 @@ class CheckpointManager:
                 optimizer = [
                     data[f"optimizer/{i:05d}"] for i in range(len(header["optimizer_variables"]))
                 ]
-        except (OSError, KeyError, ValueError) as err:
-            raise TrainingCheckpointError(f"{path}: not a readable training checkpoint ({err})") \
-                from err
+        except Exception as err:  # zip, CRC, zlib, EOF, JSON, missing keys: all corruption
+            raise TrainingCheckpointError(
+                f"{path}: not a readable training checkpoint ({type(err).__name__}: {err})"
+            ) from err
         if header.get("format") != CHECKPOINT_FORMAT:
             raise TrainingCheckpointError(
                 f"{path}: checkpoint format {header.get('format')!r}, expected {CHECKPOINT_FORMAT}"

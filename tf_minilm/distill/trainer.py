@@ -136,10 +136,10 @@ def _plan_resume(manager: CheckpointManager, options: TrainOptions) -> _ResumePl
             f"{existing[-1][0]}); resume it (resume=True) or use a new output folder"
         )
     warmup = options.resolved_warmup_steps
-    if not existing:
+    newest = manager.newest_readable() if existing else None
+    if newest is None:
         return _ResumePlan(None, None, warmup, options.steps, [], None)
-    path = existing[-1][1]
-    header = CheckpointManager.read(path)[2]
+    path, header = newest
     saved = header.get("fingerprint", {})
     replans = [(int(a), int(b)) for a, b in saved.get("replans", [])]
     saved_steps = saved.get("steps")
