@@ -35,6 +35,8 @@ SERVE = [
 TEST = [
     "pytest>=8",
     "ruff>=0.6",
+    # Property-based tests of the request parser and the config loader.
+    "hypothesis>=6.100,<7",
     # Independent numerical reference for the encoder port (PyTorch CPU build).
     "transformers>=5,<6",
 ]

@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="most seconds per concurrency level")
     load.add_argument("--texts-per-request", type=int, default=1,
                       help="texts in each load-test request")
+    load.add_argument("--bad-fraction", type=float, default=0.0,
+                      help="share of load-test requests replaced by malformed ones "
+                           "(each must get a 4xx), in [0, 1)")
 
 
 def _load_test_model(models: list[str]) -> str | None:
@@ -111,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         load_kwargs = dict(concurrency_levels=args.concurrency,
                            requests_per_level=args.load_requests,
                            time_budget_s=args.load_time_budget,
-                           texts_per_request=args.texts_per_request, seed=args.seed)
+                           texts_per_request=args.texts_per_request, seed=args.seed,
+                           bad_fraction=args.bad_fraction)
         if args.server_url:
             result["load_test"] = {"server": args.server_url,
                                    "levels": run_load_test(args.server_url, **load_kwargs)}
@@ -132,14 +136,16 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(f"load test of {result['load_test']['server']} "
               f"({args.texts_per_request} text(s) per request)")
-        print(f"{'clients':>7} {'requests':>8} {'ok':>6} {'errors':>8} {'req/s':>8} "
-              f"{'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'clients':>7} {'requests':>8} {'ok':>6} {'errors':>8} {'bad':>5} "
+              f"{'bad 4xx':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'healthy':>7}")
         for level in result["load_test"]["levels"]:
             p50 = "-" if level["p50_ms"] is None else f"{level['p50_ms']:.1f}"
             p99 = "-" if level["p99_ms"] is None else f"{level['p99_ms']:.1f}"
             print(f"{level['concurrency']:>7} {level['requests']:>8} {level['ok']:>6} "
-                  f"{sum(level['errors'].values()):>8} {level['requests_per_s']:>8.1f} "
-                  f"{p50:>8} {p99:>8}")
+                  f"{sum(level['errors'].values()):>8} {level['malformed']:>5} "
+                  f"{level['malformed_answers'].get('4xx', 0):>7} "
+                  f"{level['requests_per_s']:>8.1f} {p50:>8} {p99:>8} "
+                  f"{'yes' if level['healthy_after'] else 'NO':>7}")
     if args.json:
         if "versions" not in result:
             from serving.bench import versions

@@ -4,9 +4,10 @@ Owns: the load loop and its report. Imports: nothing from the project (standard 
 and aiohttp).
 
 At each concurrency level, that many client tasks send `POST /v1/embeddings` in a
-loop until the level's request count or time budget is used up; the result gives
-requests/s and latency percentiles of the successful requests and counts errors by
-status. Only loopback servers (127.0.0.1 / localhost) are accepted.
+loop until the level's request count or time budget is used up, a chosen share of them
+malformed (`MALFORMED_BODIES`); the result gives requests/s and latency percentiles of
+the good requests, counts errors by status, how the malformed ones were answered, and
+whether the server was healthy afterwards. Only loopback servers (127.0.0.1 / localhost) are accepted.
 `start_local_server` runs `python -m serving.cli_serve` on a free loopback port.
 """
 
@@ -31,6 +32,17 @@ from urllib.parse import urlsplit
 import numpy as np
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+MALFORMED_BODIES = (
+    b"{not json",
+    b'{"input": "lone surrogate \\ud800 here"}',
+    b'{"input": []}',
+    b'{"input": 7}',
+    b'{"input": ["ok", null]}',
+    b'{"input": "ok", "dimensions": -3}',
+    b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b"\xff\xfe\x00",
+)
+"""Bad requests a load test mixes in; each must get a 4xx, never a 5xx."""
 WORDS = ("the model reads short and long sentences about cats dogs weather markets music "
          "films science sport travel food code servers latency tokens vectors search "
          "questions answers news today tomorrow quickly slowly").split()
@@ -57,12 +69,18 @@ def synthetic_texts(count: int, seed: int = 0, min_words: int = 4,
 
 
 async def _level(url: str, texts: Sequence[str], concurrency: int, max_requests: int,
-                 time_budget_s: float, texts_per_request: int) -> dict[str, Any]:
+                 time_budget_s: float, texts_per_request: int,
+                 bad_fraction: float = 0.0) -> dict[str, Any]:
     import aiohttp
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    bad: dict[str, int] = {}
     issued = 0
+    # Request i is malformed when it crosses a multiple of 1 / bad_fraction: an exact,
+    # evenly spread share, the same in every run.
+    def is_bad(i: int) -> bool:
+        return int((i + 1) * bad_fraction) > int(i * bad_fraction)
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -72,8 +90,20 @@ async def _level(url: str, texts: Sequence[str], concurrency: int, max_requests:
         async def client() -> None:
             nonlocal issued
             while issued < max_requests and time.perf_counter() < deadline:
+                index = issued
                 first = (issued * texts_per_request) % len(texts)
                 issued += 1
+                if is_bad(index):
+                    raw = MALFORMED_BODIES[index % len(MALFORMED_BODIES)]
+                    try:
+                        async with session.post(url + "/v1/embeddings", data=raw, headers={
+                                "Content-Type": "application/json"}) as resp:
+                            await resp.read()
+                            key = "4xx" if 400 <= resp.status < 500 else str(resp.status)
+                    except (aiohttp.ClientError, TimeoutError) as err:
+                        key = type(err).__name__
+                    bad[key] = bad.get(key, 0) + 1
+                    continue
                 body = {"input": [texts[(first + i) % len(texts)]
                                   for i in range(texts_per_request)]}
                 t0 = time.perf_counter()
@@ -98,7 +128,8 @@ async def _level(url: str, texts: Sequence[str], concurrency: int, max_requests:
         return float(np.percentile(ms, q)) if ok else None
 
     return {"concurrency": concurrency, "texts_per_request": texts_per_request,
-            "requests": issued, "ok": ok, "errors": errors, "duration_s": elapsed,
+            "requests": issued, "ok": ok, "errors": errors,
+            "malformed": sum(bad.values()), "malformed_answers": bad, "duration_s": elapsed,
             "requests_per_s": ok / elapsed if elapsed > 0 else 0.0,
             "texts_per_s": ok * texts_per_request / elapsed if elapsed > 0 else 0.0,
             "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99)}
@@ -106,7 +137,8 @@ async def _level(url: str, texts: Sequence[str], concurrency: int, max_requests:
 
 def run_load_test(url: str, concurrency_levels: Sequence[int] = (1, 4, 16),
                   requests_per_level: int = 200, time_budget_s: float = 10.0,
-                  texts_per_request: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+                  texts_per_request: int = 1, seed: int = 0,
+                  bad_fraction: float = 0.0) -> list[dict[str, Any]]:
     """Loads a loopback server at several concurrency levels.
 
     Args:
@@ -116,11 +148,14 @@ def run_load_test(url: str, concurrency_levels: Sequence[int] = (1, 4, 16),
         time_budget_s: most seconds per level (requests in flight are awaited).
         texts_per_request: texts in each request's `input`.
         seed: seed of the synthetic texts.
+        bad_fraction: share of requests replaced by a `MALFORMED_BODIES` body, in [0, 1).
 
     Returns:
         One dict per level: concurrency, texts_per_request, requests, ok, errors
-        (count per status or exception), duration_s, requests_per_s, texts_per_s,
-        p50_ms, p90_ms, p99_ms (None when nothing succeeded).
+        (count per status or exception, good requests only), malformed and
+        malformed_answers ("4xx" or the status / exception otherwise), duration_s,
+        requests_per_s, texts_per_s, p50_ms, p90_ms, p99_ms of the good requests (None
+        when nothing succeeded), and healthy_after (GET /healthz answered 200).
 
     Raises:
         ValueError: `url` is not loopback or a bound is not positive.
@@ -128,16 +163,34 @@ def run_load_test(url: str, concurrency_levels: Sequence[int] = (1, 4, 16),
     url = check_loopback_url(url)
     if requests_per_level < 1 or time_budget_s <= 0 or texts_per_request < 1:
         raise ValueError("requests_per_level, time_budget_s and texts_per_request must be > 0")
+    if not 0 <= bad_fraction < 1:
+        raise ValueError(f"bad_fraction must be in [0, 1), got {bad_fraction}")
     if not concurrency_levels or any(c < 1 for c in concurrency_levels):
         raise ValueError(f"concurrency levels must be >= 1, got {list(concurrency_levels)}")
     texts = synthetic_texts(256, seed)
 
     async def main() -> list[dict[str, Any]]:
         await _level(url, texts, 1, 2, time_budget_s, texts_per_request)  # warm-up
-        return [await _level(url, texts, c, requests_per_level, time_budget_s,
-                             texts_per_request) for c in concurrency_levels]
+        levels = []
+        for c in concurrency_levels:
+            level = await _level(url, texts, c, requests_per_level, time_budget_s,
+                                 texts_per_request, bad_fraction)
+            level["healthy_after"] = await _healthy(url)
+            levels.append(level)
+        return levels
 
     return asyncio.run(main())
+
+
+async def _healthy(url: str) -> bool:
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
+                session.get(url + "/healthz") as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
 
 
 def free_loopback_port() -> int:

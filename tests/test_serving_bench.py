@@ -164,6 +164,18 @@ def test_load_test_against_a_running_server(tiny):
         assert 0 < level["p50_ms"] <= level["p99_ms"]
 
 
+def test_load_test_with_malformed_requests_mixed_in(tiny):
+    model = EmbeddingModel(tiny.folder, intra_op_threads=1)
+    with BackgroundServer(create_app(model, ServerConfig(max_wait_ms=2))) as server:
+        levels = run_load_test(server.url, concurrency_levels=(1, 4, 8), requests_per_level=64,
+                               time_budget_s=30, bad_fraction=0.25)
+    for level in levels:
+        assert level["requests"] == 64 and level["malformed"] == 16
+        assert level["malformed_answers"] == {"4xx": 16}  # every bad one refused, no 5xx
+        assert level["ok"] == 48 and level["errors"] == {}  # every good one served
+        assert level["p99_ms"] is not None and level["healthy_after"]
+
+
 def test_load_test_stops_at_time_budget_and_counts_errors(tiny):
     model = EmbeddingModel(tiny.folder, intra_op_threads=1)
     config = ServerConfig(max_chars_per_text=5)  # every synthetic text is rejected with 413

@@ -25,6 +25,9 @@ from tf_minilm.tokens import tokenize
 
 logger = logging.getLogger(__name__)
 
+MIN_SCALE = 1e-6
+"""Floor of a feature's standard deviation in the probe's standardisation."""
+
 
 @dataclasses.dataclass
 class LinearProbe:
@@ -35,7 +38,7 @@ class LinearProbe:
 
     Args:
         mean: feature means of the training set [dim].
-        scale: feature standard deviations of the training set [dim].
+        scale: feature standard deviations of the training set [dim] (>= `MIN_SCALE`).
         weights: [dim, num_classes] on standardised features.
         bias: [num_classes].
         loss: final training objective.
@@ -88,6 +91,9 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
     if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
         raise ValueError(f"features {x.shape} and labels {y.shape} do not match")
     scaler = StandardScaler().fit(x)
+    # A (near-)constant embedding dimension must not become a unit-variance feature of
+    # float rounding noise: its scale is floored (MIN_SCALE) so it stays near zero.
+    scaler.scale_ = np.maximum(scaler.scale_, MIN_SCALE)
     x = scaler.transform(x)
     weights = np.zeros((x.shape[1], num_classes))
     bias = np.full(num_classes, -1e9)  # classes never seen in training are never predicted
