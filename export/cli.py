@@ -15,6 +15,8 @@ import logging
 import os
 import sys
 
+from tf_minilm.argtypes import finite_float
+
 HELP = ("export a student (HF folder or .keras file) to ONNX fp32 + int8 with onnxruntime "
         "fusions, checked for parity against Keras and written atomically")
 
@@ -49,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pooling of the sentence_embedding output (L2-normalised)")
     parser.add_argument("--max-seq-len", type=int, default=128,
                         help="longest input in tokens, capped by the model's position table")
-    parser.add_argument("--int8-min-cosine", type=float, default=0.99,
+    parser.add_argument("--int8-min-cosine", type=finite_float, default=0.99,
                         help="least cosine between each int8 and Keras float32 sentence embedding "
                              "on the built-in validation sentences; below it the export fails")
     parser.add_argument("--tokenizer", default=None, metavar="DIR",

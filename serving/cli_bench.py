@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tf_minilm.argtypes import finite_float
+
 HELP = ("benchmark exported ONNX models (fp32/int8) against the Keras student: latency "
         "p50/p90/p99 at batch 1, throughput at batch 32, and an HTTP load test")
 
@@ -48,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sequence length of the throughput row (tokens)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before each row")
     parser.add_argument("--repeats", type=int, default=100, help="most timed calls per row")
-    parser.add_argument("--time-budget", type=float, default=10.0,
+    parser.add_argument("--time-budget", type=finite_float, default=10.0,
                         help="most seconds of timed calls per row")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
     parser.add_argument("--json", metavar="FILE", default=None,
@@ -65,11 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="concurrency levels, comma-separated (simultaneous clients)")
     load.add_argument("--load-requests", type=int, default=200,
                       help="most requests per concurrency level")
-    load.add_argument("--load-time-budget", type=float, default=10.0,
+    load.add_argument("--load-time-budget", type=finite_float, default=10.0,
                       help="most seconds per concurrency level")
     load.add_argument("--texts-per-request", type=int, default=1,
                       help="texts in each load-test request")
-    load.add_argument("--bad-fraction", type=float, default=0.0,
+    load.add_argument("--bad-fraction", type=finite_float, default=0.0,
                       help="share of load-test requests replaced by malformed ones "
                            "(each must get a 4xx), in [0, 1)")
 

@@ -12,6 +12,8 @@ import argparse
 import ipaddress
 import logging
 
+from tf_minilm.argtypes import finite_float
+
 HELP = ("serve an exported ONNX model folder over HTTP (POST /v1/embeddings, GET /healthz, "
         "GET /metrics) with dynamic batching on onnxruntime")
 
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="onnxruntime intra-op threads (0: one per physical core)")
     parser.add_argument("--max-batch-size", type=int, default=32,
                         help="most texts per model call (dynamic batch)")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0,
+    parser.add_argument("--max-wait-ms", type=finite_float, default=2.0,
                         help="how long a request waits for others to share its batch, in ms")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="most requests waiting for the model; more are answered 503")
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most texts per request")
     parser.add_argument("--max-chars", type=int, default=20_000,
                         help="most characters per text")
-    parser.add_argument("--max-body-mb", type=float, default=8.0,
+    parser.add_argument("--max-body-mb", type=finite_float, default=8.0,
                         help="largest request body, in MiB")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request")

@@ -32,6 +32,7 @@ import base64
 import dataclasses
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -95,8 +96,9 @@ class ServerConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ServerConfig.{field} must be a positive integer, got {value!r}")
-        if not isinstance(self.max_wait_ms, int | float) or self.max_wait_ms < 0:
-            raise ValueError(f"ServerConfig.max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
+        if not isinstance(self.max_wait_ms, int | float) or not 0 <= self.max_wait_ms < math.inf:
+            raise ValueError(f"ServerConfig.max_wait_ms must be a finite number >= 0, got "
+                             f"{self.max_wait_ms!r}")
         if not isinstance(self.read_timeout_s, int | float) or not self.read_timeout_s > 0:
             raise ValueError(
                 f"ServerConfig.read_timeout_s must be > 0, got {self.read_timeout_s!r}")

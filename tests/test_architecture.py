@@ -22,6 +22,7 @@ LAYERS = (
     ("tf_minilm.constants", 0),
     ("tf_minilm.fileio", 0),
     ("tf_minilm.versions", 0),
+    ("tf_minilm.argtypes", 0),
     ("tf_minilm.model.config", 1),
     ("tf_minilm.tokens", 1),
     ("tf_minilm.schedules", 1),

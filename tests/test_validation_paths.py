@@ -201,3 +201,22 @@ def test_warmup_equal_to_steps_fails_naming_the_flag(teacher_dir, corpus_dir, tm
     with pytest.raises(ConfigError, match=r"^--warmup-steps must be an integer in \[0, "
                                           r"--steps=300\)"):
         job.resolve(DistillConfig.from_mapping(values, "test"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "x", "--learning-rate", "inf"],
+    ["evaluate", "x", "--weight-decay", "nan"],
+    ["export", "x", "--int8-min-cosine", "nan"],
+    ["serve", "x", "--max-wait-ms", "nan"],
+    ["bench", "x", "--bad-fraction", "inf"],
+    ["bench", "x", "--time-budget", "1e999"],
+])
+def test_non_finite_float_flags_are_refused_where_parsed(argv, capsys):
+    from tf_minilm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    flag = next(a for a in argv if a.startswith("--"))
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "is not a finite number" in err, err

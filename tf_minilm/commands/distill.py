@@ -26,7 +26,7 @@ def _flag_type(kind: str) -> Any:
     if kind.startswith("int"):
         return int
     if kind.startswith("float"):
-        return float
+        return float  # finiteness is DistillConfig's rule (flags and config files alike)
     return str
 
 

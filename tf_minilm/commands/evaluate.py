@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from tf_minilm.argtypes import finite_float
+
 HELP = ("fine-tune (or --probe) one or more HF encoder folders on a downstream "
         "classification task and report held-out accuracy, macro-F1, size and speed; or, "
         "with --task fidelity, measure how closely their embeddings track a teacher's")
@@ -66,24 +68,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 64 for mr/bbc, 128 for fidelity)")
     parser.add_argument("--batch-size", type=_positive_int, default=32,
                         help="examples per training step and per inference batch")
-    parser.add_argument("--learning-rate", type=float, default=5e-5,
+    parser.add_argument("--learning-rate", type=finite_float, default=5e-5,
                         help="peak AdamW learning rate of fine-tuning")
-    parser.add_argument("--warmup", type=float, default=0.1,
+    parser.add_argument("--warmup", type=finite_float, default=0.1,
                         help="share of fine-tuning steps with linear warmup (then linear decay)")
-    parser.add_argument("--weight-decay", type=float, default=0.01,
+    parser.add_argument("--weight-decay", type=finite_float, default=0.01,
                         help="AdamW weight decay (biases and LayerNorm excluded)")
     parser.add_argument("--pooling", choices=("mean", "cls", "pooler"), default="mean",
                         help="how a text becomes one vector for the head/probe: mean over "
                              "real tokens, first-token state, or the tanh pooler")
-    parser.add_argument("--dropout", type=float, default=0.1,
+    parser.add_argument("--dropout", type=finite_float, default=0.1,
                         help="dropout before the fine-tuning head")
-    parser.add_argument("--probe-l2", type=float, default=None,
+    parser.add_argument("--probe-l2", type=finite_float, default=None,
                         help="--probe: L2 penalty on the logistic-regression weights "
                              "(features standardised); None: chosen from 1e-4..1 by "
                              "accuracy on 10%% of the training split")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the held-out split, head init, dropout and shuffling")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
+    parser.add_argument("--test-fraction", type=finite_float, default=0.2,
                         help="share of the task held out for scoring (stratified)")
     parser.add_argument("--max-train", type=_positive_int, default=None,
                         help="use at most N training examples (stratified; None: all)")

@@ -7,6 +7,7 @@ Imports: `tf_minilm.constants` only.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from tf_minilm.constants import CLASSIFIER_POOLINGS
 
@@ -68,14 +69,14 @@ class EvalSettings:
         if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) \
                 or self.max_seq_len < 2:
             raise EvaluationError(f"max_seq_len must be an integer >= 2, got {self.max_seq_len!r}")
-        if not float(self.learning_rate) > 0.0:
+        if not 0.0 < float(self.learning_rate) < math.inf:
             raise EvaluationError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise EvaluationError(
                 f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise EvaluationError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if float(self.weight_decay) < 0.0:
+        if not 0.0 <= float(self.weight_decay) < math.inf:
             raise EvaluationError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.probe_l2 is not None and not float(self.probe_l2) > 0.0:
             raise EvaluationError(f"probe_l2 must be > 0 (or None: chosen), got {self.probe_l2!r}")
