@@ -261,7 +261,7 @@ async def _embeddings(request: web.Request) -> web.Response:
                                    "no embedding is returned", "model_error")
     except Exception as err:  # the model or tokenizer failed on this request alone
         app[METRICS_KEY].model_errors.labels(type(err).__name__).inc()
-        logger.error("model failed on a request of %d texts: %s", len(parsed.texts), err)
+        logger.exception("model failed on a request of %d texts: %s", len(parsed.texts), err)
         return error_response(500, f"internal server error: the model failed on this input "
                                    f"({type(err).__name__})", "internal_error")
 
