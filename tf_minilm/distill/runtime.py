@@ -2,7 +2,8 @@
 
 Owns: choosing and building the strategy (`resolve_strategy`, from TF_CONFIG and the
 hardware), the chief worker (`is_chief`), the Keras precision policy
-(`resolve_precision`) and whether the train step is XLA-compiled (`resolve_jit_compile`).
+(`resolve_precision`), whether the train step is XLA-compiled (`resolve_jit_compile`) and
+how much memory one chunk of the relation loss takes (`resolve_relation_chunk_bytes`).
 Imports: TensorFlow and `tf_minilm.constants`.
 """
 
@@ -158,3 +159,26 @@ def resolve_jit_compile(jit_compile: bool | None, strategy: tf.distribute.Strate
     ):
         return True
     return "auto"
+
+
+# One chunk's [pairs, seq, seq] float32 relation tensor: on a CPU small enough that a
+# step's working set (a few such tensors) stays in cache (2 MiB ran 1.6-2x faster than
+# the whole tensor at once at 32 x 128, README "Relation memory"); on a GPU large enough
+# that each loop step launches kernels over many (example, head) pairs.
+CPU_RELATION_CHUNK_MB = 2
+GPU_RELATION_CHUNK_MB = 64
+
+
+def resolve_relation_chunk_bytes(chunk_mb: int | None) -> int:
+    """Bytes of one relation chunk: `chunk_mb` MiB when given, else the device's default.
+
+    Args:
+        chunk_mb: a positive number of MiB, or None for 64 with a GPU, 2 without.
+
+    Returns:
+        The budget in bytes.
+    """
+    if chunk_mb is None:
+        chunk_mb = GPU_RELATION_CHUNK_MB if tf.config.list_logical_devices("GPU") \
+            else CPU_RELATION_CHUNK_MB
+    return int(chunk_mb) * 2**20

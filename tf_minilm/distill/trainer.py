@@ -67,6 +67,7 @@ from tf_minilm.distill.runtime import (
     is_chief,
     resolve_jit_compile,
     resolve_precision,
+    resolve_relation_chunk_bytes,
     resolve_strategy,
 )
 from tf_minilm.distill.state import CheckpointManager, TrainingCheckpointError
@@ -435,6 +436,7 @@ def make_distiller(teacher: Encoder, student: Encoder, options: TrainOptions) ->
         student_layer=options.student_layer,
         num_relation_heads=options.num_relation_heads,
         relations=options.relations,
+        relation_chunk_bytes=resolve_relation_chunk_bytes(options.relation_chunk_mb),
         clipnorm=options.resolved_clipnorm,
         stage_objectives=[stage.objective for stage in options.resolved_stages()],
         pooling=options.pooling,
