@@ -143,6 +143,24 @@ def test_v2_losses_equal_the_loss_functions_on_the_chosen_layers(teacher, studen
                                expected["qq"].numpy() + expected["kv"].numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_train_step_does_not_depend_on_the_relation_chunk(teacher, jit):
+    """One pair per chunk and everything at once: same loss, same updated student."""
+    results = []
+    for chunk_bytes in (4, 10**9):
+        student = tiny_student(teacher, 1)
+        distiller = Distiller(teacher, student, num_relation_heads=8, clipnorm=1.0,
+                              relation_chunk_bytes=chunk_bytes)
+        # SGD: the update is the gradient itself (Adam would blow up rounding in tiny ones).
+        distiller.compile(optimizer=keras.optimizers.SGD(1.0), jit_compile=jit)
+        logs = distiller.train_on_batch(batch_for_step(3), return_dict=True)
+        results.append((logs["loss"], [w.numpy() for w in student.trainable_weights]))
+    (loss_a, weights_a), (loss_b, weights_b) = results
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+    for a, b in zip(weights_a, weights_b, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_v1_losses_and_metric_names(teacher):
     student = tiny_student(teacher, 2, hidden=16, heads=4)
     distiller = Distiller(teacher, student, method="minilm")
@@ -258,7 +276,7 @@ def test_get_config_from_config_round_trip(teacher, student):
                           num_relation_heads=8, relations=("kk", "vq"), clipnorm=0.5)
     clone = Distiller.from_config(distiller.get_config())
     for name in ("method", "teacher_layer", "student_layer", "num_relation_heads",
-                 "relations", "clipnorm", "term_names"):
+                 "relations", "relation_chunk_bytes", "clipnorm", "term_names"):
         assert getattr(clone, name) == getattr(distiller, name), name
     assert clone.student.config == student.config
     assert clone.teacher.config == teacher.config

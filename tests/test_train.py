@@ -104,12 +104,50 @@ def test_resolve_strategy_choices_and_errors(monkeypatch):
 
 
 def test_resolve_precision():
-    assert resolve_precision("auto") == ("mixed_float16" if tf.config.list_physical_devices("GPU")
-                                         else "float32")
+    from tf_minilm.distill.runtime import cpu_has_native_bfloat16
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    expected = "mixed_float16" if gpu else \
+        "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
+    assert resolve_precision("auto") == expected
     for name in ("float32", "mixed_bfloat16"):
         assert resolve_precision(name) == name
     with pytest.raises(StrategyError, match="unknown precision 'fp8'"):
         resolve_precision("fp8")
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
+    from tf_minilm.distill.runtime import cpu_has_native_bfloat16
+
+    cases = {"flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n": True,
+             "flags\t\t: fpu sse2 amx_tile amx_bf16 amx_int8\n": True,
+             "flags\t\t: fpu sse2 avx2 avx512f\n": False,
+             "processor\t: 0\n": False}
+    for index, (text, expected) in enumerate(cases.items()):
+        path = tmp_path / f"cpuinfo{index}"
+        path.write_text("processor\t: 0\n" + text)
+        assert cpu_has_native_bfloat16(str(path)) is expected, text
+    assert cpu_has_native_bfloat16(str(tmp_path / "missing")) is False
+
+
+def test_xla_is_off_for_bfloat16_on_cpus_unless_asked_for():
+    from tf_minilm.distill.runtime import resolve_jit_compile
+
+    strategy = tf.distribute.get_strategy()
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("the CPU rule needs a machine without a GPU")
+    assert resolve_jit_compile(None, strategy, "mixed_bfloat16") is False
+    assert resolve_jit_compile(None, strategy, "float32") is True
+    assert resolve_jit_compile(True, strategy, "mixed_bfloat16") is True
+    assert resolve_jit_compile(False, strategy, "float32") is False
+
+
+def test_relation_chunk_default_is_per_device():
+    from tf_minilm.distill.runtime import resolve_relation_chunk_bytes
+
+    expected = 64 if tf.config.list_logical_devices("GPU") else 2
+    assert resolve_relation_chunk_bytes(None) == expected * 2**20
+    assert resolve_relation_chunk_bytes(5) == 5 * 2**20
 
 
 @pytest.mark.parametrize(
@@ -121,7 +159,8 @@ def test_resolve_precision():
      ({"precision": "half"}, "precision is 'half'"),
      ({"method": "v3"}, "method is 'v3'"),
      ({"log_every": 0}, "log_every"),
-     ({"clipnorm": -1.0}, "clipnorm")],
+     ({"clipnorm": -1.0}, "clipnorm"),
+     ({"relation_chunk_mb": 0}, "relation_chunk_mb must be a positive integer")],
 )
 def test_train_options_errors_name_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -130,7 +130,8 @@ class DistillConfig:
     weight_decay: float = _field(0.01, "AdamW weight decay (not on LayerNorm and biases)")
     clipnorm: float = _field(1.0, "global gradient-norm clipping (0 disables)")
     precision: str = _field("auto", "float32, mixed_float16, mixed_bfloat16, or auto (float16 "
-                                    "on a CUDA GPU, bfloat16 on TPU, float32 on CPU)", PRECISIONS)
+                                    "on a CUDA GPU; bfloat16 on TPU and on CPUs with "
+                                    "AVX512-BF16/AMX; float32 on other CPUs)", PRECISIONS)
     strategy: str = _field("auto", "tf.distribute strategy; multi-worker reads TF_CONFIG; auto "
                                    "picks multi-worker/mirrored/default from the hardware",
                            STRATEGIES)

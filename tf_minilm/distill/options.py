@@ -91,10 +91,9 @@ class TrainOptions:
             a folder that already holds checkpoints is an error (nothing is overwritten).
         strategy: "auto", "default", "mirrored", "multi-worker" or "tpu".
         precision: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
-        jit_compile: compile the train step with XLA; None (auto): on with a single
-            replica (about 15% less CPU time per step on CPU, where Keras' own "auto"
-            would leave it off), Keras' choice with several replicas (XLA with
-            MirroredStrategy over logical CPU devices fails).
+        jit_compile: compile the train step with XLA; None (auto): off on CPUs (oneDNN's
+            kernels beat XLA's there), on with a single GPU/TPU replica, Keras' choice
+            with several (`distill.runtime.resolve_jit_compile`).
         objective: loss spec of the whole run (`tf_minilm.distill.objectives`), e.g.
             "embedding_mse + hidden_mse"; None: `method` alone.
         stages: stage specs `SPEC:STEPS` (the last may be `SPEC`), filling `steps`,

@@ -310,7 +310,7 @@ def run_distillation(
     try:
         # 2. Build teacher, student, Distiller and optimizer inside the strategy scope.
         keras.utils.set_random_seed(options.seed)
-        distiller, schedule = _build(build_models, options, plan, strategy)
+        distiller, schedule = _build(build_models, options, plan, strategy, policy)
 
         # 3. Resume: restore the newest checkpoint of this same run, trim the metrics log.
         fingerprint = _fingerprint(options, distiller, policy, plan)
@@ -405,8 +405,8 @@ def run_distillation(
 
 
 def _build(build_models: Callable[[], tuple[Encoder, Encoder]], options: TrainOptions,
-           plan: _ResumePlan,
-           strategy: tf.distribute.Strategy) -> tuple[Distiller, WarmupLinearDecay]:
+           plan: _ResumePlan, strategy: tf.distribute.Strategy,
+           policy: str) -> tuple[Distiller, WarmupLinearDecay]:
     """Teacher and student from `build_models`, the `Distiller` and its built AdamW, in scope."""
     with strategy.scope():
         distiller = make_distiller(*build_models(), options)
@@ -421,7 +421,7 @@ def _build(build_models: Callable[[], tuple[Encoder, Encoder]], options: TrainOp
             epsilon=options.adam_epsilon,
         )
         distiller.compile(optimizer=optimizer, steps_per_execution=1,
-                          jit_compile=resolve_jit_compile(options.jit_compile, strategy))
+                          jit_compile=resolve_jit_compile(options.jit_compile, strategy, policy))
         distiller.optimizer.build(distiller.all_stage_variables)
     return distiller, schedule
 
