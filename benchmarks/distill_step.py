@@ -143,7 +143,11 @@ def run_tf(args: argparse.Namespace) -> dict[str, Any]:
     from tf_minilm.distill import losses
     from tf_minilm.distill.distiller import Distiller
     from tf_minilm.distill.optimizer import make_optimizer, no_decay_variables
-    from tf_minilm.distill.runtime import resolve_relation_chunk_bytes
+    from tf_minilm.distill.runtime import (
+        resolve_jit_compile,
+        resolve_precision,
+        resolve_relation_chunk_bytes,
+    )
     from tf_minilm.hf.checkpoints import load_hf_checkpoint
     from tf_minilm.model.student import build_student
     from tf_minilm.schedules import WarmupLinearDecay
@@ -156,6 +160,11 @@ def run_tf(args: argparse.Namespace) -> dict[str, Any]:
             return dense_relation_losses(teacher_qkv, student_qkv, mask, heads, pairs)
 
         losses._relation_kl_losses = whole_tensor
+    strategy = tf.distribute.get_strategy()
+    args.precision = resolve_precision(args.precision, strategy)
+    jit = resolve_jit_compile(None if args.jit == "auto" else args.jit == "on", strategy,
+                              args.precision)
+    args.jit = "on" if jit is True else "off"
     keras.mixed_precision.set_global_policy(args.precision)
     teacher, _ = load_hf_checkpoint(teacher_folder())
     student = build_student(teacher, STUDENT_LAYERS, 384, 12, 1536, init="random", seed=0)
@@ -298,6 +307,10 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, config.vocab_size, (args.batch, args.seq), generator=generator)
     mask = torch.ones_like(ids)
+    if args.precision == "auto":  # the trainer's CPU rule, without importing TensorFlow
+        from tf_minilm.versions import cpu_has_native_bfloat16
+
+        args.precision = "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16)
                 if args.precision == "mixed_bfloat16" else contextlib.nullcontext())
 
@@ -385,10 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", choices=("chunked", "dense"), default="chunked",
                         help="TensorFlow relation loss: the chunked one (default) or the "
                              "whole-tensor form it replaced")
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
-    parser.add_argument("--jit", choices=("on", "off"), default="on",
-                        help="compile the TensorFlow step with XLA (default on, as "
-                             "run_distillation does with one replica)")
+    parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16"),
+                        default="auto",
+                        help="default auto: the trainer's choice for this machine "
+                             "(mixed_bfloat16 on CPUs with native bfloat16, else float32)")
+    parser.add_argument("--jit", choices=("auto", "on", "off"), default="auto",
+                        help="compile the TensorFlow step with XLA (default auto: as "
+                             "run_distillation decides for the precision)")
     parser.add_argument("--relation-chunk-mb", type=int, default=None,
                         help="relation chunk budget (default: the trainer's for this device)")
     parser.add_argument("--breakdown", action="store_true",

@@ -104,7 +104,7 @@ def test_resolve_strategy_choices_and_errors(monkeypatch):
 
 
 def test_resolve_precision():
-    from tf_minilm.distill.runtime import cpu_has_native_bfloat16
+    from tf_minilm.versions import cpu_has_native_bfloat16
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     expected = "mixed_float16" if gpu else \
@@ -117,7 +117,7 @@ def test_resolve_precision():
 
 
 def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
-    from tf_minilm.distill.runtime import cpu_has_native_bfloat16
+    from tf_minilm.versions import cpu_has_native_bfloat16
 
     cases = {"flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n": True,
              "flags\t\t: fpu sse2 amx_tile amx_bf16 amx_int8\n": True,

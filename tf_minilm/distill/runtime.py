@@ -4,7 +4,7 @@ Owns: choosing and building the strategy (`resolve_strategy`, from TF_CONFIG and
 hardware), the chief worker (`is_chief`), the Keras precision policy
 (`resolve_precision`), whether the train step is XLA-compiled (`resolve_jit_compile`) and
 how much memory one chunk of the relation loss takes (`resolve_relation_chunk_bytes`).
-Imports: TensorFlow and `tf_minilm.constants`.
+Imports: TensorFlow, `tf_minilm.constants` and `tf_minilm.versions` (the CPU's bfloat16 flag).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import tensorflow as tf
 
 from tf_minilm.constants import PRECISIONS, STRATEGIES
+from tf_minilm.versions import cpu_has_native_bfloat16
 
 logger = logging.getLogger(__name__)
 
@@ -163,23 +164,6 @@ def on_cpu_only(strategy: tf.distribute.Strategy | None = None) -> bool:
     """True when the run computes on CPUs: no GPU visible and not a TPU strategy."""
     return not tf.config.list_logical_devices("GPU") and not isinstance(
         strategy, tf.distribute.TPUStrategy)
-
-
-def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True when the CPU multiplies bfloat16 natively (x86 AVX512-BF16 or AMX-BF16 flags).
-
-    oneDNN then runs TensorFlow's bfloat16 matmuls at about twice the float32 rate
-    (README "Step speed"); without them bfloat16 is emulated and slower than float32.
-    """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[-1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        return False
-    return False
 
 
 def resolve_jit_compile(jit_compile: bool | None, strategy: tf.distribute.Strategy,
