@@ -214,7 +214,7 @@ def test_bad_teacher_pooling_files_name_the_file(teacher_dir, corpus_dir, tmp_pa
     shutil.copytree(teacher_dir, broken)
     (broken / "modules.json").write_text(json.dumps(
         [{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
-    (broken / "1_Pooling").mkdir()
+    (broken / "1_Pooling").mkdir(exist_ok=True)  # saved folders already have one
     (broken / "1_Pooling" / "config.json").write_text('{"pooling_mode_max_tokens": true}')
     assert main(tiny_args(broken, corpus_dir, tmp_path / "run")) == 2
     assert re.search(r"--teacher .*1_Pooling/config.json: field 'pooling_mode_max_tokens' selects "

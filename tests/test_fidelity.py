@@ -113,12 +113,19 @@ def test_a_student_folder_without_pooling_files_pools_as_its_teacher(tiny_model_
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_model_dir, teacher)
     write_folder(teacher, mode="cls")
+    # A plain HF folder (another tool's): no sentence-transformers files at all.
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    for name in ("modules.json", "sentence_bert_config.json"):
+        (plain / name).unlink()
+    for name in ("1_Pooling", "2_Normalize"):
+        shutil.rmtree(plain / name)
     texts = tmp_path / "texts.txt"
     texts.write_text("the film\na bad game\nnews of the bank\ngood music\nthe team\n")
     output = tmp_path / "out.json"
-    assert main(["evaluate", str(tiny_model_dir), "--task", "fidelity", "--teacher",
+    assert main(["evaluate", str(plain), "--task", "fidelity", "--teacher",
                  str(teacher), "--texts", str(texts), "--k", "2", "--max-seq-len", "32",
                  "--output", str(output)]) == 0
     report = json.loads(output.read_text())
-    assert report["models"][str(tiny_model_dir)]["pooling"] == {"mode": "cls", "normalize": True}
-    assert report["results"][str(tiny_model_dir)]["spearman"] == pytest.approx(1.0, abs=1e-5)
+    assert report["models"][str(plain)]["pooling"] == {"mode": "cls", "normalize": True}
+    assert report["results"][str(plain)]["spearman"] == pytest.approx(1.0, abs=1e-5)

@@ -350,7 +350,7 @@ def run(config: DistillConfig) -> dict[str, Any]:
                                  eval_dataset=eval_dataset, log_dir=log_dir)
         student = final.student
 
-    student = save_student(student, tokenizer, output)
+    student = save_student(student, tokenizer, output, job)
     from tf_minilm.evaluate.fidelity import run_fidelity
     from tf_minilm.model.pooling import PoolingSpec
 
@@ -377,17 +377,21 @@ def run(config: DistillConfig) -> dict[str, Any]:
     return summary
 
 
-def save_student(student: Any, tokenizer: Any, output: str) -> Any:
-    """Write `student/` (HF, float32) and `student.keras`, each atomically.
+def save_student(student: Any, tokenizer: Any, output: str, job: ResolvedJob) -> Any:
+    """Write `student/` (HF + sentence-transformers, float32) and `student.keras`, atomically.
+
+    The student folder pools as the teacher does and keeps the teacher's max length.
 
     Returns:
         The float32 copy of the student that was saved.
     """
     from tf_minilm.hf.checkpoints import save_hf_checkpoint
     from tf_minilm.model.encoder import copy_encoder
+    from tf_minilm.model.pooling import PoolingSpec
 
     float32 = copy_encoder(student, "float32", name="student")
-    save_hf_checkpoint(float32, tokenizer, os.path.join(output, "student"))
+    save_hf_checkpoint(float32, tokenizer, os.path.join(output, "student"),
+                       pooling=PoolingSpec(**job.pooling), teacher_folder=job.teacher_dir)
     with atomic_path(os.path.join(output, "student.keras")) as partial:
         float32.save(partial)
     return float32

@@ -2,8 +2,8 @@
 
 Owns: the 1:1 map between `Encoder` weights and HF tensor names, reading
 `model.safetensors` / `pytorch_model.bin`, and writing a folder `transformers` loads
-(through `fileio.staged_folder`). Imports: `model`, `hf.tokenizer`, `hf.errors`,
-`constants`, `fileio`.
+(through `fileio.staged_folder`, with the sentence-transformers files of `hf.st_folder`).
+Imports: `model`, `hf.tokenizer`, `hf.errors`, `hf.st_folder`, `constants`, `fileio`.
 
 `load_hf_checkpoint` reads `config.json`, `model.safetensors` (or `pytorch_model.bin`
 when torch is installed) and `tokenizer.json` (or `vocab.txt`); `save_hf_checkpoint`
@@ -25,9 +25,11 @@ import tokenizers
 from tf_minilm.constants import HF_WEIGHT_FILES, SAFETENSORS_FILE
 from tf_minilm.fileio import NotOurFolderError, check_replaceable, staged_folder
 from tf_minilm.hf.errors import CheckpointError
+from tf_minilm.hf.st_folder import sentence_transformers_files, write_files
 from tf_minilm.hf.tokenizer import load_tokenizer, tokenizer_files
 from tf_minilm.model.config import ConfigError, EncoderConfig
 from tf_minilm.model.encoder import Encoder
+from tf_minilm.model.pooling import PoolingSpec
 
 logger = logging.getLogger(__name__)
 
@@ -192,17 +194,22 @@ def load_hf_checkpoint(
 
 
 def save_hf_checkpoint(
-    encoder: Encoder, tokenizer: tokenizers.Tokenizer | None, folder: str | os.PathLike
+    encoder: Encoder, tokenizer: tokenizers.Tokenizer | None, folder: str | os.PathLike,
+    pooling: PoolingSpec | None = None, teacher_folder: str | None = None,
 ) -> str:
-    """Write `encoder` (and `tokenizer`) as an HF folder that `transformers` loads.
+    """Write `encoder` (and `tokenizer`) as a folder `transformers` and sentence-transformers load.
 
-    The folder is written beside its final place and moved in when complete.
+    The folder is written beside its final place and moved in when complete. Besides
+    `config.json` and the weights it holds the sentence-transformers files
+    (`hf.st_folder`): `SentenceTransformer(folder)` pools and normalises as `pooling` says.
 
     Args:
         encoder: the encoder to save (weights are written as float32).
         tokenizer: its tokenizer, or None to write weights and config only.
         folder: destination folder (replaced if it exists and tf-minilm wrote it; a
             non-empty folder of anyone else's is refused).
+        pooling: the model's sentence-embedding pooling (default mean + normalise).
+        teacher_folder: the teacher's folder, whose max length and prompts carry over.
 
     Returns:
         The folder path.
@@ -224,4 +231,7 @@ def save_hf_checkpoint(
             for name, text in tokenizer_files(tokenizer, config).items():
                 with open(os.path.join(staging, name), "w", encoding="utf-8") as handle:
                     handle.write(text)
+        write_files(staging, sentence_transformers_files(
+            pooling or PoolingSpec(), config.hidden_size, config.max_sequence_length,
+            teacher_folder))
     return folder
