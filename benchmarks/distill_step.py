@@ -116,6 +116,21 @@ def timed_interleaved(step, matmuls: dict[str, Any],
     return step_times, matmul_times, step_cpu
 
 
+def measure(args: argparse.Namespace, step, matmul_of,
+            before_timed=lambda: None) -> tuple[list[float], dict[str, list[float]], list[float]]:
+    """Warm up, then time `step` interleaved with the float32 (and in bf16 rows the
+    bfloat16) matmul that `matmul_of(dtype name)` builds."""
+    matmuls = {"fp32": matmul_of("float32")}
+    if args.precision == "mixed_bfloat16":
+        matmuls["bf16"] = matmul_of("bfloat16")
+    for _ in range(args.warmup):
+        step()
+    for matmul in matmuls.values():
+        matmul()
+    before_timed()
+    return timed_interleaved(step, matmuls, args.steps)
+
+
 def summarise(args: argparse.Namespace, step_times: list[float],
               matmul_times: dict[str, list[float]], extra: dict[str, Any]) -> dict[str, Any]:
     """The row: step time, tokens/s, FLOP/s and its fraction of each measured matmul peak."""
@@ -193,21 +208,14 @@ def run_tf(args: argparse.Namespace) -> dict[str, Any]:
         logs = distiller.train_function(iterator)
         float(keras.ops.convert_to_numpy(logs["loss"]))
 
-    def matmul_of(dtype):
+    def matmul_of(dtype: str):
         a = tf.cast(tf.random.normal((MATMUL_SIZE, MATMUL_SIZE)), dtype)
         b = tf.cast(tf.random.normal((MATMUL_SIZE, MATMUL_SIZE)), dtype)
         fn = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
         return lambda: fn().numpy()
 
-    matmuls = {"fp32": matmul_of(tf.float32)}
-    if args.precision == "mixed_bfloat16":
-        matmuls["bf16"] = matmul_of(tf.bfloat16)
-    for _ in range(args.warmup):
-        step()
-    for matmul in matmuls.values():
-        matmul()
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    step_times, matmul_times, step_cpu = timed_interleaved(step, matmuls, args.steps)
+    step_times, matmul_times, step_cpu = measure(
+        args, step, matmul_of, lambda: tf.config.experimental.reset_memory_stats("CPU:0"))
     allocator_peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
     result = summarise(args, step_times, matmul_times, {
         "impl": f"tf {tf.__version__} ({args.loss} relations)", "precision": args.precision,
@@ -342,19 +350,12 @@ def run_torch(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         float(loss)
 
-    def matmul_of(dtype):
-        a = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
-        b = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
+    def matmul_of(dtype: str):
+        a = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(getattr(torch, dtype))
+        b = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(getattr(torch, dtype))
         return lambda: float((a @ b).float().sum())
 
-    matmuls = {"fp32": matmul_of(torch.float32)}
-    if args.precision == "mixed_bfloat16":
-        matmuls["bf16"] = matmul_of(torch.bfloat16)
-    for _ in range(args.warmup):
-        step()
-    for matmul in matmuls.values():
-        matmul()
-    step_times, matmul_times, step_cpu = timed_interleaved(step, matmuls, args.steps)
+    step_times, matmul_times, step_cpu = measure(args, step, matmul_of)
     return summarise(args, step_times, matmul_times, {
         "impl": f"torch {torch.__version__} + transformers {transformers.__version__}",
         "precision": args.precision, "step_cpu_s": statistics.median(step_cpu)})
