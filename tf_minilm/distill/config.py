@@ -234,8 +234,9 @@ class DistillConfig:
                 raise ConfigError(f"--{field.name.replace('_', '-')} is {value!r}; choose one of "
                                   f"{', '.join(choices)}")
         positive = ("student_layers", "student_hidden", "student_heads", "student_intermediate",
-                    "relation_heads", "relation_chunk_mb", "assistant_hidden", "assistant_steps", "max_seq_len",
-                    "batch_size", "steps", "checkpoint_every", "keep_checkpoints", "log_every")
+                    "relation_heads", "relation_chunk_mb", "assistant_hidden", "assistant_steps",
+                    "max_seq_len", "batch_size", "steps", "checkpoint_every", "keep_checkpoints",
+                    "log_every")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -84,6 +84,12 @@ MASK_VALUE = -1e9
 CHUNK_BYTES = 2 * 2**20
 
 
+DEFAULT_RELATIONS: tuple[str, ...] = ("qq", "kk", "vv")
+V1_TERMS: Mapping[str, str] = {"attention": "qk", "value_relation": "vv"}
+
+QKV = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
+
+
 def check_chunk_bytes(chunk_bytes: int, name: str = "chunk_bytes") -> int:
     """Refuse a relation chunk budget that is not a positive whole number of bytes.
 
@@ -97,11 +103,6 @@ def check_chunk_bytes(chunk_bytes: int, name: str = "chunk_bytes") -> int:
     if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
         raise ValueError(f"{name} must be a positive number of bytes, got {chunk_bytes!r}")
     return chunk_bytes
-
-DEFAULT_RELATIONS: tuple[str, ...] = ("qq", "kk", "vv")
-V1_TERMS: Mapping[str, str] = {"attention": "qk", "value_relation": "vv"}
-
-QKV = tuple[tf.Tensor, tf.Tensor, tf.Tensor]
 
 
 def _check_qkv(qkv: Sequence[tf.Tensor], side: str) -> None:
@@ -338,6 +339,7 @@ def _relation_kl_losses(
     if seq is not None:
         chunk = relation_chunk_pairs(flat_pairs, seq, chunk_bytes)
     else:
+        # relation_chunk_pairs' rule on a dynamic length: the most pairs that fit.
         dynamic_seq = tf.shape(mask)[1]
         chunk = tf.maximum(1, chunk_bytes // (4 * dynamic_seq * dynamic_seq))
 

@@ -127,9 +127,9 @@ def resolve_precision(name: str = "auto", strategy: tf.distribute.Strategy | Non
     Args:
         name: "float32", "mixed_float16", "mixed_bfloat16" or "auto": mixed_float16 on a
             CUDA GPU, mixed_bfloat16 under a TPU strategy and on CPUs that multiply
-            bfloat16 natively (`cpu_has_native_bfloat16`: measured 1.6x faster on the
-            embedded default run with the same fidelity, README "Step speed"), float32
-            on other CPUs.
+            bfloat16 natively (`cpu_has_native_bfloat16`: the embedded default run took
+            4:54 instead of 7:11 in float32 + XLA, same fidelity; README "Step speed and
+            relation memory"), float32 on other CPUs.
         strategy: the strategy in use (to recognise TPUs).
 
     Returns:
@@ -172,7 +172,8 @@ def resolve_jit_compile(jit_compile: bool | None, strategy: tf.distribute.Strate
     on with one replica, Keras' "auto" with several.
 
     XLA's CPU backend does not use the CPU's bfloat16 matmul kernels that oneDNN does
-    (README "Step speed": at 32 x 128 the bfloat16 step is 1.7x faster without XLA); in
+    (README "Step speed and relation memory": at 32 x 128 the bfloat16 step is 1.7x
+    faster without XLA); in
     float32 XLA stays on as before (within noise of oneDNN at the default 32 x 64).
     XLA with MirroredStrategy over logical CPU devices fails.
     """
@@ -188,9 +189,9 @@ def resolve_jit_compile(jit_compile: bool | None, strategy: tf.distribute.Strate
 
 
 # One chunk's [pairs, seq, seq] float32 relation tensor: on a CPU small enough that a
-# step's working set (a few such tensors) stays in cache (2 MiB ran 1.6-2x faster than
-# the whole tensor at once at 32 x 128, README "Relation memory"); on a GPU large enough
-# that each loop step launches kernels over many (example, head) pairs.
+# step's working set (a few such tensors) stays in cache (of 0.25 to 64 MiB, 2 MiB was
+# the fastest for the loss at 32 x 128, with XLA and without); on a GPU large enough that
+# each loop step launches kernels over many (example, head) pairs (argued, not measured).
 CPU_RELATION_CHUNK_MB = 2
 GPU_RELATION_CHUNK_MB = 64
 
