@@ -47,8 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip onnxruntime's transformer fusions (Attention, "
                              "SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), which "
                              "are otherwise required")
-    parser.add_argument("--pooling", choices=("mean", "cls"), default="mean",
-                        help="pooling of the sentence_embedding output (L2-normalised)")
+    parser.add_argument("--pooling", choices=("mean", "cls"), default=None,
+                        help="pooling of the sentence_embedding output (L2-normalised); "
+                             "default: what the model folder's sentence-transformers files "
+                             "declare (modules.json, 1_Pooling/config.json), else mean; a "
+                             "different value overrides them with a warning")
     parser.add_argument("--max-seq-len", type=int, default=128,
                         help="longest input in tokens, capped by the model's position table")
     parser.add_argument("--int8-min-cosine", type=finite_float, default=0.99,

@@ -90,6 +90,39 @@ def _load_tokenizer_dir(folder: str) -> Any:
         raise ExportError(str(err)) from err
 
 
+def resolve_pooling(student: Student, pooling: str | None) -> tuple[str, str]:
+    """The export's pooling mode and where it came from ("flag", the folder's file, "default").
+
+    The model folder is the HF folder itself, or for a `.keras` file or an object the
+    folder its tokenizer came from. A flag that disagrees with the folder wins, with a
+    warning naming both; a folder without normalisation is reported, because the
+    export's `sentence_embedding` is always L2-normalised.
+
+    Raises:
+        ExportError: malformed sentence-transformers files (naming the file and field).
+    """
+    from tf_minilm.model.pooling import PoolingError, read_pooling
+
+    folder = student.source if student.source_type == "hf" else student.tokenizer_dir
+    declared = None
+    if folder is not None and os.path.isfile(os.path.join(folder, "modules.json")):
+        try:
+            declared = read_pooling(folder)
+        except PoolingError as err:
+            raise ExportError(f"pooling of {folder}: {err}") from err
+    if declared is not None and not declared.normalize:
+        logger.warning("%s declares no Normalize module; the export's sentence_embedding is "
+                       "L2-normalised all the same (last_hidden_state is not)", folder)
+    if pooling is None:
+        if declared is None:
+            return "mean", "default"
+        return declared.mode, os.path.join(folder, "modules.json")
+    if declared is not None and declared.mode != pooling:
+        logger.warning("--pooling %s overrides the %s pooling that %s declares", pooling,
+                       declared.mode, os.path.join(folder, "modules.json"))
+    return pooling, "flag"
+
+
 def load_student(source: Any, tokenizer: Any = None) -> Student:
     """Load what `export_model` exports.
 
@@ -228,7 +261,7 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     quantize: str = "int8",
     optimize: bool = True,
-    pooling: str = "mean",
+    pooling: str | None = None,
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     tokenizer: Any = None,
     fp32_tolerance: float = FP32_TOLERANCE,
@@ -243,7 +276,10 @@ def export_model(
         opset: ONNX opset, 13-18.
         quantize: "int8" (also write model.int8.onnx) or "none".
         optimize: apply and require onnxruntime's transformer fusions.
-        pooling: "mean" or "cls" pooling of `sentence_embedding`.
+        pooling: "mean" or "cls" pooling of `sentence_embedding`; None: the model
+            folder's (its sentence-transformers files, `model.pooling.read_pooling`),
+            mean when it has none. A given pooling that differs from the folder's
+            overrides it with a warning.
         max_seq_len: longest input in tokens, capped by the model's position table.
         tokenizer: tokenizer folder or object (for `.keras` files and objects).
         fp32_tolerance: max abs difference allowed between the float32 graph and Keras.
@@ -263,7 +299,8 @@ def export_model(
     """
     started = time.perf_counter()
     opset = check_opset(opset)
-    pooling = check_pooling(pooling)
+    if pooling is not None:
+        pooling = check_pooling(pooling)
     if quantize not in QUANTIZE_CHOICES:
         raise ExportError(f"quantize is {quantize!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
     if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
@@ -271,6 +308,7 @@ def export_model(
     output_dir = os.path.abspath(os.fspath(output_dir))
 
     student = load_student(source, tokenizer)
+    pooling, pooling_source = resolve_pooling(student, pooling)
     _check_output_dir(output_dir, student)
     config = student.encoder.config
     if max_seq_len > config.max_sequence_length:
@@ -322,6 +360,7 @@ def export_model(
             "vocab_size": config.vocab_size,
             "max_seq_len": max_seq_len,
             "pooling": pooling,
+            "pooling_source": pooling_source,
             "opset": opset,
             "optimized": bool(optimize),
             "quantize": quantize,

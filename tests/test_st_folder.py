@@ -7,6 +7,7 @@ export give, for a mean-pooled normalised teacher and a CLS-pooled one.
 from __future__ import annotations
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -101,6 +102,41 @@ def test_sentence_transformers_encodes_as_keras_and_the_onnx_export(tmp_path, sp
         from export.pipeline import export_model
         from serving.runtime import EmbeddingModel
 
-        export_model(folder, tmp_path / "onnx", pooling=spec.mode, quantize="none")
+        report = export_model(folder, tmp_path / "onnx", quantize="none")  # pooling: the folder's
+        assert report["pooling"] == spec.mode
+        assert report["pooling_source"] == f"{folder}/modules.json"
         onnx = EmbeddingModel(tmp_path / "onnx").encode(TEXTS)
         assert np.abs(onnx - got).max() <= 1e-5
+
+
+def test_export_pooling_flag_overrides_the_folder_with_a_warning(tmp_path, caplog):
+    from export.pipeline import load_student, resolve_pooling
+
+    teacher_folder = _teacher_folder(tmp_path, PoolingSpec("cls", False))
+    folder, _ = _student_folder(tmp_path, teacher_folder)
+    student = load_student(folder)
+    with caplog.at_level("WARNING"):
+        assert resolve_pooling(student, None) == ("cls", f"{folder}/modules.json")
+    assert "declares no Normalize module" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert resolve_pooling(student, "mean") == ("mean", "flag")
+    assert re.search(r"--pooling mean overrides the cls pooling that .*modules.json declares",
+                     caplog.text)
+    (tmp_path / "student" / "1_Pooling" / "config.json").write_text("{}")
+    from export.errors import ExportError
+
+    with pytest.raises(ExportError, match=r"1_Pooling/config.json: exactly one pooling_mode_"):
+        resolve_pooling(student, None)
+
+
+def test_a_folder_without_st_files_exports_mean_pooling(tmp_path):
+    import shutil
+
+    from export.pipeline import load_student, resolve_pooling
+
+    teacher_folder = _teacher_folder(tmp_path, PoolingSpec("cls", True))
+    folder, _ = _student_folder(tmp_path, teacher_folder)
+    (tmp_path / "student" / "modules.json").unlink()
+    shutil.rmtree(tmp_path / "student" / "1_Pooling")
+    assert resolve_pooling(load_student(folder), None) == ("mean", "default")
