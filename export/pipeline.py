@@ -41,6 +41,7 @@ from tf_minilm.constants import (
     INPUT_NAMES,
     ONNX_INT8_FILE,
     ONNX_MODEL_FILE,
+    ST_MODULES_FILE,
     TOKENIZER_FILES,
 )
 from tf_minilm.fileio import NotOurFolderError, check_replaceable, staged_folder
@@ -105,7 +106,8 @@ def resolve_pooling(student: Student, pooling: str | None) -> tuple[str, str]:
 
     folder = student.source if student.source_type == "hf" else student.tokenizer_dir
     declared = None
-    if folder is not None and os.path.isfile(os.path.join(folder, "modules.json")):
+    modules_file = os.path.join(folder, ST_MODULES_FILE) if folder is not None else None
+    if modules_file is not None and os.path.isfile(modules_file):
         try:
             declared = read_pooling(folder)
         except PoolingError as err:
@@ -116,10 +118,10 @@ def resolve_pooling(student: Student, pooling: str | None) -> tuple[str, str]:
     if pooling is None:
         if declared is None:
             return "mean", "default"
-        return declared.mode, os.path.join(folder, "modules.json")
+        return declared.mode, modules_file
     if declared is not None and declared.mode != pooling:
         logger.warning("--pooling %s overrides the %s pooling that %s declares", pooling,
-                       declared.mode, os.path.join(folder, "modules.json"))
+                       declared.mode, modules_file)
     return pooling, "flag"
 
 

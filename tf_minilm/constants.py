@@ -47,5 +47,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
 ONNX_MODEL_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 EXPORT_REPORT_FILE = "export_report.json"
+ST_MODULES_FILE = "modules.json"
+"""sentence-transformers' list of a folder's modules (its pooling, its normalisation)."""
 RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl")
 """Files whose presence marks a folder as holding a distillation run."""

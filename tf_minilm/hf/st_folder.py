@@ -5,7 +5,7 @@ Owns: what a student folder holds besides the HF checkpoint: `modules.json`
 `1_Pooling/config.json`, an empty `2_Normalize/`, `sentence_bert_config.json` (max
 length) and the teacher's `config_sentence_transformers.json` (prompts, similarity).
 Reading a folder's pooling back is `model.pooling.read_pooling`'s.
-Imports: `model.pooling`, `hf.errors`.
+Imports: `constants`, `model.pooling`, `hf.errors`.
 
 sentence-transformers describes a model by these JSON files; its own writer needs the
 model loaded in PyTorch, so they are written here from the run's pooling and sizes,
@@ -18,10 +18,10 @@ import json
 import os
 from typing import Any
 
+from tf_minilm.constants import ST_MODULES_FILE
 from tf_minilm.hf.errors import CheckpointError
 from tf_minilm.model.pooling import PoolingSpec
 
-MODULES_FILE = "modules.json"
 POOLING_FOLDER = "1_Pooling"
 NORMALIZE_FOLDER = "2_Normalize"
 ST_CONFIG_FILE = "sentence_bert_config.json"
@@ -84,7 +84,7 @@ def sentence_transformers_files(pooling: PoolingSpec, hidden_size: int, max_seq_
                            for field in _ALL_POOLING_FIELDS})
     pooling_config["include_prompt"] = True
     files = {
-        MODULES_FILE: json.dumps(modules, indent=2) + "\n",
+        ST_MODULES_FILE: json.dumps(modules, indent=2) + "\n",
         f"{POOLING_FOLDER}/config.json": json.dumps(pooling_config, indent=2) + "\n",
         ST_CONFIG_FILE: json.dumps(st_config, indent=2) + "\n",
     }

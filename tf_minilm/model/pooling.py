@@ -24,7 +24,7 @@ import json
 import os
 from typing import Any
 
-from tf_minilm.constants import POOLING_MODES
+from tf_minilm.constants import POOLING_MODES, ST_MODULES_FILE
 
 _ST_MODE_FIELDS = {
     "pooling_mode_mean_tokens": "mean",
@@ -94,7 +94,7 @@ def read_pooling(folder: str, default: PoolingSpec | None = None) -> PoolingSpec
         PoolingError: malformed `modules.json` or pooling config, or a pooling mode other
             than mean or CLS; the message names the file and the field.
     """
-    modules_path = os.path.join(folder, "modules.json")
+    modules_path = os.path.join(folder, ST_MODULES_FILE)
     if not os.path.isfile(modules_path):
         return default if default is not None else PoolingSpec()
     modules = _read_json(modules_path)
