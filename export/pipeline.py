@@ -35,6 +35,7 @@ from export.convert import (
 )
 from export.errors import ExportError
 from export.validate import FP32_TOLERANCE, INT8_MIN_COSINE
+from tf_minilm.card import CARD_FILE, export_card, write_card
 from tf_minilm.constants import (
     EMBEDDING_OUTPUTS,
     EXPORT_REPORT_FILE,
@@ -74,6 +75,12 @@ class Student:
     source_type: str
     tokenizer_dir: str | None = None
 
+    @property
+    def model_folder(self) -> str | None:
+        """The folder describing the model (its pooling, its card): the HF folder itself,
+        else the folder its tokenizer came from."""
+        return self.source if self.source_type == "hf" else self.tokenizer_dir
+
 
 def _has_tokenizer(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, name)) for name in ("tokenizer.json", "vocab.txt"))
@@ -104,7 +111,7 @@ def resolve_pooling(student: Student, pooling: str | None) -> tuple[str, str]:
     """
     from tf_minilm.model.pooling import PoolingError, read_pooling
 
-    folder = student.source if student.source_type == "hf" else student.tokenizer_dir
+    folder = student.model_folder
     declared = None
     modules_file = os.path.join(folder, ST_MODULES_FILE) if folder is not None else None
     if modules_file is not None and os.path.isfile(modules_file):
@@ -384,6 +391,9 @@ def export_model(
                               f"{list(EMBEDDING_OUTPUTS)}")
         with open(os.path.join(staging, EXPORT_REPORT_FILE), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
+        folder = student.model_folder
+        write_card(staging, export_card(
+            staging, os.path.join(folder, CARD_FILE) if folder else None))
     logger.info("exported %s -> %s in %.1f s", student.source, output_dir,
                 time.perf_counter() - started)
     return report

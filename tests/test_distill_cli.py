@@ -231,6 +231,9 @@ def test_default_objective_trains_aligned_student_without_projection_and_extends
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert any("loss_embedding_mse" in r and "loss_hidden_mse" in r for r in records)
     result = json.loads((output / "result.json").read_text())
+    card = (output / "student" / "README.md").read_text()  # the model card, from the run
+    assert card.startswith("---\nlibrary_name: sentence-transformers") and "distill" in card
+    assert f"{result['fidelity']['mr']['spearman']:.4f}" in card
     mr = result["fidelity"]["mr"]
     assert mr["texts"].startswith("MR test split") and -1 <= mr["spearman"] <= 1
     assert set(mr) >= {"spearman", "cka", "knn@10", "num_texts"}

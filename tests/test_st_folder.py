@@ -107,6 +107,8 @@ def test_sentence_transformers_encodes_as_keras_and_the_onnx_export(tmp_path, sp
         assert report["pooling_source"] == f"{folder}/modules.json"
         onnx = EmbeddingModel(tmp_path / "onnx").encode(TEXTS)
         assert np.abs(onnx - got).max() <= 1e-5
+        card = (tmp_path / "onnx" / "README.md").read_text()
+        assert "## ONNX export" in card and f"{spec.mode} pooling (from {folder}" in card
 
 
 def test_export_pooling_flag_overrides_the_folder_with_a_warning(tmp_path, caplog):

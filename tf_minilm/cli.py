@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `tf-minilm` console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    # The command line as given (model cards quote it).
+    args.command_line = ["tf-minilm", *(sys.argv[1:] if argv is None else argv)]
     # TensorFlow's default CPU allocator maps every large temporary afresh (the MiniLMv2
     # relation tensors are ~100 MB a batch) and pays page faults on each touch; the BFC
     # allocator reuses them. It is read once when TensorFlow starts, so set it here, before

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         from tf_minilm.distill import job
 
-        summary = job.run(config)
+        summary = job.run(config, command=getattr(args, "command_line", None))
     except Exception as err:
         code = _exit_code(err)
         if code is None:

@@ -272,8 +272,11 @@ def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
     return saved
 
 
-def run(config: DistillConfig) -> dict[str, Any]:
-    """Run a distillation end to end; returns the summary written to `result.json`."""
+def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, Any]:
+    """Run a distillation end to end; returns the summary written to `result.json`.
+
+    `command` (the command line, when known) goes into the student's model card.
+    """
     job = resolve(config)
     check_output_folder(job)
     output = job.config.output
@@ -374,6 +377,9 @@ def run(config: DistillConfig) -> dict[str, Any]:
         "fidelity": fidelity,
     }
     write_json_atomic(os.path.join(output, "result.json"), summary)
+    from tf_minilm.card import student_card, write_card
+
+    write_card(os.path.join(output, "student"), student_card(output, command))
     return summary
 
 

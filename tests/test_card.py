@@ -1,0 +1,76 @@
+"""Model cards are built from a run's own files: what they hold is shown, nothing else."""
+
+from __future__ import annotations
+
+import json
+
+from tf_minilm.card import export_card, read_front_matter, student_card, write_card
+
+CONFIG = {"teacher": None, "output": "runs/tiny", "student_layers": 2, "student_hidden": 16,
+          "student_heads": 2, "student_intermediate": 64, "init": "random", "init_layers": None,
+          "loss": "10*embedding_mse + hidden_mse", "stages": None, "method": None,
+          "batch_size": 8, "max_seq_len": 32, "learning_rate": 6e-4,
+          "pooling": {"mode": "mean", "normalize": True}}
+RESULT = {"step": 24, "precision": "float32", "student_parameters": 12345,
+          "corpus": {"files_read": 1, "documents": 50, "tokens": 700},
+          "train_sequences": 40, "eval_sequences": 4,
+          "eval": {"loss": 0.25, "loss_hidden_mse": 0.2},
+          "fidelity": {"held_out": {"texts": "held-out corpus rows (4)", "spearman": 0.8123,
+                                    "cka": 0.9, "knn@10": 0.5}}}
+
+
+def _run(tmp_path, teacher_card: str | None, result=RESULT):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    if teacher_card is not None:
+        (teacher / "README.md").write_text(teacher_card)
+    run = tmp_path / "run"
+    (run / "student").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({**CONFIG, "teacher": str(teacher)}))
+    (run / "result.json").write_text(json.dumps(result))
+    (run / "versions.json").write_text(json.dumps({"tf-minilm": "0.1.0", "keras": "3.15.1"}))
+    return run
+
+
+def test_student_card_front_matter_and_figures_come_from_the_run(tmp_path):
+    run = _run(tmp_path, "---\nlicense: apache-2.0\nlanguage: en\nbase_model: org/teacher\n---"
+                         "\n\n# my-teacher\n\ntext\n")
+    card = student_card(str(run), ["tf-minilm", "distill", "--steps", "24"])
+    path = write_card(str(run / "student"), card)
+    front = read_front_matter(path)
+    assert front["library_name"] == "sentence-transformers"
+    assert front["license"] == "apache-2.0" and front["base_model"] == "org/teacher"
+    assert "knowledge-distillation" in front["tags"]
+    assert "student of my-teacher" in card
+    assert "12,345" in card and "24 steps of 8 x 32" in card and "6,144 positions" in card
+    assert "| held-out corpus rows (4) | 0.8123 | 0.9000 | 0.5000 |" in card
+    assert "tf-minilm distill --steps 24" in card
+    assert "held-out loss | 0.250000 (loss_hidden_mse 0.200000)" in card
+
+
+def test_nothing_is_invented_when_the_files_do_not_say(tmp_path):
+    result = {key: value for key, value in RESULT.items() if key not in ("fidelity", "eval")}
+    run = _run(tmp_path, None, result)
+    card = student_card(str(run))
+    front = read_front_matter(str(write_card(str(run / "student"), card)))
+    assert "license" not in front and "base_model" not in front
+    assert "Closeness" not in card and "held-out loss" not in card and "## Command" not in card
+
+
+def test_export_card_keeps_the_students_card_and_adds_the_onnx_facts(tmp_path):
+    run = _run(tmp_path, "---\nlicense: mit\n---\n# t\n")
+    student_dir = run / "student"
+    write_card(str(student_dir), student_card(str(run)))
+    export = tmp_path / "onnx"
+    export.mkdir()
+    (export / "export_report.json").write_text(json.dumps({
+        "opset": 17, "max_seq_len": 128, "pooling": "mean", "pooling_source": "default",
+        "quantize": "int8", "fused_operator_groups": {"Attention": 2},
+        "parity": {"fp32": {"max_abs": 2.5e-6}, "int8": {"min_cosine": 0.995}}}))
+    card = export_card(str(export), str(student_dir / "README.md"))
+    front = read_front_matter(str(write_card(str(export), card)))
+    assert front["library_name"] == "onnxruntime" and front["license"] == "mit"
+    assert "onnx" in front["tags"]
+    assert "student of t" in card and "## ONNX export" in card
+    assert "Attention 2" in card and "fp32 max_abs 2.5e-06" in card
+    assert "int8 min_cosine 0.995" in card

@@ -1,0 +1,212 @@
+"""Model cards: the `README.md` of a student folder and of an export, from the run's own files.
+
+Owns: turning a run's `config.json`, `result.json` and `versions.json` (and an export's
+`export_report.json`) into a Hugging Face Hub model card: YAML front matter
+(`library_name`, `pipeline_tag`, `base_model` and `license` when the teacher's card
+states them, `tags`) and a body with the teacher, objective, budget, corpus counts,
+held-out loss, fidelity, parameters and the command that made the model. Nothing is
+written that those files do not hold. Imports: `constants`, `fileio`, PyYAML (the
+teacher's front matter), the standard library; no TensorFlow, so the export uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from typing import Any
+
+from tf_minilm.constants import EXPORT_REPORT_FILE
+from tf_minilm.fileio import write_text_atomic
+
+CARD_FILE = "README.md"
+_FRONT = "---"
+
+
+def read_front_matter(card_path: str) -> dict[str, Any]:
+    """The YAML front matter of a model card, {} when the file or the block is absent.
+
+    Args:
+        card_path: a `README.md`.
+
+    Returns:
+        The mapping between the leading `---` lines (unreadable YAML gives {}).
+    """
+    import yaml
+
+    try:
+        with open(card_path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError:
+        return {}
+    if not text.startswith(_FRONT):
+        return {}
+    block = text[len(_FRONT):].split("\n" + _FRONT, 1)[0]
+    try:
+        value = yaml.safe_load(block)
+    except yaml.YAMLError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        value = json.load(handle)
+    return value if isinstance(value, dict) else {}
+
+
+def _front_matter(values: dict[str, Any]) -> str:
+    import yaml
+
+    return _FRONT + "\n" + yaml.safe_dump(values, sort_keys=False).rstrip() + "\n" + _FRONT + "\n"
+
+
+def _teacher_card(teacher_dir: str | None) -> tuple[dict[str, Any], str | None]:
+    """The teacher's front matter and its card title ("# name"), when it has a card."""
+    if not teacher_dir:
+        return {}, None
+    path = os.path.join(teacher_dir, CARD_FILE)
+    title = None
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            title = next((line[2:].strip() for line in handle if line.startswith("# ")), None)
+    return read_front_matter(path), title
+
+
+def _fidelity_rows(fidelity: dict[str, Any]) -> list[str]:
+    rows = []
+    for values in fidelity.values():
+        if not isinstance(values, dict) or "spearman" not in values:
+            continue
+        rows.append(f"| {values.get('texts', '?')} | {values['spearman']:.4f} | "
+                    f"{values.get('cka', float('nan')):.4f} | "
+                    f"{values.get('knn@10', float('nan')):.4f} |")
+    return rows
+
+
+def student_card(run_dir: str, command: list[str] | None = None) -> str:
+    """The model card of `run_dir/student`, from the run's files.
+
+    Args:
+        run_dir: a finished `tf-minilm distill` output folder (config.json, result.json).
+        command: the command line that ran it, when known.
+
+    Returns:
+        The card text (front matter + Markdown).
+    """
+    config = _read_json(os.path.join(run_dir, "config.json"))
+    result = _read_json(os.path.join(run_dir, "result.json"))
+    versions_path = os.path.join(run_dir, "versions.json")
+    versions = _read_json(versions_path) if os.path.isfile(versions_path) else {}
+    teacher_dir = config.get("teacher")
+    teacher_front, teacher_title = _teacher_card(teacher_dir)
+    teacher_name = teacher_front.get("model_name") or teacher_title or \
+        os.path.basename(os.path.normpath(teacher_dir or "teacher"))
+
+    front: dict[str, Any] = {"library_name": "sentence-transformers",
+                             "pipeline_tag": "sentence-similarity"}
+    for key in ("base_model", "license", "language"):
+        if teacher_front.get(key):
+            front[key] = teacher_front[key]
+    front["tags"] = ["sentence-transformers", "feature-extraction", "sentence-similarity",
+                     "knowledge-distillation", "tf-minilm"]
+
+    steps, batch, seq = result.get("step"), config.get("batch_size"), config.get("max_seq_len")
+    corpus = result.get("corpus") or {}
+    evaluation = result.get("eval") or {}
+    lines = [f"# {os.path.basename(os.path.normpath(config.get('output') or run_dir))} "
+             f"(student of {teacher_name})", "",
+             f"A {config.get('student_layers')}-layer x {config.get('student_hidden')} student "
+             f"distilled from {teacher_name} with tf-minilm. Load it with "
+             "`SentenceTransformer(\"path/to/student\")` or `transformers.AutoModel`.", "",
+             "## How it was made", "",
+             "| | |", "|---|---|",
+             f"| teacher | {teacher_name} (`{teacher_dir}`) |",
+             f"| objective | `{config.get('stages') or config.get('loss') or config.get('method')}` |",
+             f"| student | {config.get('student_layers')} layers x {config.get('student_hidden')}, "
+             f"{config.get('student_heads')} heads, FFN {config.get('student_intermediate')}; "
+             f"init {config.get('init')} {config.get('init_layers') or ''} |".replace(" |", " |"),
+             f"| parameters | {result.get('student_parameters'):,} |"
+             if result.get("student_parameters") else "| parameters | not recorded |",
+             f"| budget | {steps} steps of {batch} x {seq} token positions "
+             f"({(steps or 0) * (batch or 0) * (seq or 0):,} positions seen), learning rate "
+             f"{config.get('learning_rate')}, precision {result.get('precision')} |",
+             f"| pooling | {config.get('pooling')} |",
+             f"| corpus | {corpus.get('files_read')} files, {corpus.get('documents')} documents, "
+             f"{corpus.get('tokens')} tokens; {result.get('train_sequences')} training / "
+             f"{result.get('eval_sequences')} held-out sequences |"]
+    if evaluation.get("loss") is not None:
+        lines.append(f"| held-out loss | {evaluation['loss']:.6f} "
+                     f"({', '.join(f'{k} {v:.6f}' for k, v in evaluation.items() if k != 'loss')}) |")
+    fidelity = _fidelity_rows(result.get("fidelity") or {})
+    if fidelity:
+        lines += ["", "## Closeness to the teacher", "",
+                  "Spearman correlation of all pairwise cosine similarities (student vs "
+                  "teacher), linear CKA, and the share of each text's 10 nearest neighbours "
+                  "kept, on texts outside the training rows:", "",
+                  "| texts | Spearman | CKA | kNN@10 |", "|---|---|---|---|", *fidelity]
+    if command:
+        lines += ["", "## Command", "", "```bash", shlex.join(command), "```"]
+    if versions:
+        shown = {k: versions[k] for k in ("tf-minilm", "tensorflow-cpu", "tensorflow", "keras")
+                 if k in versions}
+        if shown:
+            lines += ["", "Made with " + ", ".join(f"{k} {v}" for k, v in shown.items()) + "."]
+    return _front_matter(front) + "\n" + "\n".join(lines) + "\n"
+
+
+def export_card(export_dir: str, source_card: str | None) -> str:
+    """The model card of an export: the student's card (when it has one) + the ONNX facts.
+
+    Args:
+        export_dir: a folder holding `export_report.json`.
+        source_card: the exported model's `README.md`, or None.
+
+    Returns:
+        The card text.
+    """
+    report = _read_json(os.path.join(export_dir, EXPORT_REPORT_FILE))
+    front: dict[str, Any] = {}
+    body = ""
+    if source_card and os.path.isfile(source_card):
+        front = read_front_matter(source_card)
+        with open(source_card, encoding="utf-8") as handle:
+            text = handle.read()
+        body = text.split("\n" + _FRONT + "\n", 1)[1] if text.startswith(_FRONT) and \
+            ("\n" + _FRONT + "\n") in text else text
+    front = {**front, "library_name": "onnxruntime"} if front else {
+        "library_name": "onnxruntime", "pipeline_tag": "feature-extraction"}
+    front["tags"] = sorted(set(front.get("tags") or []) | {"onnx", "tf-minilm"})
+    if not body.strip():
+        body = f"\n# {os.path.basename(os.path.normpath(str(report.get('source', export_dir))))} (ONNX)\n"
+    fused = report.get("fused_operator_groups") or {}
+    parity = report.get("parity") or {}
+    lines = ["", "## ONNX export", "",
+             f"`model.onnx` (fp32{' and `model.int8.onnx` (dynamic int8)' if report.get('quantize') == 'int8' else ''}), "
+             f"opset {report.get('opset')}, inputs up to {report.get('max_seq_len')} tokens, "
+             f"{report.get('pooling')} pooling (from {report.get('pooling_source')}); serve with "
+             "`tf-minilm serve`.", ""]
+    if fused:
+        lines.append("Fused operators: " + ", ".join(f"{k} {v}" for k, v in fused.items()) + ".")
+    figures = [f"{name} {value:.4g}" for name, value in _flat_numbers(parity)]
+    if figures:
+        lines.append("Parity with Keras float32 on the validation sentences: "
+                     + ", ".join(figures) + ".")
+    return _front_matter(front) + body.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+
+
+def _flat_numbers(values: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted name, number) of every number in nested dicts, in order."""
+    if isinstance(values, dict):
+        return [pair for key, value in values.items()
+                for pair in _flat_numbers(value, f"{prefix}{key} ")]
+    if isinstance(values, int | float) and not isinstance(values, bool):
+        return [(prefix.strip(), float(values))]
+    return []
+
+
+def write_card(folder: str, text: str) -> str:
+    """Write `text` as `folder/README.md` atomically; returns the path."""
+    path = os.path.join(folder, CARD_FILE)
+    write_text_atomic(path, text)
+    return path
