@@ -73,6 +73,16 @@ def _teacher_card(teacher_dir: str | None) -> tuple[dict[str, Any], str | None]:
     return read_front_matter(path), title
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
+def _pooling_text(pooling: Any) -> str:
+    if not isinstance(pooling, dict):
+        return "not recorded"
+    return f"{pooling.get('mode')}" + (", L2-normalised" if pooling.get("normalize") else "")
+
+
 def _fidelity_rows(fidelity: dict[str, Any]) -> list[str]:
     rows = []
     for values in fidelity.values():
@@ -114,8 +124,9 @@ def student_card(run_dir: str, command: list[str] | None = None) -> str:
     steps, batch, seq = result.get("step"), config.get("batch_size"), config.get("max_seq_len")
     corpus = result.get("corpus") or {}
     evaluation = result.get("eval") or {}
-    lines = [f"# {os.path.basename(os.path.normpath(config.get('output') or run_dir))} "
-             f"(student of {teacher_name})", "",
+    corpus_paths = ", ".join(f"`{path}`" for path in config.get("corpus") or []) or "not recorded"
+    lines = [f"# {teacher_name} student, {config.get('student_layers')} x "
+             f"{config.get('student_hidden')}", "",
              f"A {config.get('student_layers')}-layer x {config.get('student_hidden')} student "
              f"distilled from {teacher_name} with tf-minilm. Load it with "
              "`SentenceTransformer(\"path/to/student\")` or `transformers.AutoModel`.", "",
@@ -125,16 +136,20 @@ def student_card(run_dir: str, command: list[str] | None = None) -> str:
              f"| objective | `{config.get('stages') or config.get('loss') or config.get('method')}` |",
              f"| student | {config.get('student_layers')} layers x {config.get('student_hidden')}, "
              f"{config.get('student_heads')} heads, FFN {config.get('student_intermediate')}; "
-             f"init {config.get('init')} {config.get('init_layers') or ''} |".replace(" |", " |"),
+             f"init {config.get('init')}"
+             + (f" from teacher layers {config['init_layers']}" if config.get("init_layers") else "")
+             + " |",
              f"| parameters | {result.get('student_parameters'):,} |"
              if result.get("student_parameters") else "| parameters | not recorded |",
              f"| budget | {steps} steps of {batch} x {seq} token positions "
              f"({(steps or 0) * (batch or 0) * (seq or 0):,} positions seen), learning rate "
              f"{config.get('learning_rate')}, precision {result.get('precision')} |",
-             f"| pooling | {config.get('pooling')} |",
-             f"| corpus | {corpus.get('files_read')} files, {corpus.get('documents')} documents, "
-             f"{corpus.get('tokens')} tokens; {result.get('train_sequences')} training / "
-             f"{result.get('eval_sequences')} held-out sequences |"]
+             f"| pooling | {_pooling_text(config.get('pooling'))} |",
+             f"| corpus | {corpus_paths}: {_count(corpus.get('files_read'))} files, "
+             f"{_count(corpus.get('documents'))} documents, {_count(corpus.get('tokens'))} "
+             f"tokens; {_count(result.get('train_sequences'))} training / "
+             f"{_count(result.get('eval_sequences'))} held-out sequences |",
+             f"| run folder | `{config.get('output') or run_dir}` |"]
     if evaluation.get("loss") is not None:
         lines.append(f"| held-out loss | {evaluation['loss']:.6f} "
                      f"({', '.join(f'{k} {v:.6f}' for k, v in evaluation.items() if k != 'loss')}) |")
