@@ -23,14 +23,15 @@ CARD_FILE = "README.md"
 _FRONT = "---"
 
 
-def read_front_matter(card_path: str) -> dict[str, Any]:
-    """The YAML front matter of a model card, {} when the file or the block is absent.
+def read_card(card_path: str) -> tuple[dict[str, Any], str]:
+    """A model card's YAML front matter and the Markdown after it.
 
     Args:
         card_path: a `README.md`.
 
     Returns:
-        The mapping between the leading `---` lines (unreadable YAML gives {}).
+        ({} and "" when the file is absent; {} and the whole text when it has no front
+        matter or the block is not a YAML mapping).
     """
     import yaml
 
@@ -38,15 +39,21 @@ def read_front_matter(card_path: str) -> dict[str, Any]:
         with open(card_path, encoding="utf-8") as handle:
             text = handle.read()
     except OSError:
-        return {}
-    if not text.startswith(_FRONT):
-        return {}
-    block = text[len(_FRONT):].split("\n" + _FRONT, 1)[0]
+        return {}, ""
+    closing = "\n" + _FRONT + "\n"
+    if not text.startswith(_FRONT + "\n") or closing not in text[len(_FRONT):]:
+        return {}, text
+    block, body = text[len(_FRONT):].split(closing, 1)
     try:
         value = yaml.safe_load(block)
     except yaml.YAMLError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        return {}, text
+    return (value, body) if isinstance(value, dict) else ({}, text)
+
+
+def read_front_matter(card_path: str) -> dict[str, Any]:
+    """The YAML front matter of a model card, {} when the file or the block is absent."""
+    return read_card(card_path)[0]
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -65,12 +72,9 @@ def _teacher_card(teacher_dir: str | None) -> tuple[dict[str, Any], str | None]:
     """The teacher's front matter and its card title ("# name"), when it has a card."""
     if not teacher_dir:
         return {}, None
-    path = os.path.join(teacher_dir, CARD_FILE)
-    title = None
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            title = next((line[2:].strip() for line in handle if line.startswith("# ")), None)
-    return read_front_matter(path), title
+    front, body = read_card(os.path.join(teacher_dir, CARD_FILE))
+    title = next((line[2:].strip() for line in body.splitlines() if line.startswith("# ")), None)
+    return front, title
 
 
 def _count(value: Any) -> str:
@@ -181,14 +185,7 @@ def export_card(export_dir: str, source_card: str | None) -> str:
         The card text.
     """
     report = _read_json(os.path.join(export_dir, EXPORT_REPORT_FILE))
-    front: dict[str, Any] = {}
-    body = ""
-    if source_card and os.path.isfile(source_card):
-        front = read_front_matter(source_card)
-        with open(source_card, encoding="utf-8") as handle:
-            text = handle.read()
-        body = text.split("\n" + _FRONT + "\n", 1)[1] if text.startswith(_FRONT) and \
-            ("\n" + _FRONT + "\n") in text else text
+    front, body = read_card(source_card) if source_card else ({}, "")
     front = {**front, "library_name": "onnxruntime"} if front else {
         "library_name": "onnxruntime", "pipeline_tag": "feature-extraction"}
     front["tags"] = sorted(set(front.get("tags") or []) | {"onnx", "tf-minilm"})
