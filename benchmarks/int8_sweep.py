@@ -101,7 +101,7 @@ def build_configs(fp32_path: str, workdir: str, calib_feeds: list[dict]) -> dict
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from benchmarks.smoothing import smooth_onnx
+    from export.smoothing import smooth_onnx
 
     def dynamic(dst, src=fp32_path, per_channel=True, weight_type=QuantType.QInt8, exclude=(),
                 op_types=None, extra=None, reduce_range=False):
@@ -115,7 +115,7 @@ def build_configs(fp32_path: str, workdir: str, calib_feeds: list[dict]) -> dict
 
     def smoothed(alpha, kinds=None, **kw):
         def make(dst):
-            from benchmarks.smoothing import KINDS
+            from export.smoothing import KINDS
             tmp = os.path.join(workdir, f"smooth_{alpha}_{'-'.join(kinds or ['all'])}.onnx")
             smooth_onnx(fp32_path, tmp, calib_feeds, alpha=alpha, kinds=kinds or KINDS)
             dynamic(dst, src=tmp, **kw)

@@ -1,4 +1,4 @@
-"""SmoothQuant-style smoothing (benchmarks/smoothing.py, an int8 experiment) and int8 quantization of a tiny
+"""SmoothQuant-style smoothing (export/smoothing.py), outlier-channel splitting (export/outliers.py) and the int8 variant choice of a tiny
 fused encoder: sites found, exact in float32, outlier range moved, int8 still close."""
 
 from __future__ import annotations
@@ -14,7 +14,18 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from benchmarks.smoothing import (  # noqa: E402
+from export.errors import ExportError, ParityError  # noqa: E402
+from export.outliers import split_outlier_channels, split_sites  # noqa: E402
+from export.pipeline import export_model  # noqa: E402
+from export.quantize import (  # noqa: E402
+    VARIANTS,
+    Int8Variant,
+    choose_int8,
+    quantize_int8,
+    timing_feeds,
+    write_variant,
+)
+from export.smoothing import (  # noqa: E402
     KINDS,
     activation_channel_max,
     find_sites,
@@ -22,9 +33,6 @@ from benchmarks.smoothing import (  # noqa: E402
     smooth_onnx,
     smoothing_scales,
 )
-from export.errors import ExportError  # noqa: E402
-from export.pipeline import export_model  # noqa: E402
-from export.quantize import quantize_int8  # noqa: E402
 from export.validate import VALIDATION_SENTENCES, tokenize  # noqa: E402
 
 LAYERS = 2
@@ -143,3 +151,104 @@ def test_bad_alpha_and_missing_maxima_are_named(fused):
         smooth_model(model, {}, alpha=1.5)
     with pytest.raises(ExportError, match="no activation maxima"):
         smooth_model(model, {}, alpha=0.5)
+
+
+# ------------------------------------------------------------------- outlier channels
+def with_ffn_outlier(fused, tmp_path, factor=30.0):
+    """The fused model with one FFN channel per layer made `factor` x larger before the
+    GELU (weight column and bias) and its FFN-output weight row `factor` x smaller: a
+    GELU output with an outlier channel, as the FFN output projection of BERT sees."""
+    from onnx import numpy_helper
+
+    model = onnx.load(fused)
+    inits = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def scale(name, index, value):
+        array = numpy_helper.to_array(inits[name]).copy()
+        array[index] *= value
+        inits[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    for node in split_sites(model, ["gelu"]):
+        gelu = producers[node.input[0]]
+        ffn_in = producers[gelu.input[0]]
+        scale(ffn_in.input[1], (slice(None), OUTLIER_CHANNEL), factor)
+        scale(gelu.input[1], OUTLIER_CHANNEL, factor)
+        scale(node.input[1], OUTLIER_CHANNEL, 1.0 / factor)
+    path = str(tmp_path / "outlier.onnx")
+    onnx.save(model, path)
+    return path
+
+
+def test_outlier_split_is_exact_and_takes_the_largest_channels(fused, batch, tokenizer):
+    model = onnx.load(fused)
+    feeds = [tokenize(tokenizer, VALIDATION_SENTENCES[i:i + 4], 64, 0) for i in range(0, 16, 4)]
+    sites = [(node.name, node.input[0]) for node in split_sites(model, ["gelu", "attention"])]
+    assert len(sites) == 2 * LAYERS
+    maxima = activation_channel_max(model, feeds, [source for _, source in sites])
+    kept = split_outlier_channels(model, feeds, ["gelu", "attention"], channels=3)
+    assert len(kept) == 2 * LAYERS and all(name.endswith("__outliers_fp32") for name in kept)
+    onnx.checker.check_model(model)
+    inits = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    for name, source in sites:
+        chosen = inits[f"{name}__outlier_index"]
+        np.testing.assert_array_equal(np.sort(chosen), np.sort(np.argsort(-maxima[source])[:3]))
+        assert (inits[f"{name}__inlier_mask"][chosen] == 0).all()
+    reference, split = run(fused, batch), run(model, batch)
+    real = batch["attention_mask"].astype(bool)
+    # Exact up to float32 re-association (the same bound as smoothing's, hidden states ~8).
+    assert np.abs(reference["last_hidden_state"][real] - split["last_hidden_state"][real]
+                  ).max() <= 1e-4
+    assert np.abs(reference["sentence_embedding"] - split["sentence_embedding"]).max() <= 1e-5
+    with pytest.raises(ExportError, match="unknown outlier split kind"):
+        split_sites(model, ["conv"])
+
+
+def test_ladder_picks_the_first_variant_that_holds(fused, tmp_path):
+    calls = []
+
+    def check(path):
+        calls.append(path)
+        return {"min_cosine": 0.9 + 0.01 * len(calls), "passed": len(calls) == 3}
+
+    out = tmp_path / "int8.onnx"
+    choice = choose_int8(fused, out, check, [], failure=lambda f: "no", timing=None,
+                         variants=[Int8Variant("a"), Int8Variant("b", keep_embeddings=True),
+                                   Int8Variant("c", keep_embeddings=True),
+                                   Int8Variant("d")])
+    assert choice["variant"] == "c" and [r["variant"] for r in choice["tried"]] == ["a", "b", "c"]
+    assert choice["kept_fp32_nodes"] >= 1 and out.exists()
+    names = {n.name for n in onnx.load(str(out)).graph.node}
+    assert "EmbedLayerNormalization_0" in names or any("Embed" in n for n in names)
+
+    with pytest.raises(ParityError, match="Remedies tried") as caught:
+        choose_int8(fused, out, lambda path: {"min_cosine": 0.5, "passed": False}, [],
+                    failure=lambda f: "int8 too far", variants=VARIANTS[:2])
+    assert [r["variant"] for r in caught.value.figures["int8_tried"]] == [
+        v.name for v in VARIANTS[:2]]
+    assert not out.exists()  # no int8 file is left behind when none holds
+
+
+def test_remedies_recover_an_outlier_that_plain_int8_loses(fused, tokenizer, tmp_path):
+    from export.validate import calibration_feeds, check_int8, onnx_outputs
+
+    path = with_ffn_outlier(fused, tmp_path)
+    feeds = tokenize(tokenizer, VALIDATION_SENTENCES, 64, 0)
+    reference = onnx_outputs(path, feeds)
+    calibration = calibration_feeds(tokenizer, 64, 0)
+    figures = {}
+    for variant in VARIANTS:
+        write_variant(path, tmp_path / "v.onnx", variant, calibration)
+        figures[variant.name] = check_int8(reference, tmp_path / "v.onnx", feeds, 0.0)["min_cosine"]
+    # The FFN outlier is what costs int8 here: splitting it off recovers most of it.
+    plain, smoothed = figures["dynamic"], figures["smoothed 0.5"]
+    split = figures["smoothed 0.5, fp32 FFN outliers"]
+    assert 1 - split < (1 - smoothed) / 2 and 1 - split < (1 - plain) / 2, figures
+    floor = (max(figures["smoothed 0.5"], figures["smoothed 0.7"]) + split) / 2
+    choice = choose_int8(path, tmp_path / "c.onnx",
+                         lambda p: check_int8(reference, p, feeds, floor),
+                         calibration, failure=lambda f: "no",
+                         timing=timing_feeds(tokenizer.get_vocab_size(), 16))
+    assert choice["variant"] == "smoothed 0.5, fp32 FFN outliers" and choice["figures"]["passed"]
+    assert choice["outlier_channels"] == 16 and choice["smooth_alpha"] == 0.5
+    assert choice["speedup"] > 0 and choice["timing_shape"] == [1, 16]

@@ -1,7 +1,11 @@
 """SmoothQuant-style rescaling of a fused float32 encoder graph before dynamic int8.
 
-An experiment of `benchmarks/int8_sweep.py` (README: it did not pay off), kept out of the
-`export` package: the export never smooths.
+Owns: smoothing sites, per-channel activation maxima on calibration feeds and the exact
+rescaling. Imports: `export.errors`, onnx, onnxruntime. Used by `export.quantize` as one
+of the remedies it tries when plain dynamic int8 misses the floor (the LayerNorm-fed
+sites only: on all-MiniLM-L6-v2 smoothing the GELU-fed products made int8 worse,
+`benchmarks/int8_sweep.py`); written here because onnxruntime's dynamic quantizer has
+no smoothing.
 
 onnxruntime's dynamic quantizer gives each activation tensor one scale, so a few
 outlier channels of BERT hidden states (tens of times larger than the rest) leave the
