@@ -17,7 +17,8 @@ import sys
 
 from tf_minilm.argtypes import finite_float
 
-HELP = ("export a student (HF folder or .keras file) to ONNX fp32 + int8 with onnxruntime "
+HELP = ("export a student (HF folder or .keras file) or a fine-tuned classifier (the .keras "
+        "file `tf-minilm evaluate --save-model` writes) to ONNX fp32 + int8 with onnxruntime "
         "fusions, checked for parity against Keras and written atomically")
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ def default_output(student: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `export` flags to `parser`."""
     parser.add_argument("student", metavar="STUDENT",
-                        help="HF checkpoint folder (config.json, model.safetensors, tokenizer) "
-                             "or a .keras file holding an Encoder")
+                        help="HF checkpoint folder (config.json, model.safetensors, tokenizer), "
+                             "a .keras file holding an Encoder, or a fine-tuned classifier's "
+                             ".keras file (exported with a logits output and labels.json)")
     parser.add_argument("--output", "-o", default=None, metavar="DIR",
                         help="output folder, replaced only when every check passes "
                              "(default: STUDENT-onnx beside the student)%(default).0s")
@@ -52,11 +54,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: what the model folder's sentence-transformers files "
                              "declare (modules.json, 1_Pooling/config.json), else mean; a "
                              "different value overrides them with a warning")
-    parser.add_argument("--max-seq-len", type=int, default=128,
-                        help="longest input in tokens, capped by the model's position table")
+    parser.add_argument("--max-seq-len", type=int, default=None,
+                        help="longest input in tokens, capped by the model's position table "
+                             "(default: a classifier's fine-tuning length when recorded beside "
+                             "it, else 128)%(default).0s")
     parser.add_argument("--int8-min-cosine", type=finite_float, default=0.99,
                         help="least cosine between each int8 and Keras float32 sentence embedding "
-                             "on the built-in validation sentences; below it the export fails")
+                             "on the built-in validation sentences; when plain dynamic int8 "
+                             "misses it the export tries its remedies (smoothing, outlier "
+                             "channels in fp32) and fails only if none holds")
+    parser.add_argument("--int8-max-prob-diff", type=finite_float, default=0.05,
+                        help="classifiers: largest change of any class probability between int8 "
+                             "and Keras float32 on the validation sentences")
+    parser.add_argument("--labels", default=None, metavar="NAME,NAME,...",
+                        help="classifiers: label names in logit order (default: those "
+                             "`tf-minilm evaluate` saved beside the .keras file, else "
+                             "LABEL_0, LABEL_1, ...)%(default).0s")
     parser.add_argument("--tokenizer", default=None, metavar="DIR",
                         help="tokenizer folder (tokenizer.json or vocab.txt) for a .keras "
                              "STUDENT (default: the student/ folder beside it)%(default).0s")
@@ -64,19 +77,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _print_summary(output: str, report: dict) -> None:
     parity = report["parity"]
-    print(f"exported {report['source']} -> {output}")
+    print(f"exported {report['source']} ({report['kind']}) -> {output}")
+    if report["kind"] == "classifier":
+        print(f"  labels: {', '.join(report['labels'])}")
     for name, size in report["files"]["model_bytes"].items():
         print(f"  {name}: {size / 1e6:.1f} MB")
     if report["fused_operators"] is not None:
         print(f"  fused operators: {report['fused_operators']}")
     fp32 = parity["fp32"]
-    print(f"  fp32 parity: last_hidden_state max abs {fp32['max_abs_last_hidden_state']:.2e}, "
-          f"sentence_embedding max abs {fp32['max_abs_sentence_embedding']:.2e} "
-          f"(tolerance {fp32['tolerance']:g})")
+    diffs = ", ".join(f"{key[len('max_abs_'):]} max abs {value:.2e}" for key, value in fp32.items()
+                      if key.startswith("max_abs_"))
+    print(f"  fp32 parity: {diffs} (tolerance {fp32['tolerance']:g})")
     if "int8" in parity:
-        int8 = parity["int8"]
-        print(f"  int8 cosine to fp32: min {int8['min_cosine']:.4f}, mean {int8['mean_cosine']:.4f}"
-              f" (threshold {int8['threshold']})")
+        int8, choice = parity["int8"], report["int8"]
+        if "min_cosine" in int8:
+            held = f"cosine to fp32: min {int8['min_cosine']:.4f}, mean {int8['mean_cosine']:.4f}"
+        else:
+            held = (f"class probabilities within {int8['max_abs_probability']:.4f} of fp32, "
+                    f"labels agree on {int8['label_agreement']:.0%}")
+        speed = f", {choice['speedup']:.2f}x fp32 at batch 1" if "speedup" in choice else ""
+        print(f"  int8 ({choice['variant']}): {held} (threshold {int8['threshold']}){speed}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +113,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --int8-min-cosine must be in [0, 1], got {args.int8_min_cosine}",
               file=sys.stderr)
         return 2
-    if args.max_seq_len < 2:
+    if not 0.0 <= args.int8_max_prob_diff <= 1.0:
+        print(f"error: --int8-max-prob-diff must be in [0, 1], got {args.int8_max_prob_diff}",
+              file=sys.stderr)
+        return 2
+    labels = None
+    if args.labels is not None:
+        labels = [name.strip() for name in args.labels.split(",")]
+        if not all(labels):
+            print(f"error: --labels: empty label name in {args.labels!r}", file=sys.stderr)
+            return 2
+    if args.max_seq_len is not None and args.max_seq_len < 2:
         print(f"error: --max-seq-len must be >= 2, got {args.max_seq_len}", file=sys.stderr)
         return 2
     from export.pipeline import export_model
@@ -110,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
             max_seq_len=args.max_seq_len,
             tokenizer=args.tokenizer,
             int8_min_cosine=args.int8_min_cosine,
+            labels=labels,
+            int8_max_probability_diff=args.int8_max_prob_diff,
         )
     except ParityError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,7 +7,8 @@ Pooling is `tf_minilm.model.pooling`'s. Imports: `export.errors`, `export.logs`,
 The exported graph takes three int64 [batch, seq] inputs `input_ids`,
 `attention_mask` and `token_type_ids`. `embedding_function` gives the encoder graph
 its outputs `last_hidden_state` [batch, seq, hidden] and `sentence_embedding`
-[batch, hidden] (mean- or CLS-pooled, L2-normalised); `function_to_onnx` converts any
+[batch, hidden] (mean- or CLS-pooled, L2-normalised unless the model declares no
+`Normalize`); `function_to_onnx` converts any
 `tf.function` with that input signature that returns a dict of named tensors (for
 example a classifier head's `{"logits": ...}`).
 
@@ -102,12 +103,13 @@ def float32_copy(encoder: Any) -> Any:
         raise ExportError(f"cannot copy {encoder.name} to float32: {err}") from err
 
 
-def embedding_function(encoder: Any, pooling: str = "mean") -> Any:
+def embedding_function(encoder: Any, pooling: str = "mean", normalize: bool = True) -> Any:
     """A `tf.function` over the three int64 inputs returning the embedding outputs.
 
     Args:
         encoder: a float32 `Encoder` (see `float32_copy`).
         pooling: "mean" (over real tokens) or "cls" (first token).
+        normalize: L2-normalise `sentence_embedding` (sentence-transformers' `Normalize`).
 
     Returns:
         A `tf.function` with `input_signature()` returning
@@ -117,7 +119,7 @@ def embedding_function(encoder: Any, pooling: str = "mean") -> Any:
 
     from tf_minilm.model.pooling import PoolingSpec, sentence_embedding
 
-    spec = PoolingSpec(check_pooling(pooling), normalize=True)
+    spec = PoolingSpec(check_pooling(pooling), normalize=bool(normalize))
 
     @tf.function(input_signature=input_signature())
     def embed(input_ids: Any, attention_mask: Any, token_type_ids: Any) -> dict[str, Any]:

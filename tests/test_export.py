@@ -409,21 +409,24 @@ def test_output_folder_is_never_something_else(tmp_path, student_dir):
 
 
 # ------------------------------------------------------------------- real teacher
-REAL_TEACHER_INT8_FLOOR = 0.95
-"""Measured on all-MiniLM-L6-v2: dynamic int8 (per-channel, every supported op) reaches a
-min cosine of 0.963 and a mean of 0.986 on the validation sentences (the 1-3 token ones
-are the worst); no exclusion set that keeps int8's speed-up reaches 0.99."""
+PLAIN_INT8_MIN_COSINE = 0.97
+"""Measured on all-MiniLM-L6-v2: plain dynamic int8 (per-channel, every supported op)
+reaches a min cosine of 0.962 on the validation sentences (the 1-3 token ones are the
+worst), so the export must climb its ladder to hold the default floor of 0.99."""
 
 
 @pytest.mark.slow
 def test_real_teacher_exports_fused_with_parity(real_teacher_dir, tmp_path):
-    report = export_model(real_teacher_dir, tmp_path / "teacher-onnx",
-                          int8_min_cosine=REAL_TEACHER_INT8_FLOOR)
+    report = export_model(real_teacher_dir, tmp_path / "teacher-onnx")  # default floor 0.99
     assert report["fused_operator_groups"] == {
         "Attention": 6, "SkipLayerNormalization": 12, "Gelu": 6, "EmbedLayerNormalization": 1}
     fp32, int8 = report["parity"]["fp32"], report["parity"]["int8"]
     assert fp32["max_abs_last_hidden_state"] <= 1e-4 and fp32["max_abs_sentence_embedding"] <= 1e-4
-    assert int8["min_cosine"] >= REAL_TEACHER_INT8_FLOOR and int8["mean_cosine"] >= 0.98
+    assert int8["min_cosine"] >= 0.99 and int8["mean_cosine"] >= 0.99
+    choice = report["int8"]
+    assert choice["tried"][0]["variant"] == "dynamic"
+    assert choice["tried"][0]["min_cosine"] < PLAIN_INT8_MIN_COSINE  # the ladder was needed
+    assert choice["variant"] != "dynamic" and choice["speedup"] > 1.0
     assert report["max_seq_len"] == 128 and report["hidden_size"] == 384
 
     # Independent reference: transformers' PyTorch BertModel + sentence-transformers pooling.

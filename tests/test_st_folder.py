@@ -98,17 +98,19 @@ def test_sentence_transformers_encodes_as_keras_and_the_onnx_export(tmp_path, sp
     model = st.SentenceTransformer(folder, device="cpu")
     got = model.encode(TEXTS, convert_to_numpy=True, batch_size=8)
     assert np.abs(got - expected).max() <= 1e-5
-    if spec.normalize:  # the export's sentence_embedding is normalised
-        from export.pipeline import export_model
-        from serving.runtime import EmbeddingModel
+    from export.pipeline import export_model
+    from serving.runtime import EmbeddingModel
 
-        report = export_model(folder, tmp_path / "onnx", quantize="none")  # pooling: the folder's
-        assert report["pooling"] == spec.mode
-        assert report["pooling_source"] == f"{folder}/modules.json"
-        onnx = EmbeddingModel(tmp_path / "onnx").encode(TEXTS)
-        assert np.abs(onnx - got).max() <= 1e-5
-        card = (tmp_path / "onnx" / "README.md").read_text()
-        assert "## ONNX export" in card and f"{spec.mode} pooling (from {folder}" in card
+    # Pooling and normalisation: the folder's, as sentence-transformers reads them.
+    report = export_model(folder, tmp_path / "onnx", quantize="none")
+    assert (report["pooling"], report["normalize"]) == (spec.mode, spec.normalize)
+    assert report["pooling_source"] == f"{folder}/modules.json"
+    served = EmbeddingModel(tmp_path / "onnx")
+    assert served.normalize == spec.normalize
+    onnx = served.encode(TEXTS)
+    assert np.abs(onnx - got).max() <= 1e-5
+    card = (tmp_path / "onnx" / "README.md").read_text()
+    assert "## ONNX export" in card and f"{spec.mode} pooling (from {folder}" in card
 
 
 def test_export_pooling_flag_overrides_the_folder_with_a_warning(tmp_path, caplog):
@@ -117,12 +119,10 @@ def test_export_pooling_flag_overrides_the_folder_with_a_warning(tmp_path, caplo
     teacher_folder = _teacher_folder(tmp_path, PoolingSpec("cls", False))
     folder, _ = _student_folder(tmp_path, teacher_folder)
     student = load_student(folder)
-    with caplog.at_level("WARNING"):
-        assert resolve_pooling(student, None) == ("cls", f"{folder}/modules.json")
-    assert "declares no Normalize module" in caplog.text
+    assert resolve_pooling(student, None) == (PoolingSpec("cls", False), f"{folder}/modules.json")
     caplog.clear()
-    with caplog.at_level("WARNING"):
-        assert resolve_pooling(student, "mean") == ("mean", "flag")
+    with caplog.at_level("WARNING"):  # the flag changes the mode, not the normalisation
+        assert resolve_pooling(student, "mean") == (PoolingSpec("mean", False), "flag")
     assert re.search(r"--pooling mean overrides the cls pooling that .*modules.json declares",
                      caplog.text)
     (tmp_path / "student" / "1_Pooling" / "config.json").write_text("{}")
@@ -141,4 +141,4 @@ def test_a_folder_without_st_files_exports_mean_pooling(tmp_path):
     folder, _ = _student_folder(tmp_path, teacher_folder)
     (tmp_path / "student" / "modules.json").unlink()
     shutil.rmtree(tmp_path / "student" / "1_Pooling")
-    assert resolve_pooling(load_student(folder), None) == ("mean", "default")
+    assert resolve_pooling(load_student(folder), None) == (PoolingSpec("mean", True), "default")

@@ -185,21 +185,46 @@ def export_card(export_dir: str, source_card: str | None) -> str:
         The card text.
     """
     report = _read_json(os.path.join(export_dir, EXPORT_REPORT_FILE))
+    classifier = report.get("kind") == "classifier"
     front, body = read_card(source_card) if source_card else ({}, "")
     front = {**front, "library_name": "onnxruntime"} if front else {
         "library_name": "onnxruntime", "pipeline_tag": "feature-extraction"}
+    if classifier:
+        front["pipeline_tag"] = "text-classification"
     front["tags"] = sorted(set(front.get("tags") or []) | {"onnx", "tf-minilm"})
     if not body.strip():
         body = f"\n# {os.path.basename(os.path.normpath(str(report.get('source', export_dir))))} (ONNX)\n"
     fused = report.get("fused_operator_groups") or {}
     parity = report.get("parity") or {}
-    lines = ["", "## ONNX export", "",
-             f"`model.onnx` (fp32{' and `model.int8.onnx` (dynamic int8)' if report.get('quantize') == 'int8' else ''}), "
-             f"opset {report.get('opset')}, inputs up to {report.get('max_seq_len')} tokens, "
-             f"{report.get('pooling')} pooling (from {report.get('pooling_source')}); serve with "
-             "`tf-minilm serve`.", ""]
+    files = (f"`model.onnx` (fp32{' and `model.int8.onnx` (int8)' if report.get('quantize') == 'int8' else ''}), "
+             f"opset {report.get('opset')}, inputs up to {report.get('max_seq_len')} tokens")
+    if classifier:
+        tuning = report.get("fine_tuning") or {}
+        lines = ["", "## ONNX export: text classifier", "",
+                 f"{files}; a `logits` output over the labels "
+                 f"{', '.join(f'`{name}`' for name in report.get('labels') or [])} "
+                 f"(`labels.json`), {report.get('pooling')} pooling; serve with "
+                 "`tf-minilm serve` (`POST /v1/classify`).", ""]
+        if tuning.get("task") is not None:
+            scores = ", ".join(f"{key.replace('_', '-')} {tuning[key]:.4f}"
+                               for key in ("accuracy", "macro_f1") if key in tuning)
+            lines.append(f"Fine-tuned by `tf-minilm evaluate` on the `{tuning['task']}` task"
+                         + (f" (held-out {scores})" if scores else "") + ".")
+    else:
+        normalised = "L2-normalised" if report.get("normalize", True) else "not normalised"
+        lines = ["", "## ONNX export", "",
+                 f"{files}, {report.get('pooling')} pooling (from "
+                 f"{report.get('pooling_source')}), sentence embeddings {normalised}; serve "
+                 "with `tf-minilm serve`.", ""]
     if fused:
         lines.append("Fused operators: " + ", ".join(f"{k} {v}" for k, v in fused.items()) + ".")
+    choice = report.get("int8") or {}
+    if choice.get("variant"):
+        shape = " x ".join(str(n) for n in choice.get("timing_shape") or [])
+        speed = (f", {choice['speedup']:.2f}x the fp32 graph's speed at {shape} tokens when "
+                 "exported" if "speedup" in choice else "")
+        lines.append(f"int8 variant: {choice['variant']} (the first of "
+                     f"{len(choice.get('tried') or [])} tried that held{speed}).")
     figures = [f"{name} {value:.4g}" for name, value in _flat_numbers(parity)]
     if figures:
         lines.append("Parity with Keras float32 on the validation sentences: "

@@ -14,6 +14,10 @@ REQUIRED_INPUTS = INPUT_NAMES[:2]
 """Inputs every exported graph must have (token types may be folded away)."""
 EMBEDDING_OUTPUTS = ("last_hidden_state", "sentence_embedding")
 """Outputs of an exported embedding graph."""
+CLASSIFIER_OUTPUTS = ("logits",)
+"""Outputs of an exported classifier graph (unnormalised class scores)."""
+EXPORT_KINDS = ("embedding", "classifier")
+"""What an export folder serves: sentence embeddings or class labels."""
 
 # ---------------------------------------------------------------------------- pooling
 POOLING_MODES = ("mean", "cls")
@@ -47,6 +51,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
 ONNX_MODEL_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 EXPORT_REPORT_FILE = "export_report.json"
+LABELS_FILE = "labels.json"
+"""An exported classifier's label names, in logit order (`{"labels": [...]}`)."""
 ST_MODULES_FILE = "modules.json"
 """sentence-transformers' list of a folder's modules (its pooling, its normalisation)."""
 RUN_FILES = ("config.json", "checkpoints", "metrics.jsonl")
