@@ -1,7 +1,6 @@
 """Dynamic batching: texts of concurrent requests share one model call.
 
-Owns: the request queue and the batch loop. Imports: `serving.runtime`,
-`serving.metrics`.
+Owns: the request queue and the batch loop. Imports: `serving.metrics`.
 
 Requests wait in a bounded asyncio queue. One worker task takes the oldest request,
 then keeps taking requests for up to `max_wait_ms` (or until `max_batch_size` texts
@@ -20,11 +19,20 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from serving.metrics import ServingMetrics
-from serving.runtime import Embeddings
 
 logger = logging.getLogger(__name__)
+
+
+class BatchResult(Protocol):
+    """What a model call returns (`Embeddings`, `Classifications`): one token count per
+    text, and the results of a range of its texts."""
+
+    token_counts: list[int]
+
+    def slice(self, start: int, stop: int) -> BatchResult: ...
 
 
 class QueueFullError(RuntimeError):
@@ -45,8 +53,9 @@ class DynamicBatcher:
     """Gathers the texts of concurrent requests into model calls.
 
     Args:
-        embed: called in a worker thread with a list of texts; returns `Embeddings`
-            with one vector and one token count per text, in order.
+        embed: called in a worker thread with a list of texts; returns a `BatchResult`
+            (`Embeddings`, `Classifications`) with one row and one token count per
+            text, in order.
         max_batch_size: most texts gathered into one call (a single request with more
             texts still runs alone; `embed` splits it).
         max_wait_ms: how long the first request of a batch waits for company.
@@ -60,7 +69,7 @@ class DynamicBatcher:
     >>> await batcher.close()
     """
 
-    def __init__(self, embed: Callable[[list[str]], Embeddings], max_batch_size: int = 32,
+    def __init__(self, embed: Callable[[list[str]], BatchResult], max_batch_size: int = 32,
                  max_wait_ms: float = 5.0, max_queue: int = 64,
                  metrics: ServingMetrics | None = None) -> None:
         if max_batch_size < 1:
@@ -94,14 +103,14 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-model")
         self._task = asyncio.create_task(self._work(), name="serving-batcher")
 
-    async def submit(self, texts: Sequence[str]) -> Embeddings:
+    async def submit(self, texts: Sequence[str]) -> BatchResult:
         """Queues texts and waits for their embeddings.
 
         Args:
             texts: non-empty list of strings.
 
         Returns:
-            `Embeddings` for exactly these texts, in order.
+            The `BatchResult` of exactly these texts, in order.
 
         Raises:
             QueueFullError: `max_queue` requests are already waiting.
@@ -217,7 +226,5 @@ class DynamicBatcher:
             for request in batch:
                 n = len(request.texts)
                 if not request.future.done():
-                    request.future.set_result(Embeddings(
-                        vectors=result.vectors[offset:offset + n],
-                        token_counts=result.token_counts[offset:offset + n]))
+                    request.future.set_result(result.slice(offset, offset + n))
                 offset += n

@@ -14,8 +14,9 @@ import logging
 
 from tf_minilm.argtypes import finite_float
 
-HELP = ("serve an exported ONNX model folder over HTTP (POST /v1/embeddings, GET /healthz, "
-        "GET /metrics) with dynamic batching on onnxruntime")
+HELP = ("serve an exported ONNX model folder over HTTP (POST /v1/embeddings for an encoder, "
+        "POST /v1/classify for a fine-tuned classifier; GET /healthz, GET /metrics) with "
+        "dynamic batching on onnxruntime")
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `serve` flags to `parser`."""
     parser.add_argument("model_dir", metavar="MODEL_DIR",
                         help="exported model folder (model.onnx, tokenizer.json, "
-                             "export_report.json) or a .onnx file inside one%(default).0s")
+                             "export_report.json; labels.json for a classifier) or a .onnx "
+                             "file inside one%(default).0s")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind; anything but loopback exposes the server")
     parser.add_argument("--port", type=int, default=8080, help="TCP port")

@@ -1,10 +1,10 @@
-"""Bounded loopback load test of a running embedding server.
+"""Bounded loopback load test of a running embedding or classifier server.
 
 Owns: the load loop and its report. Imports: nothing from the project (standard library
 and aiohttp).
 
-At each concurrency level, that many client tasks send `POST /v1/embeddings` in a
-loop until the level's request count or time budget is used up, a chosen share of them
+At each concurrency level, that many client tasks send `POST /v1/embeddings` (or
+`/v1/classify`, when `/healthz` says the server holds a classifier) in a loop until the level's request count or time budget is used up, a chosen share of them
 malformed (`MALFORMED_BODIES`); the result gives requests/s and latency percentiles of
 the good requests, counts errors by status, how the malformed ones were answered, and
 whether the server was healthy afterwards. Only loopback servers (127.0.0.1 / localhost) are accepted.
@@ -42,7 +42,17 @@ MALFORMED_BODIES = (
     b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     b"\xff\xfe\x00",
 )
-"""Bad requests a load test mixes in; each must get a 4xx, never a 5xx."""
+"""Bad requests a load test of `/v1/embeddings` mixes in; each must get a 4xx, never a 5xx."""
+EMBEDDINGS_PATH, CLASSIFY_PATH = "/v1/embeddings", "/v1/classify"
+
+
+def malformed_bodies(path: str) -> tuple[bytes, ...]:
+    """`MALFORMED_BODIES` for the endpoint at `path` (`/v1/classify` has `top_k` where
+    embeddings have `dimensions`)."""
+    if path != CLASSIFY_PATH:
+        return MALFORMED_BODIES
+    return tuple(b'{"input": "ok", "top_k": -3}' if b"dimensions" in body else body
+                 for body in MALFORMED_BODIES)
 WORDS = ("the model reads short and long sentences about cats dogs weather markets music "
          "films science sport travel food code servers latency tokens vectors search "
          "questions answers news today tomorrow quickly slowly").split()
@@ -70,9 +80,10 @@ def synthetic_texts(count: int, seed: int = 0, min_words: int = 4,
 
 async def _level(url: str, texts: Sequence[str], concurrency: int, max_requests: int,
                  time_budget_s: float, texts_per_request: int,
-                 bad_fraction: float = 0.0) -> dict[str, Any]:
+                 bad_fraction: float = 0.0, path: str = EMBEDDINGS_PATH) -> dict[str, Any]:
     import aiohttp
 
+    bodies = malformed_bodies(path)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     bad: dict[str, int] = {}
@@ -94,9 +105,9 @@ async def _level(url: str, texts: Sequence[str], concurrency: int, max_requests:
                 first = (issued * texts_per_request) % len(texts)
                 issued += 1
                 if is_bad(index):
-                    raw = MALFORMED_BODIES[index % len(MALFORMED_BODIES)]
+                    raw = bodies[index % len(bodies)]
                     try:
-                        async with session.post(url + "/v1/embeddings", data=raw, headers={
+                        async with session.post(url + path, data=raw, headers={
                                 "Content-Type": "application/json"}) as resp:
                             await resp.read()
                             key = "4xx" if 400 <= resp.status < 500 else str(resp.status)
@@ -108,7 +119,7 @@ async def _level(url: str, texts: Sequence[str], concurrency: int, max_requests:
                                   for i in range(texts_per_request)]}
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(url + "/v1/embeddings", json=body) as resp:
+                    async with session.post(url + path, json=body) as resp:
                         await resp.read()
                         status = resp.status
                 except (aiohttp.ClientError, TimeoutError) as err:
@@ -127,7 +138,7 @@ async def _level(url: str, texts: Sequence[str], concurrency: int, max_requests:
     def pct(q: float) -> float | None:
         return float(np.percentile(ms, q)) if ok else None
 
-    return {"concurrency": concurrency, "texts_per_request": texts_per_request,
+    return {"path": path, "concurrency": concurrency, "texts_per_request": texts_per_request,
             "requests": issued, "ok": ok, "errors": errors,
             "malformed": sum(bad.values()), "malformed_answers": bad, "duration_s": elapsed,
             "requests_per_s": ok / elapsed if elapsed > 0 else 0.0,
@@ -151,7 +162,7 @@ def run_load_test(url: str, concurrency_levels: Sequence[int] = (1, 4, 16),
         bad_fraction: share of requests replaced by a `MALFORMED_BODIES` body, in [0, 1).
 
     Returns:
-        One dict per level: concurrency, texts_per_request, requests, ok, errors
+        One dict per level: path, concurrency, texts_per_request, requests, ok, errors
         (count per status or exception, good requests only), malformed and
         malformed_answers ("4xx" or the status / exception otherwise), duration_s,
         requests_per_s, texts_per_s, p50_ms, p90_ms, p99_ms of the good requests (None
@@ -170,16 +181,29 @@ def run_load_test(url: str, concurrency_levels: Sequence[int] = (1, 4, 16),
     texts = synthetic_texts(256, seed)
 
     async def main() -> list[dict[str, Any]]:
-        await _level(url, texts, 1, 2, time_budget_s, texts_per_request)  # warm-up
+        path = await _endpoint(url)
+        await _level(url, texts, 1, 2, time_budget_s, texts_per_request, path=path)  # warm-up
         levels = []
         for c in concurrency_levels:
             level = await _level(url, texts, c, requests_per_level, time_budget_s,
-                                 texts_per_request, bad_fraction)
+                                 texts_per_request, bad_fraction, path)
             level["healthy_after"] = await _healthy(url)
             levels.append(level)
         return levels
 
     return asyncio.run(main())
+
+
+async def _endpoint(url: str) -> str:
+    """The path to load: `/v1/classify` when `/healthz` reports a classifier."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
+            session.get(url + "/healthz") as resp:
+        payload = await resp.json() if resp.status == 200 else {}
+    info = payload.get("model_info") if isinstance(payload, dict) else None
+    kind = info.get("kind") if isinstance(info, dict) else None
+    return CLASSIFY_PATH if kind == "classifier" else EMBEDDINGS_PATH
 
 
 async def _healthy(url: str) -> bool:

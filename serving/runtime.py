@@ -1,8 +1,8 @@
 """onnxruntime inference for an exported tf-minilm model folder.
 
 Owns: reading an export folder, the onnxruntime session setup (`make_session`, used
-everywhere), and the NumPy twin of the pooling (tested equal to
-`tf_minilm.model.pooling`). Imports: `tf_minilm.constants`, `tf_minilm.tokens` (no
+everywhere), what every served model shares (`OnnxTextModel`), the embedding model and
+the NumPy twin of the pooling (tested equal to `tf_minilm.model.pooling`). Imports: `tf_minilm.constants`, `tf_minilm.tokens` (no
 TensorFlow).
 
 The exported folder (written by `tf-minilm export`) holds:
@@ -10,7 +10,9 @@ The exported folder (written by `tf-minilm export`) holds:
 - `model.onnx` (fp32) and usually `model.int8.onnx`, with int64 inputs
   `input_ids`, `attention_mask`, `token_type_ids` of shape [batch, seq] and float32
   outputs `last_hidden_state` [batch, seq, hidden] and `sentence_embedding`
-  [batch, hidden] (pooled and L2-normalised inside the graph);
+  [batch, hidden] (pooled, and L2-normalised unless the model declares no
+  normalisation, inside the graph); a classifier export (`kind` "classifier") has one
+  output `logits` [batch, labels] and a `labels.json` (see `serving.classify`);
 - `tokenizer.json` (Hugging Face `tokenizers`);
 - `export_report.json` with at least `max_seq_len`, `pooling` and `hidden_size`.
 
@@ -30,7 +32,10 @@ from typing import Any
 import numpy as np
 
 from tf_minilm.constants import (
+    CLASSIFIER_POOLINGS,
     EMBEDDING_OUTPUTS,
+    EXPORT_KINDS,
+    EXPORT_REPORT_FILE,
     INPUT_NAMES,
     ONNX_MODEL_FILE,
     POOLING_MODES,
@@ -99,15 +104,22 @@ class ExportReport:
 
     Args:
         max_seq_len: longest token sequence the model was exported for.
-        pooling: "mean" or "cls" (how `sentence_embedding` is pooled in the graph).
+        pooling: how the graph pools: "mean" or "cls" for an embedding export, also
+            "pooler" for a classifier.
         hidden_size: embedding width, or None when the report does not say.
         raw: the whole report as read (empty when the file is absent).
+        kind: "embedding" or "classifier" (`EXPORT_KINDS`; reports before classifier
+            exports have none and are embedding exports).
+        normalize: whether `sentence_embedding` is L2-normalised (reports before the
+            field: yes).
     """
 
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     pooling: str = "mean"
     hidden_size: int | None = None
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kind: str = EXPORT_KINDS[0]
+    normalize: bool = True
 
 
 def load_export_report(folder: str | os.PathLike[str]) -> ExportReport:
@@ -122,7 +134,7 @@ def load_export_report(folder: str | os.PathLike[str]) -> ExportReport:
     Raises:
         ModelFolderError: the file exists but is not a JSON object or holds a bad value.
     """
-    path = Path(folder) / "export_report.json"
+    path = Path(folder) / EXPORT_REPORT_FILE
     if not path.is_file():
         logger.warning("%s not found; assuming max_seq_len=%d and mean pooling",
                        path, DEFAULT_MAX_SEQ_LEN)
@@ -133,19 +145,31 @@ def load_export_report(folder: str | os.PathLike[str]) -> ExportReport:
         raise ModelFolderError(f"cannot read {str(path)!r}: {err}") from err
     if not isinstance(raw, dict):
         raise ModelFolderError(f"{str(path)!r} must hold a JSON object, got {type(raw).__name__}")
+    kind = raw.get("kind", EXPORT_KINDS[0])
+    if kind not in EXPORT_KINDS:
+        raise ModelFolderError(
+            f"{str(path)!r}: field 'kind' must be one of {EXPORT_KINDS}, got {kind!r}")
     max_seq_len = raw.get("max_seq_len", DEFAULT_MAX_SEQ_LEN)
     if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len < 2:
         raise ModelFolderError(
             f"{str(path)!r}: field 'max_seq_len' must be an integer >= 2, got {max_seq_len!r}")
+    poolings = CLASSIFIER_POOLINGS if kind == "classifier" else POOLING_MODES
     pooling = raw.get("pooling", "mean")
-    if pooling not in POOLING_MODES:
+    if pooling not in poolings:
         raise ModelFolderError(
-            f"{str(path)!r}: field 'pooling' must be one of {POOLING_MODES}, got {pooling!r}")
+            f"{str(path)!r}: field 'pooling' must be one of {poolings}, got {pooling!r}")
     hidden_size = raw.get("hidden_size")
     if hidden_size is not None and (not isinstance(hidden_size, int) or hidden_size < 1):
         raise ModelFolderError(
             f"{str(path)!r}: field 'hidden_size' must be a positive integer, got {hidden_size!r}")
-    return ExportReport(max_seq_len=max_seq_len, pooling=pooling, hidden_size=hidden_size, raw=raw)
+    normalize = raw.get("normalize")
+    if normalize is None:
+        normalize = True
+    if not isinstance(normalize, bool):
+        raise ModelFolderError(
+            f"{str(path)!r}: field 'normalize' must be true or false, got {normalize!r}")
+    return ExportReport(max_seq_len=max_seq_len, pooling=pooling, hidden_size=hidden_size,
+                        raw=raw, kind=kind, normalize=normalize)
 
 
 def make_session(onnx_file: str | os.PathLike[str], intra_op_threads: int | None = None) -> Any:
@@ -183,8 +207,8 @@ def make_session(onnx_file: str | os.PathLike[str], intra_op_threads: int | None
 
 
 def pool_and_normalize(hidden: np.ndarray, attention_mask: np.ndarray,
-                       pooling: str = "mean") -> np.ndarray:
-    """Pools token states into L2-normalised sentence embeddings (NumPy).
+                       pooling: str = "mean", normalize: bool = True) -> np.ndarray:
+    """Pools token states into (L2-normalised) sentence embeddings (NumPy).
 
     Used only when a graph lacks the `sentence_embedding` output.
 
@@ -192,9 +216,11 @@ def pool_and_normalize(hidden: np.ndarray, attention_mask: np.ndarray,
         hidden: [batch, seq, hidden] token states.
         attention_mask: [batch, seq], 1 for real tokens and 0 for padding.
         pooling: "mean" (masked mean over real tokens) or "cls" (first token).
+        normalize: L2-normalise each row.
 
     Returns:
-        float32 [batch, hidden] with unit L2 norm per row (zero rows stay zero).
+        float32 [batch, hidden], with unit L2 norm per row when `normalize` (zero rows
+        stay zero).
     """
     hidden = hidden.astype(np.float32, copy=False)
     if pooling == "cls":
@@ -204,6 +230,8 @@ def pool_and_normalize(hidden: np.ndarray, attention_mask: np.ndarray,
         pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
     else:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+    if not normalize:
+        return pooled.astype(np.float32)
     norm = np.linalg.norm(pooled, axis=1, keepdims=True)
     return (pooled / np.maximum(norm, 1e-12)).astype(np.float32)
 
@@ -221,13 +249,17 @@ class Embeddings:
     vectors: np.ndarray
     token_counts: list[int]
 
+    def slice(self, start: int, stop: int) -> Embeddings:
+        """The results of texts `start:stop` (how the batcher hands each request its own)."""
+        return Embeddings(self.vectors[start:stop], self.token_counts[start:stop])
 
-class EmbeddingModel:
-    """Sentence embeddings from an exported ONNX model folder, on onnxruntime.
 
-    Texts are tokenized with the folder's `tokenizer.json` (truncated to
-    `max_seq_len`, padded per batch to the longest text), sorted by length so each
-    batch carries little padding, run through the graph, and returned in input order.
+class OnnxTextModel:
+    """What every exported model served here shares: the folder, its report and
+    tokenizer, the onnxruntime session and length-sorted batching of texts.
+
+    Subclasses (`EmbeddingModel`, `serving.classify.ClassifierModel`) check the graph's
+    outputs and turn them into results.
 
     Args:
         model_dir: exported folder (or a `.onnx` file whose folder holds the tokenizer).
@@ -236,18 +268,21 @@ class EmbeddingModel:
         max_seq_len: truncation length in tokens; default: `export_report.json`'s
             `max_seq_len` (128 when absent).
         intra_op_threads: onnxruntime threads per operator; None lets it decide.
-
-    Example:
-    >>> model = EmbeddingModel("runs/student-onnx", model_file="model.int8.onnx")
-    >>> vectors = model.encode(["a first sentence", "another one"])
-    >>> vectors.shape == (2, model.dimension)
-    True
     """
+
+    kind = EXPORT_KINDS[0]
+    """The export kind this class serves (`export_report.json`'s `kind`)."""
 
     def __init__(self, model_dir: str | os.PathLike[str], model_file: str = ONNX_MODEL_FILE,
                  max_seq_len: int | None = None, intra_op_threads: int | None = None) -> None:
         self.folder, self.model_path = resolve_model_path(model_dir, model_file)
         self.report = load_export_report(self.folder)
+        if self.report.kind != self.kind:
+            article = "an" if self.report.kind[0] in "aeiou" else "a"
+            raise ModelFolderError(
+                f"{str(self.folder)!r} is {article} {self.report.kind} export "
+                f"({EXPORT_REPORT_FILE}: kind {self.report.kind!r}); "
+                f"{type(self).__name__} serves {self.kind} exports (see `serving.open_model`)")
         if max_seq_len is None:
             max_seq_len = self.report.max_seq_len
         if not isinstance(max_seq_len, int) or max_seq_len < 2:
@@ -259,9 +294,15 @@ class EmbeddingModel:
         self.intra_op_threads = intra_op_threads
         self.tokenizer, self.pad_id = self._load_tokenizer()
         self.session = make_session(self.model_path, intra_op_threads)
-        self._check_graph()
+        inputs = {i.name for i in self.session.get_inputs()}
+        missing = [name for name in ("input_ids", "attention_mask") if name not in inputs]
+        unknown = [name for name in inputs if name not in INPUT_NAMES]
+        if missing or unknown:
+            raise ModelFolderError(
+                f"{str(self.model_path)!r} has inputs {sorted(inputs)}; expected {list(INPUT_NAMES)}")
+        self._input_names = [name for name in INPUT_NAMES if name in inputs]
+        self._output_names = [o.name for o in self.session.get_outputs()]
 
-    # -- loading ---------------------------------------------------------------------------
     def _load_tokenizer(self) -> tuple[Any, int]:
         from tokenizers import Tokenizer
 
@@ -280,39 +321,6 @@ class EmbeddingModel:
         tokenizer.enable_truncation(max_length=self.max_seq_len)
         return tokenizer, pad_id
 
-    def _check_graph(self) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        missing = [name for name in ("input_ids", "attention_mask") if name not in inputs]
-        unknown = [name for name in inputs if name not in INPUT_NAMES]
-        if missing or unknown:
-            raise ModelFolderError(
-                f"{str(self.model_path)!r} has inputs {sorted(inputs)}; expected {list(INPUT_NAMES)}")
-        if EMBEDDING_OUTPUT not in outputs and HIDDEN_OUTPUT not in outputs:
-            raise ModelFolderError(
-                f"{str(self.model_path)!r} has outputs {sorted(outputs)}; expected "
-                f"{EMBEDDING_OUTPUT!r} and {HIDDEN_OUTPUT!r}")
-        self._input_names = [name for name in INPUT_NAMES if name in inputs]
-        self._output_names = [o.name for o in self.session.get_outputs()]
-        self._has_embedding_output = EMBEDDING_OUTPUT in outputs
-        dim = None
-        if self._has_embedding_output:
-            dim = outputs[EMBEDDING_OUTPUT].shape[-1]
-        elif HIDDEN_OUTPUT in outputs:
-            dim = outputs[HIDDEN_OUTPUT].shape[-1]
-        if not isinstance(dim, int):
-            dim = self.report.hidden_size
-        if dim is None:
-            probe = self.run(np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64))
-            dim = int(probe[EMBEDDING_OUTPUT].shape[-1])
-        self._dimension = int(dim)
-
-    # -- properties ------------------------------------------------------------------------
-    @property
-    def dimension(self) -> int:
-        """Width of the sentence embeddings."""
-        return self._dimension
-
     @property
     def name(self) -> str:
         """Model name reported by the server: the folder's name."""
@@ -323,42 +331,27 @@ class EmbeddingModel:
         """"int8" for a quantized file (name contains "int8"), else "fp32"."""
         return "int8" if "int8" in self.model_path.name else "fp32"
 
-    @property
-    def pooling(self) -> str:
-        """Pooling recorded in the export report ("mean" or "cls")."""
-        return self.report.pooling
-
     def info(self) -> dict[str, Any]:
         """Model facts for health checks and logs.
 
         Returns:
-            JSON-serialisable dict: name, folder, model_file, precision, dimension,
-            max_seq_len, pooling, intra_op_threads.
+            JSON-serialisable dict: name, kind, folder, model_file, precision,
+            max_seq_len, pooling, intra_op_threads (subclasses add theirs).
         """
         return {
             "name": self.name,
+            "kind": self.kind,
             "folder": str(self.folder),
             "model_file": self.model_path.name,
             "precision": self.precision,
-            "dimension": self.dimension,
             "max_seq_len": self.max_seq_len,
-            "pooling": self.pooling,
+            "pooling": self.report.pooling,
             "intra_op_threads": self.intra_op_threads,
         }
 
-    # -- inference -------------------------------------------------------------------------
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-            token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Runs the graph on already tokenized, padded inputs.
-
-        Args:
-            input_ids: int [batch, seq] token ids.
-            attention_mask: int [batch, seq], 1 for real tokens, 0 for padding.
-            token_type_ids: int [batch, seq]; zeros when None.
-
-        Returns:
-            Dict with `last_hidden_state` float32 [batch, seq, hidden] (when the graph
-            has it) and `sentence_embedding` float32 [batch, hidden].
+    def feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+              token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Checked int64 feeds of the graph's inputs (token types zero when None).
 
         Raises:
             ValueError: the arrays are not 2-D or their shapes differ.
@@ -376,20 +369,7 @@ class EmbeddingModel:
                     f"{name} has shape {array.shape}, input_ids has {input_ids.shape}; they must match")
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "token_type_ids": token_type_ids}
-        feeds = {name: feeds[name].astype(np.int64, copy=False) for name in self._input_names}
-        values = self.session.run(self._output_names, feeds)
-        result = dict(zip(self._output_names, values, strict=True))
-        if EMBEDDING_OUTPUT not in result:
-            result[EMBEDDING_OUTPUT] = pool_and_normalize(
-                result[HIDDEN_OUTPUT], feeds["attention_mask"], self.pooling)
-        return result
-
-    def _embed_padded(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        if not self._has_embedding_output:
-            return self.run(**batch)[EMBEDDING_OUTPUT]
-        feeds = {name: batch[name] for name in self._input_names}
-        (vectors,) = self.session.run([EMBEDDING_OUTPUT], feeds)
-        return vectors
+        return {name: feeds[name].astype(np.int64, copy=False) for name in self._input_names}
 
     def _encodings(self, texts: Sequence[str]) -> list[Any]:
         if isinstance(texts, str):
@@ -411,6 +391,132 @@ class EmbeddingModel:
         """
         return pad_encodings(self._encodings(texts), self.pad_id)
 
+    def _run_sorted(self, texts: Sequence[str], batch_size: int, width: int,
+                    run: Any) -> tuple[np.ndarray, list[int]]:
+        """`run(padded batch) -> [rows, width]` over length-sorted batches of `texts`;
+        the float32 [len(texts), width] rows in input order and the token counts.
+
+        Raises:
+            NonFiniteOutputError: a row holds NaN or inf (no result is returned).
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        encodings = self._encodings(texts)
+        counts = [len(e.ids) for e in encodings]
+        rows = np.zeros((len(encodings), width), dtype=np.float32)
+        # Longest first: texts of similar length share a batch, so padding stays small.
+        order = sorted(range(len(encodings)), key=lambda i: counts[i], reverse=True)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            rows[chunk] = run(pad_encodings([encodings[i] for i in chunk], self.pad_id))
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if bad.size:
+            raise NonFiniteOutputError(
+                f"{self.model_path.name} produced non-finite values for {bad.size} of "
+                f"{len(rows)} texts (indices {bad[:10].tolist()}); its weights may be "
+                "corrupt", bad.tolist())
+        return rows, counts
+
+
+class EmbeddingModel(OnnxTextModel):
+    """Sentence embeddings from an exported ONNX model folder, on onnxruntime.
+
+    Texts are tokenized with the folder's `tokenizer.json` (truncated to
+    `max_seq_len`, padded per batch to the longest text), sorted by length so each
+    batch carries little padding, run through the graph, and returned in input order.
+
+    Args:
+        model_dir: exported folder (or a `.onnx` file whose folder holds the tokenizer).
+        model_file: ONNX file inside the folder: "model.onnx" (fp32) or
+            "model.int8.onnx" (int8).
+        max_seq_len: truncation length in tokens; default: `export_report.json`'s
+            `max_seq_len` (128 when absent).
+        intra_op_threads: onnxruntime threads per operator; None lets it decide.
+
+    Example:
+    >>> model = EmbeddingModel("runs/student-onnx", model_file="model.int8.onnx")
+    >>> vectors = model.encode(["a first sentence", "another one"])
+    >>> vectors.shape == (2, model.dimension)
+    True
+    """
+
+    kind = EXPORT_KINDS[0]
+
+    def __init__(self, model_dir: str | os.PathLike[str], model_file: str = ONNX_MODEL_FILE,
+                 max_seq_len: int | None = None, intra_op_threads: int | None = None) -> None:
+        super().__init__(model_dir, model_file, max_seq_len, intra_op_threads)
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if EMBEDDING_OUTPUT not in outputs and HIDDEN_OUTPUT not in outputs:
+            raise ModelFolderError(
+                f"{str(self.model_path)!r} has outputs {sorted(outputs)}; expected "
+                f"{EMBEDDING_OUTPUT!r} and {HIDDEN_OUTPUT!r}")
+        self._has_embedding_output = EMBEDDING_OUTPUT in outputs
+        dim = None
+        if self._has_embedding_output:
+            dim = outputs[EMBEDDING_OUTPUT].shape[-1]
+        elif HIDDEN_OUTPUT in outputs:
+            dim = outputs[HIDDEN_OUTPUT].shape[-1]
+        if not isinstance(dim, int):
+            dim = self.report.hidden_size
+        if dim is None:
+            probe = self.run(np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64))
+            dim = int(probe[EMBEDDING_OUTPUT].shape[-1])
+        self._dimension = int(dim)
+
+    @property
+    def dimension(self) -> int:
+        """Width of the sentence embeddings."""
+        return self._dimension
+
+    @property
+    def pooling(self) -> str:
+        """Pooling recorded in the export report ("mean" or "cls")."""
+        return self.report.pooling
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the embeddings are L2-normalised (the export report's `normalize`)."""
+        return self.report.normalize
+
+    def info(self) -> dict[str, Any]:
+        """Model facts for health checks and logs: `OnnxTextModel.info` plus
+        dimension and normalize."""
+        return {**super().info(), "dimension": self.dimension, "normalize": self.normalize}
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+            token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Runs the graph on already tokenized, padded inputs.
+
+        Args:
+            input_ids: int [batch, seq] token ids.
+            attention_mask: int [batch, seq], 1 for real tokens, 0 for padding.
+            token_type_ids: int [batch, seq]; zeros when None.
+
+        Returns:
+            Dict with `last_hidden_state` float32 [batch, seq, hidden] (when the graph
+            has it) and `sentence_embedding` float32 [batch, hidden].
+
+        Raises:
+            ValueError: the arrays are not 2-D or their shapes differ.
+        """
+        feeds = self.feeds(input_ids, attention_mask, token_type_ids)
+        values = self.session.run(self._output_names, feeds)
+        result = dict(zip(self._output_names, values, strict=True))
+        if EMBEDDING_OUTPUT not in result:
+            result[EMBEDDING_OUTPUT] = pool_and_normalize(
+                result[HIDDEN_OUTPUT], feeds["attention_mask"], self.pooling, self.normalize)
+        return result
+
+    def _embed_padded(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        if not self._has_embedding_output:
+            return self.run(**batch)[EMBEDDING_OUTPUT]
+        feeds = {name: batch[name] for name in self._input_names}
+        (vectors,) = self.session.run([EMBEDDING_OUTPUT], feeds)
+        return vectors
+
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> Embeddings:
         """Embeds texts and counts their tokens.
 
@@ -425,23 +531,7 @@ class EmbeddingModel:
         Raises:
             NonFiniteOutputError: an embedding holds NaN or inf (no result is returned).
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        encodings = self._encodings(texts)
-        counts = [len(e.ids) for e in encodings]
-        vectors = np.zeros((len(encodings), self.dimension), dtype=np.float32)
-        # Longest first: texts of similar length share a batch, so padding stays small.
-        order = sorted(range(len(encodings)), key=lambda i: counts[i], reverse=True)
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            batch = pad_encodings([encodings[i] for i in rows], self.pad_id)
-            vectors[rows] = self._embed_padded(batch)
-        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-        if bad.size:
-            raise NonFiniteOutputError(
-                f"{self.model_path.name} produced non-finite values for {bad.size} of "
-                f"{len(vectors)} texts (indices {bad[:10].tolist()}); its weights may be "
-                "corrupt", bad.tolist())
+        vectors, counts = self._run_sorted(texts, batch_size, self.dimension, self._embed_padded)
         return Embeddings(vectors=vectors, token_counts=counts)
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
@@ -452,6 +542,7 @@ class EmbeddingModel:
             batch_size: texts per onnxruntime call.
 
         Returns:
-            float32 [len(texts), dimension], L2-normalised rows in input order.
+            float32 [len(texts), dimension] rows in input order (L2-normalised unless
+            the model declares no normalisation).
         """
         return self.embed(texts, batch_size=batch_size).vectors

@@ -1,14 +1,19 @@
-"""OpenAI-compatible embedding HTTP server (aiohttp) over an `EmbeddingModel`.
+"""OpenAI-compatible HTTP server (aiohttp) over an `EmbeddingModel` or a `ClassifierModel`.
 
 Owns: the HTTP API (routes, request checks, responses). Imports: `serving.batching`,
-`serving.metrics`, `serving.runtime`, `tf_minilm.constants`.
+`serving.classify`, `serving.metrics`, `serving.runtime`, `tf_minilm.constants`.
 
 Endpoints:
 
-- `POST /v1/embeddings` with `{"input": "text" | ["text", ...], "model": optional,
-  "encoding_format": "float" | "base64", "dimensions": optional}` answers
-  `{"object": "list", "data": [{"object": "embedding", "index": i, "embedding": [...]}],
-  "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}`.
+- `POST /v1/embeddings` (an embedding export) with `{"input": "text" | ["text", ...],
+  "model": optional, "encoding_format": "float" | "base64", "dimensions": optional}`
+  answers `{"object": "list", "data": [{"object": "embedding", "index": i, "embedding":
+  [...]}], "model": name, "usage": {"prompt_tokens": n, "total_tokens": n}}`.
+- `POST /v1/classify` (a classifier export) with `{"input": ..., "model": optional,
+  "top_k": optional}` answers `{"object": "list", "data": [{"object": "classification",
+  "index": i, "label": best, "score": p, "scores": {label: p, ...}}], "model", "usage"}`
+  (scores are softmax probabilities, most probable first; `top_k` lists only that many).
+  The endpoint of the other kind answers 404 naming the right one.
 - `GET /healthz`: model facts as JSON.
 - `GET /metrics`: Prometheus text format.
 
@@ -19,9 +24,10 @@ every response reports. `dimensions` keeps the first N components and renormalis
 Errors are JSON `{"error": {"message": ..., "type": ...}}`: 400 for malformed or
 invalid bodies (lone surrogates, nesting too deep, a body cut short), 408 for a body not
 received within `read_timeout_s`, 413 for requests over the configured limits, 503 when
-the request queue is full, 500 when the model cannot embed this request's texts
-(`model_error` for a non-finite output, which is never sent). Each request succeeds or fails on its own
-texts: the batcher re-runs a failed shared call request by request. No TensorFlow is
+the request queue is full, 500 when the model cannot embed or classify this request's
+texts (`model_error` for a non-finite output, which is never sent). Each request succeeds
+or fails on its own texts: the batcher re-runs a failed shared call request by request.
+Both endpoints share the batching, limits, metrics and error handling. No TensorFlow is
 imported.
 """
 
@@ -43,22 +49,37 @@ import aiohttp
 from aiohttp import web
 
 from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from serving.classify import Classifications, open_model
 from serving.metrics import CONTENT_TYPE, ServingMetrics
-from serving.runtime import EmbeddingModel, Embeddings, NonFiniteOutputError
-from tf_minilm.constants import ONNX_MODEL_FILE
+from serving.runtime import Embeddings, NonFiniteOutputError
+from tf_minilm.constants import EXPORT_KINDS, ONNX_MODEL_FILE
 
 logger = logging.getLogger(__name__)
 
 ENCODING_FORMATS = ("float", "base64")
+EMBEDDINGS_PATH = "/v1/embeddings"
+CLASSIFY_PATH = "/v1/classify"
 
 
 class Embedder(Protocol):
-    """What the server needs from a model (`EmbeddingModel` satisfies it)."""
+    """What the server needs from an embedding model (`EmbeddingModel` satisfies it)."""
 
     name: str
     dimension: int
 
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> Embeddings: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class Classifier(Protocol):
+    """What the server needs from a classifier (`ClassifierModel` satisfies it)."""
+
+    name: str
+    kind: str
+    num_labels: int
+
+    def classify(self, texts: Sequence[str], batch_size: int = 32) -> Classifications: ...
 
     def info(self) -> dict[str, Any]: ...
 
@@ -140,17 +161,23 @@ class EmbeddingRequest:
     dimensions: int | None = None
 
 
-def parse_embedding_request(body: Any, config: ServerConfig,
-                            dimension: int | None = None) -> EmbeddingRequest:
-    """Validates a decoded `/v1/embeddings` body.
+@dataclasses.dataclass
+class ClassifyRequest:
+    """A validated `/v1/classify` body."""
+
+    texts: list[str]
+    top_k: int | None = None
+
+
+def parse_texts(body: Any, config: ServerConfig) -> list[str]:
+    """The checked texts of a request body's `input` (a string or a list of strings).
 
     Args:
         body: the decoded JSON.
         config: limits.
-        dimension: the model's embedding size (the upper bound of `dimensions`).
 
     Returns:
-        The `EmbeddingRequest`.
+        The texts.
 
     Raises:
         RequestError: the body is invalid (400) or over a limit (413).
@@ -193,6 +220,25 @@ def parse_embedding_request(body: Any, config: ServerConfig,
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError(400, f"'model' must be a string, got {type(model).__name__}")
+    return texts
+
+
+def parse_embedding_request(body: Any, config: ServerConfig,
+                            dimension: int | None = None) -> EmbeddingRequest:
+    """Validates a decoded `/v1/embeddings` body.
+
+    Args:
+        body: the decoded JSON.
+        config: limits.
+        dimension: the model's embedding size (the upper bound of `dimensions`).
+
+    Returns:
+        The `EmbeddingRequest`.
+
+    Raises:
+        RequestError: the body is invalid (400) or over a limit (413).
+    """
+    texts = parse_texts(body, config)
     encoding_format = body.get("encoding_format", "float")
     if encoding_format not in ENCODING_FORMATS:
         raise RequestError(400, f"'encoding_format' must be one of {list(ENCODING_FORMATS)}, "
@@ -207,48 +253,71 @@ def parse_embedding_request(body: Any, config: ServerConfig,
     return EmbeddingRequest(texts, encoding_format, dimensions)
 
 
-def shorten(vectors: Any, dimensions: int | None) -> Any:
+def parse_classify_request(body: Any, config: ServerConfig,
+                           num_labels: int | None = None) -> ClassifyRequest:
+    """Validates a decoded `/v1/classify` body: `input` as for embeddings, and an
+    optional `top_k` (how many labels to list per text, most probable first).
+
+    Raises:
+        RequestError: the body is invalid (400) or over a limit (413).
+    """
+    texts = parse_texts(body, config)
+    top_k = body.get("top_k")
+    if top_k is not None:
+        limit = num_labels if num_labels is not None else top_k
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= limit:
+            raise RequestError(400, f"'top_k' must be an integer in [1, {limit}] (the number "
+                                    f"of labels), got {top_k!r}")
+    return ClassifyRequest(texts, top_k)
+
+
+def shorten(vectors: Any, dimensions: int | None, normalize: bool = True) -> Any:
     """The first `dimensions` components of each vector, renormalised to unit length
-    (Matryoshka-style truncation, as OpenAI's `dimensions` asks); unchanged when None."""
+    (Matryoshka-style truncation, as OpenAI's `dimensions` asks) when the model's
+    embeddings are normalised; unchanged when None."""
     if dimensions is None or dimensions >= vectors.shape[1]:
         return vectors
     import numpy as np
 
     cut = vectors[:, :dimensions]
+    if not normalize:
+        return cut
     return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
 
 
-async def _embeddings(request: web.Request) -> web.Response:
-    app = request.app
-    config = app[CONFIG_KEY]
-    try:
-        if request.content_length is not None and request.content_length > config.max_body_bytes:
-            raise RequestError(413, f"request body has {request.content_length} bytes; the limit "
-                                    f"is {config.max_body_bytes}", "request_too_large")
-        try:
-            raw = await asyncio.wait_for(request.read(), config.read_timeout_s)
-        except web.HTTPRequestEntityTooLarge:
-            raise RequestError(413, f"request body is larger than the limit of "
-                                    f"{config.max_body_bytes} bytes", "request_too_large") from None
-        except TimeoutError:
-            raise RequestError(408, f"request body not received within "
-                                    f"{config.read_timeout_s:g} s", "request_timeout") from None
-        except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as err:
-            logger.info("client went away while sending its body: %s", err)
-            raise RequestError(400, f"request body ended early ({err})",
-                               "incomplete_body") from None
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, int-size limits
-            raise RequestError(400, f"request body is not valid JSON: {err}") from None
-        except RecursionError:
-            raise RequestError(400, "request body is nested too deeply to parse") from None
-        parsed = parse_embedding_request(body, config, app[MODEL_KEY].dimension)
-    except RequestError as err:
-        return error_response(err.status, err.message, err.kind)
+async def _read_body(request: web.Request, config: ServerConfig) -> Any:
+    """The decoded JSON body, within the size and time limits.
 
+    Raises:
+        RequestError: too large (413), too slow (408), cut short or not JSON (400).
+    """
+    if request.content_length is not None and request.content_length > config.max_body_bytes:
+        raise RequestError(413, f"request body has {request.content_length} bytes; the limit "
+                                f"is {config.max_body_bytes}", "request_too_large")
     try:
-        result = await app[BATCHER_KEY].submit(parsed.texts)
+        raw = await asyncio.wait_for(request.read(), config.read_timeout_s)
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestError(413, f"request body is larger than the limit of "
+                                f"{config.max_body_bytes} bytes", "request_too_large") from None
+    except TimeoutError:
+        raise RequestError(408, f"request body not received within "
+                                f"{config.read_timeout_s:g} s", "request_timeout") from None
+    except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as err:
+        logger.info("client went away while sending its body: %s", err)
+        raise RequestError(400, f"request body ended early ({err})",
+                           "incomplete_body") from None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, int-size limits
+        raise RequestError(400, f"request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise RequestError(400, "request body is nested too deeply to parse") from None
+
+
+async def _run_model(app: web.Application, texts: list[str]) -> Any:
+    """The batched model call on `texts`, or the JSON error response for this request."""
+    try:
+        return await app[BATCHER_KEY].submit(texts)
     except QueueFullError as err:
         return error_response(503, f"server is overloaded: {err}; retry later",
                               "server_overloaded", headers={"Retry-After": "1"})
@@ -258,28 +327,69 @@ async def _embeddings(request: web.Request) -> web.Response:
         app[METRICS_KEY].model_errors.labels("non_finite").inc()
         logger.error("%s", err)
         return error_response(500, "the model produced non-finite values for this input; "
-                                   "no embedding is returned", "model_error")
+                                   "no result is returned", "model_error")
     except Exception as err:  # the model or tokenizer failed on this request alone
         app[METRICS_KEY].model_errors.labels(type(err).__name__).inc()
-        logger.exception("model failed on a request of %d texts: %s", len(parsed.texts), err)
+        logger.exception("model failed on a request of %d texts: %s", len(texts), err)
         return error_response(500, f"internal server error: the model failed on this input "
                                    f"({type(err).__name__})", "internal_error")
 
-    encoding_format = parsed.encoding_format
+
+def _usage(token_counts: Sequence[int]) -> dict[str, int]:
+    tokens = int(sum(token_counts))
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        body = await _read_body(request, app[CONFIG_KEY])
+        parsed = parse_embedding_request(body, app[CONFIG_KEY], app[MODEL_KEY].dimension)
+    except RequestError as err:
+        return error_response(err.status, err.message, err.kind)
+    result = await _run_model(app, parsed.texts)
+    if isinstance(result, web.Response):
+        return result
     data = []
-    for index, vector in enumerate(shorten(result.vectors, parsed.dimensions)):
-        if encoding_format == "base64":
+    normalize = getattr(app[MODEL_KEY], "normalize", True)
+    for index, vector in enumerate(shorten(result.vectors, parsed.dimensions, normalize)):
+        if parsed.encoding_format == "base64":
             embedding: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
         else:
             embedding = vector.tolist()
         data.append({"object": "embedding", "index": index, "embedding": embedding})
-    tokens = int(sum(result.token_counts))
-    return web.json_response({
-        "object": "list",
-        "data": data,
-        "model": app[NAME_KEY],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })
+    return web.json_response({"object": "list", "data": data, "model": app[NAME_KEY],
+                              "usage": _usage(result.token_counts)})
+
+
+async def _classify(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        body = await _read_body(request, app[CONFIG_KEY])
+        parsed = parse_classify_request(body, app[CONFIG_KEY], app[MODEL_KEY].num_labels)
+    except RequestError as err:
+        return error_response(err.status, err.message, err.kind)
+    result = await _run_model(app, parsed.texts)
+    if isinstance(result, web.Response):
+        return result
+    data = []
+    for index, row in enumerate(result.scores):
+        order = sorted(range(len(result.labels)), key=lambda i: -float(row[i]))
+        shown = order[:parsed.top_k] if parsed.top_k is not None else order
+        data.append({"object": "classification", "index": index,
+                     "label": result.labels[order[0]], "score": float(row[order[0]]),
+                     "scores": {result.labels[i]: float(row[i]) for i in shown}})
+    return web.json_response({"object": "list", "data": data, "model": app[NAME_KEY],
+                              "usage": _usage(result.token_counts)})
+
+
+def _elsewhere(path: str, kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler for the endpoint of the other model kind: a 404 naming the right one."""
+    async def handler(request: web.Request) -> web.Response:
+        return error_response(404, f"this server serves a {kind} model; use POST {path}",
+                              "not_found")
+
+    return handler
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -327,21 +437,24 @@ async def _observe(request: web.Request,
                                                  time.perf_counter() - start)
 
 
-def create_app(model: Embedder, config: ServerConfig | None = None) -> web.Application:
+def create_app(model: Embedder | Classifier, config: ServerConfig | None = None) -> web.Application:
     """Builds the aiohttp application serving `model`.
 
-    The dynamic batcher and its model thread start with the application and stop with
-    its cleanup.
+    An embedding model is served at `POST /v1/embeddings`, a classifier (a model whose
+    `kind` is "classifier") at `POST /v1/classify`; the other path answers 404 naming
+    the right one. The dynamic batcher and its model thread start with the application
+    and stop with its cleanup.
 
     Args:
-        model: an `EmbeddingModel` (or anything with `embed`, `info`, `name`, `dimension`).
+        model: an `EmbeddingModel` or `serving.classify.ClassifierModel` (or anything
+            with their `embed` / `classify`, `info`, `name`).
         config: limits and batching; defaults when None.
 
     Returns:
         The `web.Application`.
 
     Example:
-    >>> app = create_app(EmbeddingModel("runs/student-onnx"), ServerConfig(max_wait_ms=2))
+    >>> app = create_app(open_model("runs/student-onnx"), ServerConfig(max_wait_ms=2))
     >>> web.run_app(app, host="127.0.0.1", port=8080)
     """
     config = config or ServerConfig()
@@ -349,10 +462,15 @@ def create_app(model: Embedder, config: ServerConfig | None = None) -> web.Appli
     app[MODEL_KEY] = model
     app[CONFIG_KEY] = config
     app[NAME_KEY] = config.model_name or model.name
-    batcher = DynamicBatcher(
-        lambda texts: model.embed(texts, batch_size=config.max_batch_size),
-        max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-        max_queue=config.max_queue)
+    classifier = getattr(model, "kind", EXPORT_KINDS[0]) == EXPORT_KINDS[1]
+    if classifier:
+        def run(texts: list[str]) -> Any:
+            return model.classify(texts, batch_size=config.max_batch_size)
+    else:
+        def run(texts: list[str]) -> Any:
+            return model.embed(texts, batch_size=config.max_batch_size)
+    batcher = DynamicBatcher(run, max_batch_size=config.max_batch_size,
+                             max_wait_ms=config.max_wait_ms, max_queue=config.max_queue)
     metrics = ServingMetrics(queue_depth=lambda: batcher.depth)
     batcher.metrics = metrics
     app[BATCHER_KEY] = batcher
@@ -366,7 +484,12 @@ def create_app(model: Embedder, config: ServerConfig | None = None) -> web.Appli
 
     app.on_startup.append(start_batcher)
     app.on_cleanup.append(stop_batcher)
-    app.router.add_post("/v1/embeddings", _embeddings)
+    if classifier:
+        app.router.add_post(CLASSIFY_PATH, _classify)
+        app.router.add_post(EMBEDDINGS_PATH, _elsewhere(CLASSIFY_PATH, "classifier"))
+    else:
+        app.router.add_post(EMBEDDINGS_PATH, _embeddings)
+        app.router.add_post(CLASSIFY_PATH, _elsewhere(EMBEDDINGS_PATH, "embedding"))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     return app
@@ -441,7 +564,8 @@ def serve(model_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int 
     """Loads the model folder and serves it until interrupted (SIGINT/SIGTERM).
 
     Args:
-        model_dir: exported model folder (or a `.onnx` file in it).
+        model_dir: exported model folder (or a `.onnx` file in it): an embedding
+            export, served at `/v1/embeddings`, or a classifier, at `/v1/classify`.
         host: address to bind (loopback by default).
         port: TCP port.
         model_file: ONNX file in the folder ("model.onnx" or "model.int8.onnx").
@@ -450,10 +574,13 @@ def serve(model_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int 
         config: limits and batching.
         access_log: log one line per request (logger `aiohttp.access`).
     """
-    model = EmbeddingModel(model_dir, model_file=model_file, max_seq_len=max_seq_len,
-                           intra_op_threads=threads)
+    model = open_model(model_dir, model_file=model_file, max_seq_len=max_seq_len,
+                       intra_op_threads=threads)
     app = create_app(model, config)
-    logger.info("serving %s (%s, %s, dim %d) on http://%s:%d", app[NAME_KEY],
-                model.model_path.name, model.precision, model.dimension, host, port)
+    what = (f"labels {', '.join(model.labels)}" if model.kind == EXPORT_KINDS[1]
+            else f"dim {model.dimension}")
+    logger.info("serving %s (%s %s, %s, %s) on http://%s:%d%s", app[NAME_KEY], model.kind,
+                model.model_path.name, model.precision, what, host, port,
+                CLASSIFY_PATH if model.kind == EXPORT_KINDS[1] else EMBEDDINGS_PATH)
     web.run_app(app, host=host, port=port, print=None,
                 access_log=logging.getLogger("aiohttp.access") if access_log else None)
