@@ -1,6 +1,7 @@
 """Latency and throughput benchmark of exported ONNX models, with a Keras baseline.
 
-Owns: what a benchmark row measures and the table. Imports: `serving.runtime`,
+Owns: what a benchmark row measures, the table and recording the rows in the measured
+folders' model cards. Imports: `serving.runtime`, `tf_minilm.card`,
 `tf_minilm.constants`, `tf_minilm.fileio`, `tf_minilm.versions`; `tf_minilm.hf` /
 `tf_minilm.model` only for a Keras row.
 
@@ -393,6 +394,38 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         text.append(" ".join(c.ljust(w) if i < 5 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(line, widths, strict=True))))
     return "\n".join(text)
+
+
+def card_folder(row: dict[str, Any]) -> Path:
+    """The model folder a row measured: the ONNX file's or `.keras` file's folder, or the
+    Hugging Face folder itself."""
+    path = Path(row["path"])
+    return path.parent if path.suffix in (".onnx", ".keras") else path
+
+
+def record_in_cards(result: dict[str, Any]) -> list[str]:
+    """Writes each benchmarked folder's rows into its model card (`README.md`), when
+    tf-minilm wrote that card; returns the cards written.
+
+    A `.keras` file's rows go to the `student/` folder beside it (whose card describes
+    the same student).
+    """
+    from tf_minilm.card import latency_section, replace_section
+
+    by_folder: dict[Path, list[dict[str, Any]]] = {}
+    for row in result.get("rows", []):
+        folder = card_folder(row)
+        if Path(row["path"]).suffix == ".keras":
+            folder = folder / "student"
+        by_folder.setdefault(folder, []).append(row)
+    written = []
+    for folder, rows in by_folder.items():
+        section = latency_section(rows, result.get("created"), result.get("versions"))
+        if replace_section(os.fspath(folder), section):
+            written.append(os.fspath(folder / "README.md"))
+        else:
+            logger.info("%s has no tf-minilm model card; latency not recorded there", folder)
+    return written
 
 
 def write_json(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write every figure (and versions) to this JSON file%(default).0s")
+    parser.add_argument("--no-card", action="store_true",
+                        help="do not write the latency table into the benchmarked folders' "
+                             "model cards (README.md files tf-minilm wrote)")
     load = parser.add_argument_group("HTTP load test (loopback only)")
     load.add_argument("--server-url", default=None,
                       help="load-test a running server, e.g. http://127.0.0.1:8080%(default).0s")
@@ -113,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
             "config": None, "rows": []}
         if result["rows"]:
             print(format_table(result["rows"]))
+            if not args.no_card:
+                from serving.bench import record_in_cards
+
+                for card in record_in_cards(result):
+                    print(f"latency recorded in {card}")
         load_kwargs = dict(concurrency_levels=args.concurrency,
                            requests_per_level=args.load_requests,
                            time_budget_s=args.load_time_budget,

@@ -240,3 +240,32 @@ def test_keras_baseline_row(tmp_path):
     assert all(r["runs"] == 2 and r["p50_ms"] > 0 for r in rows)
     assert rows[0]["speedup"] == 1.0 and rows[4]["speedup"] > 0
     assert result["versions"].get("keras")
+
+
+def test_bench_records_its_latency_in_tf_minilm_cards_only(tiny, tmp_path, capsys):
+    import shutil
+
+    from tf_minilm.card import LATENCY_HEADING, read_card
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder in (ours, theirs):
+        shutil.copytree(tiny.folder, folder)
+    (ours / "README.md").write_text("---\ntags:\n- onnx\n- tf-minilm\n---\n\n# tiny\n\n"
+                                    "## ONNX export\n\nfacts\n")
+    user_card = "# my notes\n\nkeep me\n"
+    (theirs / "README.md").write_text(user_card)
+    argv = [str(ours), str(theirs), "--seq-lens", "8", "--throughput-batch", "2",
+            "--throughput-seq", "8", "--warmup", "1", "--repeats", "2", "--threads", "1"]
+    for _ in range(2):  # a second run replaces the section, never adds one
+        assert cli_bench.run(parse(argv)) == 0
+    assert f"latency recorded in {ours / 'README.md'}" in capsys.readouterr().out
+    front, body = read_card(str(ours / "README.md"))
+    assert front["tags"] == ["onnx", "tf-minilm"]
+    assert body.count(LATENCY_HEADING) == 1 and "## ONNX export" in body and "facts" in body
+    table = body.split(LATENCY_HEADING)[1]
+    assert "| model.onnx (fp32) | onnxruntime | 1 x 8 |" in table
+    assert "| model.int8.onnx (int8) | onnxruntime | 2 x 8 |" in table
+    assert "1 thread." in table
+    assert (theirs / "README.md").read_text() == user_card
+    assert cli_bench.run(parse(argv[:1] + argv[2:] + ["--no-card"])) == 0
+    assert read_card(str(ours / "README.md"))[1] == body

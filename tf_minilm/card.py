@@ -5,7 +5,8 @@ Owns: turning a run's `config.json`, `result.json` and `versions.json` (and an e
 (`library_name`, `pipeline_tag`, `base_model` and `license` when the teacher's card
 states them, `tags`) and a body with the teacher, objective, budget, corpus counts,
 held-out loss, fidelity, parameters and the command that made the model. Nothing is
-written that those files do not hold. Imports: `constants`, `fileio`, PyYAML (the
+written that those files do not hold; `tf-minilm bench` adds its latency table to cards
+tf-minilm wrote (`replace_section`). Imports: `constants`, `fileio`, PyYAML (the
 teacher's front matter), the standard library; no TensorFlow, so the export uses it.
 """
 
@@ -240,6 +241,70 @@ def _flat_numbers(values: Any, prefix: str = "") -> list[tuple[str, float]]:
     if isinstance(values, int | float) and not isinstance(values, bool):
         return [(prefix.strip(), float(values))]
     return []
+
+
+LATENCY_HEADING = "## Latency (`tf-minilm bench`)"
+
+
+def latency_section(rows: list[dict[str, Any]], created: str | None = None,
+                    environment: dict[str, Any] | None = None) -> str:
+    """A card section: the `tf-minilm bench` rows of one folder as a Markdown table.
+
+    Args:
+        rows: bench rows (file, backend, precision, mode, batch, seq, threads, p50_ms,
+            p90_ms, p99_ms, throughput_seq_per_s).
+        created: when they were measured.
+        environment: the bench's `versions` (processor, CPU count, libraries).
+
+    Returns:
+        The section, heading included.
+    """
+    lines = [LATENCY_HEADING, "", "| file | backend | batch x seq | p50 ms | p90 ms | p99 ms | "
+             "sequences/s |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['file']} ({row['precision']}) | {row['backend']} | "
+                     f"{row['batch']} x {row['seq']} | {row['p50_ms']:.2f} | "
+                     f"{row['p90_ms']:.2f} | {row['p99_ms']:.2f} | "
+                     f"{row['throughput_seq_per_s']:.1f} |")
+    where = []
+    if created:
+        where.append(f"measured {created}")
+    env = environment or {}
+    if env.get("processor"):
+        where.append(f"on {env['processor']} ({env.get('cpu_count')} CPUs)")
+    threads = {row.get("threads") for row in rows}
+    if len(threads) == 1 and None not in threads:
+        count = threads.pop()
+        where.append(f"{count} thread{'' if count == 1 else 's'}")
+    note = "Synthetic inputs (random token ids, no padding)"
+    lines += ["", note + ("; " + ", ".join(where) if where else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(folder: str, section: str) -> bool:
+    """Put `section` (a `## ` heading and its text) into `folder`'s model card, replacing
+    the section with the same heading; only in cards tf-minilm wrote (tag `tf-minilm`).
+
+    Returns:
+        Whether the card was written (False: no card, or a card tf-minilm did not write).
+    """
+    path = os.path.join(folder, CARD_FILE)
+    front, body = read_card(path)
+    if "tf-minilm" not in (front.get("tags") or []):
+        return False
+    heading = section.splitlines()[0]
+    kept, skipping = [], False
+    for line in body.splitlines():
+        if line == heading:
+            skipping = True
+            continue
+        if skipping and line.startswith("## "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    text = "\n".join(kept).rstrip("\n") + "\n\n" + section
+    write_text_atomic(path, _front_matter(front) + text)
+    return True
 
 
 def write_card(folder: str, text: str) -> str:
