@@ -17,6 +17,8 @@ CORE = [
     "scipy>=1.11,<2",
     # The linear probe (LogisticRegression) and F1 scores of `tf-minilm evaluate`.
     "scikit-learn>=1.5,<2",
+    # Parquet and Arrow corpora (`tf-minilm prepare`, `distill --corpus`).
+    "pyarrow>=17,<23",
 ]
 EXPORT = [
     "tf2onnx==1.17.0",

@@ -1,7 +1,7 @@
 """Reading a text corpus from files and folders, robustly and in bounded memory.
 
 Owns: the supported file kinds, document splitting, the corpus statistics and the
-default corpus. Imports: `constants`, `assets`.
+default corpus. Imports: `constants`, `assets`, `pyarrow` (Parquet / Arrow files only).
 
 Supported files (matched on the lower-cased name; folders are walked
 recursively in sorted order, so the document order is deterministic):
@@ -19,9 +19,12 @@ recursively in sorted order, so the document order is deterministic):
   text in field `ReadOptions.text_field` (default "text").
 - `.csv`, `.csv.gz`, `.csv.bz2`: a header row, the text in column
   `ReadOptions.text_column` (default "text").
+- `.parquet` and `.arrow` / `.feather` (Arrow IPC, file or stream format), the format
+  of most public corpora: the string column `ReadOptions.text_column`, read with
+  `pyarrow` a record batch at a time (bounded memory whatever the file size).
 
-JSONL and CSV records are always one document each (`doc_separator` applies to
-text files only).
+JSONL, CSV, Parquet and Arrow records are always one document each (`doc_separator`
+applies to text files only).
 
 Bad input never crashes the read and is never silent: unreadable bytes, bad
 records, binary files and unsupported files are skipped, counted in
@@ -63,7 +66,12 @@ _SUFFIXES: dict[str, tuple[str, str | None]] = {
     ".csv": ("csv", None),
     ".csv.gz": ("csv", "gzip"),
     ".csv.bz2": ("csv", "bz2"),
+    ".parquet": ("parquet", None),
+    ".arrow": ("arrow", None),
+    ".feather": ("arrow", None),
 }
+_COLUMNAR = ("parquet", "arrow")
+_COLUMNAR_BATCH_ROWS = 1024
 SUPPORTED_SUFFIXES = tuple(_SUFFIXES)
 
 _BINARY_PROBE_BYTES = 8192
@@ -554,6 +562,58 @@ def _csv_documents(
         csv.field_size_limit(old_limit)
 
 
+def _record_batches(file: CorpusFile, column: str) -> Iterator[object]:
+    """The record batches of a Parquet or Arrow file holding only `column`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if file.format == "parquet":
+        parquet = pq.ParquetFile(file.path)
+        names = parquet.schema_arrow.names
+        if column not in names:
+            raise CorpusError(f"{file.path}: no column {column!r} (columns: "
+                              f"{', '.join(repr(n) for n in names)}); pass --text-column")
+        yield from parquet.iter_batches(batch_size=_COLUMNAR_BATCH_ROWS, columns=[column])
+        return
+    with pa.memory_map(file.path, "r") as source:
+        try:
+            reader = pa.ipc.open_file(source)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            schema = reader.schema
+        except pa.ArrowInvalid:
+            source.seek(0)
+            reader = pa.ipc.open_stream(source)
+            batches, schema = iter(reader), reader.schema
+        if column not in schema.names:
+            raise CorpusError(f"{file.path}: no column {column!r} (columns: "
+                              f"{', '.join(repr(n) for n in schema.names)}); pass --text-column")
+        for batch in batches:
+            yield batch.select([column])
+
+
+def _columnar_documents(file: CorpusFile, options: ReadOptions, stats: CorpusStats,
+                        warn: _Warner) -> Iterator[str]:
+    import pyarrow as pa
+
+    column = options.text_column
+    for batch in _record_batches(file, column):
+        values = batch.column(0)
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            raise CorpusError(f"{file.path}: column {column!r} holds {values.type}, not text")
+        for text in values.to_pylist():
+            if text is None:
+                stats.skipped_bad_records += 1
+                warn("record", "skipping a null %r value in %s", column, file.path)
+                continue
+            if len(text) > options.max_doc_bytes:
+                stats.skipped_bad_records += 1
+                warn("record", "skipping a %r value of %s longer than max_doc_bytes=%d",
+                     column, file.path, options.max_doc_bytes)
+                continue
+            if text.strip():
+                yield text.strip()
+
+
 _READERS = {"text": _text_documents, "jsonl": _jsonl_documents, "csv": _csv_documents}
 
 
@@ -579,6 +639,19 @@ def read_documents(
     stats = stats if stats is not None else CorpusStats()
     warn = _Warner()
     for file in files:
+        if file.format in _COLUMNAR:
+            import pyarrow as pa
+
+            try:
+                for doc in _columnar_documents(file, options, stats, warn):
+                    stats.documents += 1
+                    yield doc
+            except (OSError, pa.ArrowException) as err:
+                stats.unreadable_files.append(file.path)
+                logger.warning("skipping the rest of %s: cannot read it (%s)", file.path, err)
+                continue
+            stats.files_read += 1
+            continue
         try:
             with _open_binary(file) as stream:
                 head, binary = _probe_binary(stream)
