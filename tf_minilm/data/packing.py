@@ -132,6 +132,11 @@ class Sequences:
         """The rows at the given indices, in that order."""
         return Sequences(self.input_ids[rows], self.attention_mask[rows])
 
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`input_ids` and `attention_mask` of the rows at these indices (what
+        `data.pipeline.make_dataset` reads, as from `data.shards.ShardedRows`)."""
+        return self.input_ids[rows], self.attention_mask[rows]
+
 
 def _layout(
     flat: np.ndarray, lengths: np.ndarray, special: SpecialTokens, max_seq_len: int

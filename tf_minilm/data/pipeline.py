@@ -2,7 +2,7 @@
 
 Owns: `make_dataset` (global batches from any start step, each worker its slice) and
 `make_eval_dataset`. TensorFlow is imported inside them only. Imports: NumPy,
-`data.schedule`, `data.packing`, `data.corpus`.
+`data.schedule`, `data.packing`, `data.shards`, `data.corpus`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from tf_minilm.data.corpus import CorpusError
 from tf_minilm.data.packing import Sequences
 from tf_minilm.data.schedule import BatchSchedule, shard_batch_size
+from tf_minilm.data.shards import ShardedRows
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -27,7 +28,7 @@ def _batch_dict(tf: Any, ids: Any, mask: Any) -> dict[str, Any]:
 
 
 def make_dataset(
-    sequences: Sequences,
+    sequences: Sequences | ShardedRows,
     global_batch_size: int,
     *,
     seed: int = 0,
@@ -46,7 +47,9 @@ def make_dataset(
     corpus inside the TensorFlow graph) and prefetched.
 
     Args:
-        sequences: training rows (`PreparedCorpus.train`).
+        sequences: training rows: `PreparedCorpus.train` (memory-mapped shards,
+            `data.shards.ShardedRows`) or in-memory `Sequences`; only the rows of the
+            batches in flight are read.
         global_batch_size: rows per step over all shards.
         seed: shuffling seed.
         start_step: first global step to produce (0 for a fresh run).
@@ -82,12 +85,10 @@ def make_dataset(
         raise CorpusError(f"start_step={start_step} must be non-negative")
     if num_steps is not None and num_steps < 0:
         raise CorpusError(f"num_steps={num_steps} must be non-negative or None")
-    input_ids, attention_mask = sequences.input_ids, sequences.attention_mask
     max_seq_len = sequences.max_seq_len
 
     def gather(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = schedule.rows(int(step), num_shards, shard_index)
-        return input_ids[rows], attention_mask[rows]
+        return sequences.gather(schedule.rows(int(step), num_shards, shard_index))
 
     def load(step: tf.Tensor) -> dict[str, tf.Tensor]:
         ids, mask = tf.numpy_function(gather, [step], (tf.int32, tf.int32), stateful=False)
@@ -131,11 +132,5 @@ def make_eval_dataset(sequences: Sequences, batch_size: int) -> tf.data.Dataset:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
-# ---------------------------------------------------------------- caching
-
-
-# ---------------------------------------------------------------- entry point
 
 
