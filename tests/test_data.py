@@ -274,13 +274,18 @@ def test_prepare_corpus_end_to_end(tmp_path, bert_tok):
     assert len(prepared.eval) == round(total * 0.1)
     assert prepared.stats.files_read == 2 and prepared.stats.documents == 40
     assert prepared.stats.sequences == total
-    assert prepared.cache_path is None and not prepared.cache_hit
+    # No cache folder: a scratch directory, gone once mapped (the maps still read).
+    assert not prepared.reused and not os.path.exists(prepared.data_dir)
     all_rows = pack_documents(
         (d for p in sorted((tmp_path / "c").iterdir()) for d in p.read_text().split("\n\n")),
         bert_tok, max_seq_len=16,
     )
-    merged = np.concatenate([prepared.train.input_ids, prepared.eval.input_ids])
-    assert sorted(map(tuple, merged)) == sorted(map(tuple, all_rows.input_ids))
+    # The same rows and the same held-out split as the in-memory path.
+    train, held = split_train_eval(all_rows, 0.1, 2)
+    np.testing.assert_array_equal(prepared.train.sequences().input_ids, train.input_ids)
+    np.testing.assert_array_equal(prepared.train.sequences().attention_mask,
+                                  train.attention_mask)
+    np.testing.assert_array_equal(prepared.eval.input_ids, held.input_ids)
 
 
 def test_cache_hit_and_rebuild(tmp_path, bert_tok, caplog):
@@ -289,45 +294,50 @@ def test_cache_hit_and_rebuild(tmp_path, bert_tok, caplog):
     args = dict(max_seq_len=16, eval_fraction=0.1, seed=0, cache_dir=cache)
     with caplog.at_level(logging.INFO, logger="tf_minilm.data"):
         first = prepare_corpus(corpus, bert_tok, **args)
-        assert not first.cache_hit and "corpus cache miss" in caplog.text
+        assert not first.reused and "(prepared)" in caplog.text
         caplog.clear()
         second = prepare_corpus(corpus, bert_tok, **args)
-    assert second.cache_hit and "corpus cache hit" in caplog.text
-    assert second.cache_path == first.cache_path and os.path.exists(first.cache_path)
-    for split in ("train", "eval"):
-        a, b = getattr(first, split), getattr(second, split)
-        np.testing.assert_array_equal(a.input_ids, b.input_ids)
-        np.testing.assert_array_equal(a.attention_mask, b.attention_mask)
+    assert second.reused and "(reused)" in caplog.text
+    assert second.data_dir == first.data_dir and os.path.isdir(first.data_dir)
+    np.testing.assert_array_equal(first.train.sequences().input_ids,
+                                  second.train.sequences().input_ids)
+    np.testing.assert_array_equal(first.eval.input_ids, second.eval.input_ids)
     assert second.stats == first.stats
-    assert [p.name for p in cache.iterdir()] == [os.path.basename(first.cache_path)]
+    assert [p.name for p in cache.iterdir()] == [os.path.basename(first.data_dir)]
 
-    # A changed file, max_seq_len, packing, reading option or tokenizer rebuilds.
+    # A changed file, max_seq_len, packing, reading option, split or tokenizer: a new one.
     with open(corpus / "part1.txt", "a", encoding="utf-8") as f:
         f.write("\nw299 w298 w297\n")
     changed = prepare_corpus(corpus, bert_tok, **args)
-    assert not changed.cache_hit and changed.cache_path != first.cache_path
+    assert not changed.reused and changed.data_dir != first.data_dir
     assert changed.stats.tokens == first.stats.tokens + 3
-    assert prepare_corpus(corpus, bert_tok, **args).cache_hit
-    assert not prepare_corpus(corpus, bert_tok, **{**args, "max_seq_len": 12}).cache_hit
-    assert not prepare_corpus(corpus, bert_tok, packing="per-document", **args).cache_hit
+    assert prepare_corpus(corpus, bert_tok, **args).reused
+    assert not prepare_corpus(corpus, bert_tok, **{**args, "max_seq_len": 12}).reused
+    assert not prepare_corpus(corpus, bert_tok, packing="per-document", **args).reused
     assert not prepare_corpus(corpus, bert_tok, read_options=ReadOptions(doc_separator="line"),
-                              **args).cache_hit
+                              **args).reused
+    assert not prepare_corpus(corpus, bert_tok, **{**args, "seed": 1}).reused
     other_tok = word_tokenizer(BERT_SPECIALS + ["extra"], "[UNK]")
-    assert not prepare_corpus(corpus, other_tok, **args).cache_hit
-    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp") or ".partial" in p.name]
+    assert not prepare_corpus(corpus, other_tok, **args).reused
+    leftovers = [p for folder in cache.iterdir() for p in folder.iterdir()
+                 if p.name.endswith(".tmp") or ".partial" in p.name]
+    assert not leftovers
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path, bert_tok, caplog):
+def test_damaged_cache_is_prepared_again(tmp_path, bert_tok, caplog):
     write_corpus(tmp_path / "c")
     first = prepare_corpus(tmp_path / "c", bert_tok, max_seq_len=16, cache_dir=tmp_path / "k")
-    with open(first.cache_path, "wb") as f:
-        f.write(b"not a zip file")
+    expected = first.train.sequences().input_ids
+    shard = os.path.join(first.data_dir, "shard-00000.ids.npy")
+    with open(shard, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x07")
     with caplog.at_level(logging.WARNING, logger="tf_minilm.data"):
         again = prepare_corpus(tmp_path / "c", bert_tok, max_seq_len=16, cache_dir=tmp_path / "k")
-    assert not again.cache_hit and "is unreadable" in caplog.text
-    np.testing.assert_array_equal(again.train.input_ids, first.train.input_ids)
+    assert not again.reused and "fails its checksum" in caplog.text and "shard-00000" in caplog.text
+    np.testing.assert_array_equal(again.train.sequences().input_ids, expected)
     assert prepare_corpus(tmp_path / "c", bert_tok, max_seq_len=16,
-                          cache_dir=tmp_path / "k").cache_hit
+                          cache_dir=tmp_path / "k").reused
 
 
 def test_real_teacher_tokenizer_on_bbc():
@@ -343,7 +353,7 @@ def test_real_teacher_tokenizer_on_bbc():
     prepared = prepare_corpus(paths, tok, eval_fraction=0.0,
                               read_options=ReadOptions(doc_separator="file"),
                               packing="per-document")
-    rows = prepared.train
+    rows = prepared.train.sequences()
     assert (rows.input_ids[:, 0] == 101).all()
     assert (rows.input_ids[np.arange(len(rows)), rows.lengths - 1] == 102).all()
     # The tokenizer.json truncates to 128; articles must not be cut to one row each.

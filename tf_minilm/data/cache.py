@@ -1,8 +1,8 @@
-"""The on-disk cache of packed rows, keyed by everything that determines them.
+"""The corpus fingerprint: everything that determines the packed rows.
 
-Owns: the corpus fingerprint (files, sizes, mtimes, tokenizer, packing settings) and
-reading/writing the cached `Sequences` atomically. Imports: NumPy, `data.corpus`,
-`data.packing`, `fileio`.
+Owns: the fingerprint (files, sizes, mtimes, reading options, tokenizer, packing
+settings) that names a prepared directory in the cache and is recorded in its manifest.
+Imports: `data.corpus`, `data.packing`.
 """
 
 from __future__ import annotations
@@ -15,19 +15,14 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from tf_minilm.data.corpus import (
     CorpusFile,
-    CorpusStats,
     ReadOptions,
 )
 from tf_minilm.data.packing import (
     Packing,
-    Sequences,
     plain_tokenizer,
 )
-from tf_minilm.fileio import atomic_path
 
 if TYPE_CHECKING:
     import tokenizers
@@ -68,34 +63,3 @@ def corpus_fingerprint(
         "packing": packing,
     }
     return json.dumps(key, sort_keys=True)
-
-
-def load_cache(path: str, key: str, max_seq_len: int) -> tuple[Sequences, CorpusStats] | None:
-    if not os.path.exists(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"][()]))
-            ids, lengths = data["input_ids"], data["lengths"]
-        if meta.get("key") != key:
-            logger.warning("corpus cache %s has a different key; rebuilding it", path)
-            return None
-        if ids.ndim != 2 or ids.shape != (lengths.shape[0], max_seq_len):
-            raise ValueError(f"arrays of shape {ids.shape} and {lengths.shape}")
-    except (OSError, ValueError, KeyError) as err:
-        logger.warning("corpus cache %s is unreadable (%s); rebuilding it", path, err)
-        return None
-    return Sequences.from_lengths(ids, lengths), CorpusStats.from_dict(meta["stats"])
-
-
-def write_cache(path: str, key: str, sequences: Sequences, stats: CorpusStats) -> bool:
-    try:
-        with atomic_path(path, durable=True) as partial:
-            meta = json.dumps({"key": key, "stats": stats.to_dict()})
-            np.savez(partial, input_ids=sequences.input_ids, lengths=sequences.lengths,
-                     meta=np.array(meta))
-        return True
-    except OSError as err:
-        logger.warning("could not write the corpus cache %s (%s); continuing without it",
-                       path, err)
-        return False

@@ -1,7 +1,14 @@
-"""`prepare_corpus`: documents to train/eval rows in one call (read, pack, split, cache).
+"""`prepare_corpus`: documents to train/eval rows in one call, through a prepared directory.
 
 Owns: the order of the data steps before training and `PreparedCorpus`, what they
-return. Imports: `data.corpus`, `data.packing`, `data.cache`.
+return. Imports: `data.corpus`, `data.cache` (the fingerprint), `data.packing`,
+`data.shards`.
+
+There is one data path: a corpus given to `tf-minilm distill --corpus` is prepared
+(`data.shards.prepare_directory`: tokenized, packed, written as memory-mapped shards)
+into the cache folder, under a name derived from everything the rows depend on, and
+trained from there exactly as a directory made by `tf-minilm prepare` (`--data`). A
+second run with the same corpus and settings reuses it; an interrupted one resumes it.
 """
 
 from __future__ import annotations
@@ -9,25 +16,30 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from tf_minilm.constants import PACKING_MODES
-from tf_minilm.data.cache import corpus_fingerprint, load_cache, sha256_hex, write_cache
+from tf_minilm.data.cache import corpus_fingerprint, sha256_hex
 from tf_minilm.data.corpus import (
     CorpusError,
     CorpusStats,
     ReadOptions,
     collect_files,
-    iter_documents,
 )
 from tf_minilm.data.packing import (
     Packing,
     Sequences,
     SpecialTokens,
-    pack_documents,
-    special_tokens,
-    split_train_eval,
+)
+from tf_minilm.data.shards import (
+    MANIFEST_FILE,
+    PreparedData,
+    PreparedDataError,
+    ShardedRows,
+    open_prepared,
+    prepare_directory,
 )
 
 if TYPE_CHECKING:
@@ -41,29 +53,43 @@ class PreparedCorpus:
     """A tokenized, packed and split corpus, ready for `make_dataset`.
 
     Attributes:
-        train: training rows.
-        eval: held-out rows (empty if `eval_fraction` was 0).
-        stats: reading/tokenizing counts (from the cache when it was hit);
-            log `stats.summary()`.
+        train: training rows (memory-mapped, `data.shards.ShardedRows`).
+        eval: held-out rows, in memory (empty if `eval_fraction` was 0).
+        stats: reading/tokenizing counts; log `stats.summary()`.
         special_tokens: the ids used to frame and pad rows.
         max_seq_len: row length.
         packing: "packed" or "per-document".
-        cache_path: the cache file used or written, or None.
-        cache_hit: True when the rows came from the cache.
+        data_dir: the prepared directory the rows come from.
+        reused: True when that directory was complete before this call.
 
     Example:
-    >>> prepared = prepare_corpus(default_corpus_paths(), tokenizer)  # doctest: +SKIP
+    >>> prepared = prepare_corpus(default_corpus_paths(), tokenizer, cache_dir="c")  # doctest: +SKIP
     >>> ds = make_dataset(prepared.train, 32, seed=0)  # doctest: +SKIP
     """
 
-    train: Sequences
+    train: ShardedRows
     eval: Sequences
     stats: CorpusStats
     special_tokens: SpecialTokens
     max_seq_len: int
     packing: Packing
-    cache_path: str | None = None
-    cache_hit: bool = False
+    data_dir: str
+    reused: bool = False
+
+    @classmethod
+    def from_prepared(cls, data: PreparedData, reused: bool) -> PreparedCorpus:
+        """The `PreparedCorpus` of an opened prepared directory."""
+        return cls(train=data.train, eval=data.eval, stats=data.stats,
+                   special_tokens=data.special_tokens, max_seq_len=data.max_seq_len,
+                   packing=data.packing, data_dir=data.folder, reused=reused)
+
+
+def prepared_dir_name(files: list, options: ReadOptions, tokenizer: tokenizers.Tokenizer,
+                      max_seq_len: int, packing: Packing, eval_fraction: float,
+                      seed: int) -> str:
+    """`corpus-<hash>`: the cache folder name of everything the prepared rows depend on."""
+    key = corpus_fingerprint(files, options, tokenizer, max_seq_len, packing)
+    return f"corpus-{sha256_hex(f'{key}|{eval_fraction!r}|{seed}')[:24]}"
 
 
 def prepare_corpus(
@@ -77,63 +103,75 @@ def prepare_corpus(
     packing: Packing = "packed",
     read_options: ReadOptions | None = None,
     progress: bool | None = None,
+    workers: int = 1,
 ) -> PreparedCorpus:
-    """Read, tokenize, pack (or load from cache) and split a corpus.
+    """Read, tokenize, pack and split a corpus into a prepared directory, and open it.
 
     Args:
         paths: files and folders (see `tf_minilm.data.corpus`).
         tokenizer: the teacher's `tokenizers.Tokenizer`.
         max_seq_len: row length in tokens, [CLS] and [SEP] included.
-        eval_fraction: share of rows held out for evaluation (see `split_train_eval`).
+        eval_fraction: share of rows held out for evaluation (as `split_train_eval`).
         seed: seed of the held-out split.
-        cache_dir: folder for the cache of packed rows (`corpus-<hash>.npz`,
-            written atomically); None disables caching. The cache is reused
-            when no file, option, tokenizer, `max_seq_len` or `packing`
-            changed, and rebuilt otherwise.
+        cache_dir: the folder holding prepared directories (`corpus-<hash>/`, see
+            `prepared_dir_name`); reused when no file, option, tokenizer, `max_seq_len`,
+            `packing`, `eval_fraction` or `seed` changed. None: a temporary directory,
+            removed once its files are mapped.
         packing: "packed" or "per-document".
         read_options: how files are split into documents.
-        progress: see `pack_documents`.
+        progress: see `data.shards.prepare_directory`.
+        workers: tokenizer processes.
 
     Returns:
         A `PreparedCorpus`.
 
     Raises:
-        CorpusError: see `tf_minilm.data.corpus.iter_documents`, `pack_documents`
-            and `split_train_eval`.
+        CorpusError: see `tf_minilm.data.corpus.iter_documents` and
+            `data.shards.prepare_directory`.
     """
     options = read_options or ReadOptions()
     if packing not in PACKING_MODES:
         raise CorpusError(f"packing={packing!r} is not one of {', '.join(PACKING_MODES)}")
-    special = special_tokens(tokenizer)
-    stats = CorpusStats()
-    files = collect_files(paths, stats)
-    cache_path = None
-    sequences = None
-    cache_hit = False
-    if cache_dir is not None:
-        key = corpus_fingerprint(files, options, tokenizer, max_seq_len, packing)
-        cache_path = os.path.join(os.fspath(cache_dir), f"corpus-{sha256_hex(key)[:24]}.npz")
-        loaded = load_cache(cache_path, key, max_seq_len)
-        if loaded is not None:
-            sequences, cached_stats = loaded
-            cached_stats.unsupported_files = stats.unsupported_files
-            stats = cached_stats
-            cache_hit = True
-            logger.info("corpus cache hit: %s (%d sequences)", cache_path, len(sequences))
-        else:
-            logger.info("corpus cache miss: building %s", cache_path)
-    if sequences is None:
-        documents = iter_documents(paths, options, stats, files=files)
-        sequences = pack_documents(
-            documents, tokenizer, max_seq_len=max_seq_len, packing=packing,
-            stats=stats, progress=progress, total_files=len(files),
-        )
-        if cache_path is not None and write_cache(cache_path, key, sequences, stats):
-            logger.info("corpus cache written: %s", cache_path)
-    train, held_out = split_train_eval(sequences, eval_fraction, seed)
-    logger.info("corpus: %s; %d train / %d eval sequences of %d tokens",
-                stats.summary(), len(train), len(held_out), max_seq_len)
-    return PreparedCorpus(
-        train=train, eval=held_out, stats=stats, special_tokens=special,
-        max_seq_len=max_seq_len, packing=packing, cache_path=cache_path, cache_hit=cache_hit,
-    )
+    if cache_dir is None:
+        import tempfile
+
+        # A throw-away directory: the open memory maps keep its files readable after
+        # it is removed (POSIX), and nothing is left on disk.
+        scratch = tempfile.mkdtemp(prefix="tf-minilm-corpus-")
+        try:
+            return prepare_corpus(paths, tokenizer, max_seq_len, eval_fraction, seed, scratch,
+                                  packing=packing, read_options=options, progress=progress,
+                                  workers=workers)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    files = collect_files(paths, CorpusStats())
+    folder = os.path.join(os.fspath(cache_dir), prepared_dir_name(
+        files, options, tokenizer, max_seq_len, packing, eval_fraction, seed))
+    reused = os.path.isfile(os.path.join(folder, MANIFEST_FILE))
+
+    def prepare_and_open() -> PreparedData:
+        prepare_directory(paths, tokenizer, folder, max_seq_len=max_seq_len, packing=packing,
+                          read_options=options, eval_fraction=eval_fraction, seed=seed,
+                          workers=workers, progress=progress)
+        return open_prepared(folder, tokenizer, max_seq_len)
+
+    try:
+        data = prepare_and_open()
+    except PreparedDataError as err:
+        if not reused:
+            raise
+        # Derived data of our own cache (never a --data directory): made again.
+        logger.warning("the cached corpus is damaged (%s); preparing it again", err)
+        shutil.rmtree(folder)
+        reused = False
+        data = prepare_and_open()
+    except CorpusError:
+        # A corpus that cannot be prepared (empty, no tokens): leave no cache folder behind
+        # (an interruption is not caught here, so an interrupted prepare still resumes).
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    prepared = PreparedCorpus.from_prepared(data, reused)
+    logger.info("corpus %s (%s): %s; %d train / %d eval sequences of %d tokens", folder,
+                "reused" if reused else "prepared", prepared.stats.summary(),
+                len(prepared.train), len(prepared.eval), max_seq_len)
+    return prepared
