@@ -48,7 +48,8 @@ STAGES = (["minilmv2:10", "embedding_mse"], ["minilmv2:30", "hidden_mse"],
           ["embedding_mse:10", "hidden_mse:14"], ["hidden_mse"])
 INIT_LAYERS = ("1,3", "1,2", "2,3", "3,1", "1,4", "0,1", "1", "a,b", "1,3,3", "1, 3")
 RELATIONS = (["qq"], ["qx"], ["qq", "qq"], ["kv", "vq"], [], ["qkv"])
-SKIPPED = {"teacher", "corpus", "output", "resume", "cache_dir", "text_column"}  # paths: below
+SKIPPED = {"teacher", "corpus", "output", "resume", "cache_dir", "text_column",
+           "data"}  # paths: below and tests/test_shards.py
 
 
 def base(teacher_dir, corpus_dir, output) -> dict:
@@ -161,7 +162,7 @@ def check_runs(resolved: job.ResolvedJob, teacher: Encoder) -> None:
 def test_the_enumeration_is_large_and_covers_every_field():
     covered = {key for case in CASES for key in case}
     fields = {f.name for f in dataclasses.fields(DistillConfig)}
-    assert fields - covered <= {"output", "resume", "cache_dir", "text_column"}
+    assert fields - covered <= {"output", "resume", "cache_dir", "text_column", "data"}
     assert len(CASES) > 400
 
 

@@ -129,7 +129,8 @@ def student_card(run_dir: str, command: list[str] | None = None) -> str:
     steps, batch, seq = result.get("step"), config.get("batch_size"), config.get("max_seq_len")
     corpus = result.get("corpus") or {}
     evaluation = result.get("eval") or {}
-    corpus_paths = ", ".join(f"`{path}`" for path in config.get("corpus") or []) or "not recorded"
+    corpus_paths = ", ".join(f"`{path}`" for path in config.get("corpus") or []) or (
+        f"prepared directory `{config['data']}`" if config.get("data") else "not recorded")
     lines = [f"# {teacher_name} student, {config.get('student_layers')} x "
              f"{config.get('student_hidden')}", "",
              f"A {config.get('student_layers')}-layer x {config.get('student_hidden')} student "

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, str] = {
+    "prepare": "tf_minilm.commands.prepare",
     "distill": "tf_minilm.commands.distill",
     "export": "export.cli",
     "serve": "serving.cli_serve",

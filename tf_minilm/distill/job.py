@@ -215,11 +215,25 @@ def resolve(config: DistillConfig) -> ResolvedJob:
     except PoolingError as err:
         raise ConfigError(f"--teacher {teacher_dir}: {err}") from err
 
-    corpus = [os.fspath(p) for p in config.corpus] or default_corpus_paths()
-    try:
-        collect_files(corpus)
-    except CorpusError as err:
-        raise ConfigError(f"--corpus: {err}") from err
+    if config.data is not None:
+        from tf_minilm.data.shards import read_manifest
+
+        try:
+            manifest = read_manifest(config.data)
+        except CorpusError as err:
+            raise ConfigError(f"--data: {err}") from err
+        prepared_len = manifest["settings"]["max_seq_len"]
+        if prepared_len != config.max_seq_len:
+            raise ConfigError(f"--max-seq-len {config.max_seq_len}: --data {config.data} holds "
+                              f"rows of {prepared_len} tokens; pass --max-seq-len {prepared_len} "
+                              "or prepare again")
+        corpus = []
+    else:
+        corpus = [os.fspath(p) for p in config.corpus] or default_corpus_paths()
+        try:
+            collect_files(corpus)
+        except CorpusError as err:
+            raise ConfigError(f"--corpus: {err}") from err
     return ResolvedJob(config, teacher_dir, corpus, teacher, student, init, teacher_layer,
                        init_layers, pooling)
 
@@ -299,18 +313,28 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
                 job.student_config.intermediate_size, job.init,
                 config.resolved_loss() or " then ".join(config.stages or []))
 
-    from tf_minilm.data.corpus import ReadOptions
+    from tf_minilm.data.corpus import CorpusError, ReadOptions
     from tf_minilm.data.pipeline import make_dataset, make_eval_dataset
-    from tf_minilm.data.prepare import prepare_corpus
+    from tf_minilm.data.prepare import PreparedCorpus, prepare_corpus
+    from tf_minilm.data.shards import open_prepared
     from tf_minilm.hf.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(job.teacher_dir)
-    prepared = prepare_corpus(
-        job.corpus, tokenizer, max_seq_len=config.max_seq_len, eval_fraction=config.eval_fraction,
-        seed=config.seed, cache_dir=job.cache_dir, packing=config.packing,
-        read_options=ReadOptions(doc_separator=config.doc_separator,
-                                 text_field=config.text_column, text_column=config.text_column),
-    )
+    if config.data is not None:
+        try:
+            prepared = PreparedCorpus.from_prepared(
+                open_prepared(config.data, tokenizer, config.max_seq_len), reused=True)
+        except CorpusError as err:
+            raise ConfigError(f"--data: {err}") from err
+    else:
+        prepared = prepare_corpus(
+            job.corpus, tokenizer, max_seq_len=config.max_seq_len,
+            eval_fraction=config.eval_fraction, seed=config.seed, cache_dir=job.cache_dir,
+            packing=config.packing, workers=config.prepare_workers,
+            read_options=ReadOptions(doc_separator=config.doc_separator,
+                                     text_field=config.text_column,
+                                     text_column=config.text_column),
+        )
     logger.info("corpus: %s", prepared.stats.summary())
     if len(prepared.train) < config.batch_size:
         raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(prepared.train)} "
@@ -372,6 +396,7 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
         "precision": final.precision,
         "student_parameters": int(student.count_params()),
         "corpus": prepared.stats.to_dict(),
+        "data_dir": prepared.data_dir,
         "train_sequences": len(prepared.train),
         "eval_sequences": len(prepared.eval),
         "fidelity": fidelity,
