@@ -129,3 +129,29 @@ def test_a_student_folder_without_pooling_files_pools_as_its_teacher(tiny_model_
     report = json.loads(output.read_text())
     assert report["models"][str(plain)]["pooling"] == {"mode": "cls", "normalize": True}
     assert report["results"][str(plain)]["spearman"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_held_out_fidelity_samples_a_large_held_out_set(tiny_model_dir, monkeypatch):
+    from tf_minilm.data.packing import Sequences
+    from tf_minilm.evaluate import fidelity as fidelity_lib
+    from tf_minilm.evaluate.tasks import TaskError
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+    from tf_minilm.model.pooling import PoolingSpec
+
+    def no_mr(seed):
+        raise TaskError("MR is not under test here")
+
+    monkeypatch.setattr(fidelity_lib, "mr_test_texts", no_mr)
+    monkeypatch.setattr(fidelity_lib, "MAX_HELD_OUT_ROWS", 40)
+    encoder, tokenizer = load_hf_checkpoint(tiny_model_dir)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, tokenizer.get_vocab_size(), (100, 12)).astype("int32")
+    ids[:, 0], ids[:, -1] = 2, 3
+    rows = Sequences.from_lengths(ids, np.full(100, 12))
+    report = fidelity_lib.run_fidelity(encoder, encoder, tokenizer, PoolingSpec(), rows, k=5)
+    held = report["held_out"]
+    assert held["num_texts"] == 40 and held["texts"] == "held-out corpus rows (40 sampled of 100)"
+    assert held["spearman"] == pytest.approx(1.0) and "skipped" in report["mr"]
+    small = fidelity_lib.run_fidelity(encoder, encoder, tokenizer, PoolingSpec(), rows.take(
+        np.arange(30)), k=5)
+    assert small["held_out"]["texts"] == "held-out corpus rows (30)"

@@ -218,6 +218,11 @@ def file_texts(path: str, max_texts: int | None = None) -> FidelityTexts:
     return FidelityTexts(texts, f"{path} ({len(texts)} lines)")
 
 
+MAX_HELD_OUT_ROWS = 2550
+"""Held-out rows `run_fidelity` compares at most (the size of the MR test set): its
+pairwise metrics cost n^2 memory and time, so a large corpus's 1% is sampled."""
+
+
 def run_fidelity(teacher: Any, student: Any, tokenizer: Any, pooling: PoolingSpec,
                  held_out: Any | None, max_seq_len: int = 128, k: int = DEFAULT_K,
                  seed: int = 0) -> dict[str, Any]:
@@ -227,7 +232,8 @@ def run_fidelity(teacher: Any, student: Any, tokenizer: Any, pooling: PoolingSpe
         teacher, student: Keras `Encoder`s.
         tokenizer: the teacher's tokenizer (for the MR sentences).
         pooling: the teacher's pooling, applied to both.
-        held_out: the corpus's held-out `Sequences` (None or fewer than k + 1 rows: skipped).
+        held_out: the corpus's held-out `Sequences` (None or fewer than k + 1 rows: skipped;
+            more than `MAX_HELD_OUT_ROWS`: a sample of that many, drawn from `seed`).
         max_seq_len: truncation of the MR sentences.
         k: neighbours for kNN overlap.
         seed: the MR split seed (as `tf-minilm evaluate`).
@@ -240,10 +246,17 @@ def run_fidelity(teacher: Any, student: Any, tokenizer: Any, pooling: PoolingSpe
     if held_out is not None and len(held_out) > k:
         from tf_minilm.evaluate.embed import embed_rows
 
+        total = len(held_out)
+        if total > MAX_HELD_OUT_ROWS:
+            # The pairwise metrics grow with n^2: a fixed-size sample of a large corpus's rows.
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF1DE]))
+            held_out = held_out.take(np.sort(rng.choice(total, MAX_HELD_OUT_ROWS, replace=False)))
         teacher_rows = embed_rows(teacher, held_out.input_ids, held_out.attention_mask, pooling)
         student_rows = embed_rows(student, held_out.input_ids, held_out.attention_mask, pooling)
-        report["held_out"] = {"texts": f"held-out corpus rows ({len(held_out)})",
-                              "num_texts": len(held_out),
+        used = len(held_out)
+        report["held_out"] = {"texts": f"held-out corpus rows ({used}"
+                                       + (f" sampled of {total}" if used < total else "") + ")",
+                              "num_texts": used,
                               **fidelity_metrics(teacher_rows, student_rows, k)}
     from tf_minilm.evaluate.tasks import TaskError
 
