@@ -111,6 +111,9 @@ def main() -> int:
     parser.add_argument("--workdir", default="/tmp/prepare-scale")
     parser.add_argument("--copies", default="9,90", help="BBC copies of the small and large corpus")
     parser.add_argument("--steps", type=int, default=3, help="distill steps per run")
+    parser.add_argument("--eval-fraction", type=float, default=0.001,
+                        help="held-out share of the prepared rows (their evaluation at the end "
+                             "of each run grows with the corpus; the data path's memory does not)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -129,7 +132,8 @@ def main() -> int:
                 subprocess.run(["rm", "-rf", out], check=True)
             row[f"prepare_w{workers}"] = measured(
                 cli + ["prepare", corpus, "--output", out, "--workers", str(workers),
-                       "--no-progress"], out + ".log")
+                       "--eval-fraction", str(args.eval_fraction), "--no-progress"],
+                out + ".log")
         with open(os.path.join(out, "manifest.json"), encoding="utf-8") as handle:
             manifest = json.load(handle)
         row["tokens"] = manifest["tokens"]
@@ -149,7 +153,9 @@ def main() -> int:
             run = os.path.join(args.workdir, f"run-corpus-{copies}")
             subprocess.run(["rm", "-rf", run], check=True)
             row["distill_corpus"] = measured(cli + ["distill", "--corpus", corpus, "--output",
-                                                    run, *distill_flags], run + ".log",
+                                                    run, "--eval-fraction",
+                                                    str(args.eval_fraction), *distill_flags],
+                                             run + ".log",
                                              os.path.join(run, "metrics.jsonl"))
         results["sizes"][copies] = row
         print(json.dumps({copies: row}, indent=1), flush=True)

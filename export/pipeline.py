@@ -9,9 +9,16 @@ place only when every check passed, so a failed export leaves no half-written mo
 and an earlier good export untouched. The folder holds:
 
     model.onnx            float32 graph (onnxruntime-fused unless optimize=False)
-    model.int8.onnx       dynamic int8 graph (unless quantize="none")
+    model.int8.onnx       the first int8 variant that holds (`export.quantize.choose_int8`;
+                          unless quantize="none")
     tokenizer.json, vocab.txt, tokenizer_config.json, special_tokens_map.json, config.json
-    export_report.json    options, fused operator counts, parity figures, sizes, versions
+    labels.json           a classifier's label names (config.json gets `id2label` too)
+    export_report.json    options, fused operator counts, parity figures, the int8 variants
+                          tried, sizes, versions
+    README.md             the model card
+
+An encoder exports `last_hidden_state` and `sentence_embedding`; a fine-tuned
+`SequenceClassifier` (what `tf-minilm evaluate --save-model` writes) exports `logits`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Serving of exported tf-minilm models: onnxruntime runtime, HTTP server, benchmark.
+"""Serving of exported tf-minilm models (encoders and classifiers): onnxruntime runtime,
+HTTP server, benchmark.
 
 Nothing in this package imports TensorFlow (only the Keras baseline of the benchmark
 does, lazily, when a Keras model folder is benchmarked). Public names are imported
@@ -20,6 +21,9 @@ _LAZY = {
     "EmbeddingModel": "serving.runtime",
     "Embeddings": "serving.runtime",
     "ModelFolderError": "serving.runtime",
+    "ClassifierModel": "serving.classify",
+    "Classifications": "serving.classify",
+    "open_model": "serving.classify",
     "ServerConfig": "serving.server",
     "create_app": "serving.server",
     "serve": "serving.server",
