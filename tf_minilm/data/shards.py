@@ -75,8 +75,9 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 MANIFEST_FILE = "manifest.json"
 HELDOUT_FILE = "heldout.npy"
-DEFAULT_SHARD_TOKENS = 1 << 24
-"""About 16.8 M tokens (32 MB of uint16) per shard."""
+DEFAULT_SHARD_TOKENS = 1 << 22
+"""About 4.2 M tokens (8 MB of uint16) per shard: a prepare's memory is a few shards'
+worth of tokens, and a large corpus is still only hundreds of files (3 B tokens: ~720)."""
 BATCH_DOCS = 256
 BATCH_CHARS = 1 << 20
 """Documents and characters per tokenization batch (and so the granularity of a shard)."""
@@ -383,9 +384,12 @@ def prepare_directory(
     pending_tokens = 0
 
     def drain() -> None:
+        # Rows leave the packer as their real tokens only (2 bytes a token for uint16):
+        # a shard's buffer is a few bytes per token, not a padded int32 row each.
         nonlocal pending_tokens
         for ids, lens in zip(packer.id_blocks, packer.len_blocks, strict=True):
-            pending_ids.append(ids)
+            real = np.arange(max_seq_len)[None, :] < lens[:, None]
+            pending_ids.append(ids[real].astype(dtype))
             pending_lens.append(lens)
             pending_tokens += int(lens.sum())
         packer.id_blocks.clear()
@@ -402,8 +406,7 @@ def prepare_directory(
         index = len(state.shards)
         ids_name, offsets_name, record_name = shard_names(index)
         lens = np.concatenate(pending_lens)
-        real = np.arange(max_seq_len)[None, :] < lens[:, None]
-        flat = np.concatenate(pending_ids)[real].astype(dtype)
+        flat = np.concatenate(pending_ids)
         offsets = np.zeros(len(lens) + 1, np.int64)
         np.cumsum(lens, out=offsets[1:])
         record = {
