@@ -426,12 +426,7 @@ class EmbeddingModel(OnnxTextModel):
     batch carries little padding, run through the graph, and returned in input order.
 
     Args:
-        model_dir: exported folder (or a `.onnx` file whose folder holds the tokenizer).
-        model_file: ONNX file inside the folder: "model.onnx" (fp32) or
-            "model.int8.onnx" (int8).
-        max_seq_len: truncation length in tokens; default: `export_report.json`'s
-            `max_seq_len` (128 when absent).
-        intra_op_threads: onnxruntime threads per operator; None lets it decide.
+        model_dir, model_file, max_seq_len, intra_op_threads: as `OnnxTextModel`'s.
 
     Example:
     >>> model = EmbeddingModel("runs/student-onnx", model_file="model.int8.onnx")

@@ -340,16 +340,25 @@ def _usage(token_counts: Sequence[int]) -> dict[str, int]:
     return {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-async def _embeddings(request: web.Request) -> web.Response:
+async def _parse_and_run(request: web.Request, parse: Callable[[Any], Any]) -> Any:
+    """The shared part of both endpoints: read and check the body (`parse` it), run the
+    batched model on its texts. Returns `(parsed, result)`, or the JSON error response."""
     app = request.app
     try:
-        body = await _read_body(request, app[CONFIG_KEY])
-        parsed = parse_embedding_request(body, app[CONFIG_KEY], app[MODEL_KEY].dimension)
+        parsed = parse(await _read_body(request, app[CONFIG_KEY]))
     except RequestError as err:
         return error_response(err.status, err.message, err.kind)
     result = await _run_model(app, parsed.texts)
-    if isinstance(result, web.Response):
-        return result
+    return result if isinstance(result, web.Response) else (parsed, result)
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    app = request.app
+    answer = await _parse_and_run(request, lambda body: parse_embedding_request(
+        body, app[CONFIG_KEY], app[MODEL_KEY].dimension))
+    if isinstance(answer, web.Response):
+        return answer
+    parsed, result = answer
     data = []
     normalize = getattr(app[MODEL_KEY], "normalize", True)
     for index, vector in enumerate(shorten(result.vectors, parsed.dimensions, normalize)):
@@ -364,14 +373,11 @@ async def _embeddings(request: web.Request) -> web.Response:
 
 async def _classify(request: web.Request) -> web.Response:
     app = request.app
-    try:
-        body = await _read_body(request, app[CONFIG_KEY])
-        parsed = parse_classify_request(body, app[CONFIG_KEY], app[MODEL_KEY].num_labels)
-    except RequestError as err:
-        return error_response(err.status, err.message, err.kind)
-    result = await _run_model(app, parsed.texts)
-    if isinstance(result, web.Response):
-        return result
+    answer = await _parse_and_run(request, lambda body: parse_classify_request(
+        body, app[CONFIG_KEY], app[MODEL_KEY].num_labels))
+    if isinstance(answer, web.Response):
+        return answer
+    parsed, result = answer
     data = []
     for index, row in enumerate(result.scores):
         order = sorted(range(len(result.labels)), key=lambda i: -float(row[i]))
