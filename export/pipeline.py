@@ -523,13 +523,13 @@ def export_model(
         else:
             onnx.save(model, fp32_path)
         logger.info("validating against the Keras float32 model")
+        feeds, reference = reference_outputs(function, student.tokenizer, max_seq_len,
+                                             config.pad_token_id)
         parity = validate_export(function, student.tokenizer, fp32_path, None,
                                  max_seq_len=max_seq_len, pad_id=config.pad_token_id,
-                                 fp32_tolerance=fp32_tolerance)
+                                 fp32_tolerance=fp32_tolerance, reference=(feeds, reference))
         int8_choice = None
         if quantize == "int8":
-            feeds, reference = reference_outputs(function, student.tokenizer, max_seq_len,
-                                                 config.pad_token_id)
             int8_choice = choose_int8(
                 fp32_path, os.path.join(staging, ONNX_INT8_FILE),
                 check=lambda path: check_int8(reference, path, feeds, int8_min_cosine,

@@ -250,6 +250,7 @@ def validate_export(
     int8_min_cosine: float = INT8_MIN_COSINE,
     texts: tuple[str, ...] = VALIDATION_SENTENCES,
     int8_max_probability_diff: float = INT8_MAX_PROBABILITY_DIFF,
+    reference: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Check the exported graphs against the Keras float32 `function`.
 
@@ -264,6 +265,8 @@ def validate_export(
         int8_min_cosine: least cosine to the Keras sentence embedding allowed for int8.
         texts: sentences to run.
         int8_max_probability_diff: a classifier's largest allowed class-probability change.
+        reference: `reference_outputs(...)` of these texts when the caller already has
+            them (the Keras model then is not run again).
 
     Returns:
         `{"sentences", "batch_shape", "token_counts", "fp32": {...}, "int8": {...}}`;
@@ -272,7 +275,8 @@ def validate_export(
     Raises:
         ParityError: a check failed; `err.figures` holds everything measured.
     """
-    feeds, reference = reference_outputs(function, tokenizer, max_seq_len, pad_id, texts)
+    feeds, reference = reference or reference_outputs(function, tokenizer, max_seq_len, pad_id,
+                                                      texts)
     mask = feeds["attention_mask"]
     figures: dict[str, Any] = {
         "sentences": len(texts),
