@@ -353,16 +353,27 @@ def split_train_eval(
     """
     if not 0.0 <= eval_fraction < 1.0:
         raise CorpusError(f"eval_fraction={eval_fraction} must be in [0, 1)")
-    n = len(sequences)
     if eval_fraction == 0.0:
         return sequences, Sequences.empty(sequences.max_seq_len)
-    n_eval = max(1, int(round(n * eval_fraction)))
-    if n - n_eval < 1:
+    held = np.zeros(len(sequences), dtype=bool)
+    held[heldout_rows(len(sequences), eval_fraction, seed)] = True
+    return sequences.take(np.flatnonzero(~held)), sequences.take(np.flatnonzero(held))
+
+
+def heldout_rows(num_rows: int, eval_fraction: float, seed: int) -> np.ndarray:
+    """The sorted rows held out of `num_rows` (int64): the one held-out rule, used by
+    `split_train_eval` and by prepared directories (`data.shards`).
+
+    Raises:
+        CorpusError: too few rows to hold any out and keep one for training.
+    """
+    if eval_fraction == 0.0:
+        return np.zeros(0, np.int64)
+    n_eval = max(1, int(round(num_rows * eval_fraction)))
+    if num_rows - n_eval < 1:
         raise CorpusError(
-            f"the corpus has {n} sequences: too few to hold out {n_eval} for evaluation "
+            f"the corpus has {num_rows} sequences: too few to hold out {n_eval} for evaluation "
             f"(eval_fraction={eval_fraction}) and keep at least 1 for training"
         )
     rng = np.random.default_rng(np.random.SeedSequence([check_seed(seed), 0x5EED, 0]))
-    held = np.zeros(n, dtype=bool)
-    held[rng.choice(n, size=n_eval, replace=False)] = True
-    return sequences.take(np.flatnonzero(~held)), sequences.take(np.flatnonzero(held))
+    return np.sort(rng.choice(num_rows, size=n_eval, replace=False)).astype(np.int64)

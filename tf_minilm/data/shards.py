@@ -61,6 +61,7 @@ from tf_minilm.data.packing import (
     SpecialTokens,
     _batches,
     _Packer,
+    heldout_rows,
     plain_tokenizer,
     special_tokens,
 )
@@ -472,23 +473,6 @@ def prepare_directory(
     logger.info("prepared %s: %d rows (%d held out), %d tokens in %d shard(s)", output,
                 rows_total, heldout.size, manifest["tokens"], len(state.shards))
     return manifest
-
-
-def heldout_rows(num_rows: int, eval_fraction: float, seed: int) -> np.ndarray:
-    """The sorted rows `packing.split_train_eval` holds out of `num_rows` (int64).
-
-    Raises:
-        CorpusError: too few rows to hold any out and keep one for training.
-    """
-    if eval_fraction == 0.0:
-        return np.zeros(0, np.int64)
-    n_eval = max(1, int(round(num_rows * eval_fraction)))
-    if num_rows - n_eval < 1:
-        raise CorpusError(
-            f"the corpus has {num_rows} sequences: too few to hold out {n_eval} for evaluation "
-            f"(eval_fraction={eval_fraction}) and keep at least 1 for training")
-    rng = np.random.default_rng(np.random.SeedSequence([check_seed(seed), 0x5EED, 0]))
-    return np.sort(rng.choice(num_rows, size=n_eval, replace=False)).astype(np.int64)
 
 
 # ---------------------------------------------------------------------- reading
