@@ -36,7 +36,7 @@ from tf_minilm.data.corpus import ReadOptions, iter_documents
 from tf_minilm.data.packing import pack_documents, split_train_eval
 from tf_minilm.hf.tokenizer import load_tokenizer
 rows = pack_documents(iter_documents({corpus!r}, ReadOptions()), load_tokenizer(default_teacher_dir()),
-                      max_seq_len=64, packing="per-document", progress=False)
+                      max_seq_len=64, packing="per-document")
 train, held = split_train_eval(rows, 0.01, 0)
 print(len(train), len(held), rows.num_tokens)
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from importlib import metadata
 
 import numpy as np
@@ -370,17 +371,21 @@ def test_real_teacher_tokenizer_on_bbc():
     assert got == want
 
 
-def test_progress_reporting(bert_tok, caplog):
-    docs = [doc_text(w) for w in DOC_WORDS]
+def test_prepare_progress_reporting(tmp_path, bert_tok, caplog, capsys):
+    from tf_minilm.data.shards import prepare_directory
+
+    write_corpus(tmp_path / "c")
     with caplog.at_level(logging.INFO, logger="tf_minilm.data"):
-        pack_documents(docs, bert_tok, max_seq_len=8, progress=None, total_files=1)
-    assert "tokenized: 0/1 files, 0 documents, 37 tokens" in caplog.text
+        prepare_directory(tmp_path / "c", bert_tok, tmp_path / "a", max_seq_len=8,
+                          progress=None)  # not a terminal: log lines
+    assert re.search(r"tokenizing: 100.0% of .* MB, 40 documents, \d+ tokens, [\d,]+ tokens/s, "
+                     r"ETA 0 s", caplog.text), caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tf_minilm.data"):
-        quiet = pack_documents(docs, bert_tok, max_seq_len=8, progress=False)
-    assert "tokenized" not in caplog.text
-    with_bar = pack_documents(docs, bert_tok, max_seq_len=8, progress=True, total_files=1)
-    np.testing.assert_array_equal(quiet.input_ids, with_bar.input_ids)
+        prepare_directory(tmp_path / "c", bert_tok, tmp_path / "b", max_seq_len=8, progress=False)
+    assert "tokenizing:" not in caplog.text and "tokenizing" not in capsys.readouterr().err
+    prepare_directory(tmp_path / "c", bert_tok, tmp_path / "d", max_seq_len=8, progress=True)
+    assert "\r100.0% of" in capsys.readouterr().err
 
 
 def test_infinite_dataset_has_infinite_cardinality():

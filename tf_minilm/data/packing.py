@@ -2,8 +2,9 @@
 
 Owns: the special tokens that frame a row ([CLS]/[SEP]/[PAD] or <s>/</s>/<pad>), the two
 packings (`packed`: documents concatenated and cut into full rows; `per-document`: each
-document starts a row, its last chunk padded), the `Sequences` rows, progress lines and
-the deterministic train/eval split. Imports: NumPy, `tokenizers`, `data.corpus`,
+document starts a row, its last chunk padded), the `Sequences` rows and the
+deterministic train/eval split (`heldout_rows`). `pack_documents` packs in memory (the
+reference the prepared directories of `data.shards` are tested against). Imports: NumPy, `tokenizers`, `data.corpus`,
 `constants`; no TensorFlow.
 """
 
@@ -12,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -205,46 +204,6 @@ class _Packer:
         return np.concatenate(self.id_blocks), np.concatenate(self.len_blocks)
 
 
-class _Progress:
-    """A Keras progress bar on a terminal, a log line every few seconds otherwise."""
-
-    def __init__(self, total_files: int, stats: CorpusStats, enabled: bool | None) -> None:
-        self.stats, self.total = stats, total_files
-        self.start = self.last_log = time.monotonic()
-        self.bar = None
-        self.enabled = enabled is not False
-        if enabled is True or (enabled is None and sys.stdout.isatty()):
-            import keras
-
-            self.bar = keras.utils.Progbar(
-                total_files, unit_name="file", stateful_metrics=["documents", "tokens"]
-            )
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(
-                self.stats.files_read,
-                values=[("documents", self.stats.documents), ("tokens", self.stats.tokens)],
-            )
-        elif self.enabled and time.monotonic() - self.last_log >= 10.0:
-            self.last_log = time.monotonic()
-            self._log("tokenizing")
-
-    def done(self) -> None:
-        if self.bar is not None:
-            self.update()
-        if self.enabled:
-            self._log("tokenized")
-
-    def _log(self, verb: str) -> None:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        logger.info(
-            "%s: %d/%d files, %d documents, %d tokens (%.0f tokens/s)",
-            verb, self.stats.files_read, self.total, self.stats.documents,
-            self.stats.tokens, self.stats.tokens / elapsed,
-        )
-
-
 def plain_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
     """A copy without truncation and padding (a tokenizer.json may enable both)."""
     import tokenizers
@@ -275,8 +234,6 @@ def pack_documents(
     max_seq_len: int = 128,
     packing: Packing = "packed",
     stats: CorpusStats | None = None,
-    progress: bool | None = None,
-    total_files: int = 0,
     batch_docs: int = 1024,
     batch_chars: int = 4 << 20,
 ) -> Sequences:
@@ -290,9 +247,6 @@ def pack_documents(
         packing: "packed" (across documents) or "per-document".
         stats: `tokens` and `sequences` are set here (documents are counted by
             the reader that updates the same object, if any).
-        progress: True for a Keras progress bar, False for nothing, None for a
-            bar on a terminal and a log line every 10 s otherwise.
-        total_files: number of files, for the progress bar.
         batch_docs: documents per `encode_batch` call.
         batch_chars: characters per `encode_batch` call (whichever comes first).
 
@@ -312,7 +266,6 @@ def pack_documents(
     encode = getattr(plain, "encode_batch_fast", plain.encode_batch)
     stats = stats if stats is not None else CorpusStats()
     packer = _Packer(special, max_seq_len, packing)
-    bar = _Progress(total_files, stats, progress)
     for batch in _batches(documents, batch_docs, batch_chars):
         encodings = encode(batch, add_special_tokens=False)
         lengths = [len(e.ids) for e in encodings]
@@ -322,9 +275,7 @@ def pack_documents(
         )
         packer.add(flat, lengths)
         stats.tokens += int(flat.size)
-        bar.update()
     ids, lens = packer.finish()
-    bar.done()
     if len(ids) == 0:
         raise CorpusError(
             f"the documents produced no tokens ({stats.summary()}); is this the right tokenizer?"
