@@ -75,3 +75,22 @@ def test_export_card_keeps_the_students_card_and_adds_the_onnx_facts(tmp_path):
     assert "# t student, 2 x 16" in card and "## ONNX export" in card
     assert "Attention 2" in card and "fp32 max_abs 2.5e-06" in card
     assert "int8 min_cosine 0.995" in card
+
+
+def test_export_card_drops_the_students_latency_section(tmp_path):
+    from tf_minilm.card import LATENCY_HEADING, latency_section, replace_section
+
+    run = _run(tmp_path, "---\nlicense: mit\n---\n# t\n")
+    student_dir = run / "student"
+    write_card(str(student_dir), student_card(str(run)))
+    row = {"file": "student.keras", "precision": "fp32", "backend": "tensorflow", "batch": 1,
+           "seq": 16, "p50_ms": 5.0, "p90_ms": 6.0, "p99_ms": 7.0, "throughput_seq_per_s": 200.0,
+           "threads": 2}
+    assert replace_section(str(student_dir), latency_section([row]))
+    assert LATENCY_HEADING in (student_dir / "README.md").read_text()
+    export = tmp_path / "onnx"
+    export.mkdir()
+    (export / "export_report.json").write_text(json.dumps({"opset": 17, "pooling": "mean"}))
+    card = export_card(str(export), str(student_dir / "README.md"))
+    assert LATENCY_HEADING not in card and "| student.keras (fp32)" not in card
+    assert "# t student, 2 x 16" in card and "## ONNX export" in card

@@ -194,6 +194,9 @@ def export_card(export_dir: str, source_card: str | None) -> str:
     if classifier:
         front["pipeline_tag"] = "text-classification"
     front["tags"] = sorted(set(front.get("tags") or []) | {"onnx", "tf-minilm"})
+    # The student's latency was measured on another folder: the export's own comes from
+    # `tf-minilm bench` on the export.
+    body = _without_section(body, LATENCY_HEADING)
     if not body.strip():
         body = f"\n# {os.path.basename(os.path.normpath(str(report.get('source', export_dir))))} (ONNX)\n"
     fused = report.get("fused_operator_groups") or {}
@@ -282,6 +285,20 @@ def latency_section(rows: list[dict[str, Any]], created: str | None = None,
     return "\n".join(lines) + "\n"
 
 
+def _without_section(body: str, heading: str) -> str:
+    """`body` without the section under `heading` (up to the next `## ` heading)."""
+    kept, skipping = [], False
+    for line in body.splitlines():
+        if line == heading:
+            skipping = True
+            continue
+        if skipping and line.startswith("## "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 def replace_section(folder: str, section: str) -> bool:
     """Put `section` (a `## ` heading and its text) into `folder`'s model card, replacing
     the section with the same heading; only in cards tf-minilm wrote (tag `tf-minilm`).
@@ -293,17 +310,7 @@ def replace_section(folder: str, section: str) -> bool:
     front, body = read_card(path)
     if "tf-minilm" not in (front.get("tags") or []):
         return False
-    heading = section.splitlines()[0]
-    kept, skipping = [], False
-    for line in body.splitlines():
-        if line == heading:
-            skipping = True
-            continue
-        if skipping and line.startswith("## "):
-            skipping = False
-        if not skipping:
-            kept.append(line)
-    text = "\n".join(kept).rstrip("\n") + "\n\n" + section
+    text = _without_section(body, section.splitlines()[0]).rstrip("\n") + "\n\n" + section
     write_text_atomic(path, _front_matter(front) + text)
     return True
 
