@@ -222,9 +222,15 @@ def test_settings_reject_bad_values():
                             ({"max_seq_len": 1}, "max_seq_len"), ({"pooling": "max"}, "pooling"),
                             ({"warmup_fraction": 1.0}, "warmup_fraction"),
                             ({"learning_rate": 0}, "learning_rate"),
-                            ({"probe_l2": 0.0}, "probe_l2")):
+                            ({"probe_l2": 0.0}, "probe_l2"),
+                            ({"learning_rate_grid": ()}, "learning_rate_grid"),
+                            ({"learning_rate_grid": (1e-4, -1e-4)}, "learning_rate_grid"),
+                            ({"learning_rate_grid": (1e-4, 1e-4)}, "repeats"),
+                            ({"learning_rate_grid": (1e-4, 2e-4), "mode": "probe"},
+                             "applies to fine-tuning")):
         with pytest.raises(EvaluationError, match=message):
             EvalSettings(**kwargs)
+    assert EvalSettings(learning_rate_grid=[2e-4, 5e-5]).learning_rate_grid == (5e-5, 2e-4)
 
 
 # --------------------------------------------------------------------------- toy tasks
@@ -256,6 +262,23 @@ def test_fine_tune_separates_the_toy_task_and_saves(tiny_model_dir, tmp_path):
     sidecar = json.loads(open(result["saved_model"][: -len(".keras")] + ".json").read())
     assert sidecar["label_names"] == ["neg", "pos"] and sidecar["pooling"] == "mean"
     assert sidecar["tokenizer_dir"] == os.path.abspath(tiny_model_dir)
+
+
+def test_learning_rate_is_chosen_on_the_training_split_only(tiny_model_dir):
+    """A rate too small to learn loses to one that learns. The test labels are inverted:
+    the choice never looks at them (it still picks the rate that learns) and the final
+    model, fine-tuned on the whole training split, gets every inverted label wrong."""
+    import dataclasses
+
+    settings = EvalSettings(epochs=10, batch_size=16, learning_rate_grid=(1e-7, 5e-3))
+    task = toy_task()
+    inverted = dataclasses.replace(task, test_labels=1 - task.test_labels)
+    result = evaluate_model(tiny_model_dir, inverted, settings)
+    assert result["learning_rate"] == 5e-3 and result["accuracy"] == 0.0
+    validation = result["learning_rate_validation_accuracy"]
+    assert set(validation) == {"1e-07", "0.005"}
+    assert validation["0.005"] == 1.0 and validation["1e-07"] < 0.9
+    assert result["steps"] == 10 * 4  # the final fit saw all 64 training examples
 
 
 def test_too_long_max_seq_len_is_refused(tiny_model_dir):
@@ -351,6 +374,18 @@ def test_cli_errors_are_clear(tmp_path, tiny_model_dir, caplog, capsys):
     with caplog.at_level(logging.ERROR):
         assert run_cli([str(tiny_model_dir), "--probe", "--save-model", "x"]) == 2
     assert "--save-model" in caplog.text
+    for flags, message in ((["--learning-rate", "1e-4,-1e-4"], "--learning-rate: learning_rate"),
+                           (["--learning-rate", "1e-4,,2e-4"], "empty item"),
+                           (["--learning-rate", "1e-4,2e-4", "--probe"], "--probe chooses"),
+                           (["--warmup", "1.5"], "--warmup: warmup_fraction")):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            try:
+                code = run_cli([str(tiny_model_dir), *flags])
+            except SystemExit as exit_info:
+                code = exit_info.code
+        assert code == 2
+        assert message in caplog.text + capsys.readouterr().err, flags
     with pytest.raises(SystemExit) as exit_info:
         run_cli([str(tiny_model_dir), "--task", "sst2"])
     assert exit_info.value.code == 2

@@ -1,7 +1,7 @@
 """Argument types of the command lines: numbers checked where they are parsed.
 
-Owns: `finite_float`, the `type=` of the float flags of `evaluate`, `export`, `serve`
-and `bench`, so `nan`, `inf` and `1e999` are refused by argparse with the flag's name
+Owns: `finite_float` (and `finite_floats`, a comma-separated list of them), the `type=`
+of the float flags of `evaluate`, `export`, `serve` and `bench`, so `nan`, `inf` and `1e999` are refused by argparse with the flag's name
 before any work (`distill`'s are checked by `DistillConfig`, which also reads config
 files). Imports: the standard library only (serving uses it).
 """
@@ -26,3 +26,17 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
+
+
+def finite_floats(text: str) -> tuple[float, ...]:
+    """A comma-separated list of finite numbers, e.g. a grid of learning rates.
+
+    Example:
+    >>> finite_floats("5e-5,1e-4")
+    (5e-05, 0.0001)
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give numbers "
+                                         "separated by commas, e.g. 5e-5,1e-4")
+    return tuple(finite_float(part) for part in parts)

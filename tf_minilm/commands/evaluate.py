@@ -14,8 +14,9 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from tf_minilm.argtypes import finite_float
+from tf_minilm.argtypes import finite_float, finite_floats
 
 HELP = ("fine-tune (or --probe) one or more HF encoder folders on a downstream "
         "classification task and report held-out accuracy, macro-F1, size and speed; or, "
@@ -26,6 +27,9 @@ TASK_CHOICES = ("mr", "bbc")
 FIDELITY = "fidelity"
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from tf_minilm.evaluate.settings import EvalSettings
 
 
 def _positive_int(text: str) -> int:
@@ -68,8 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: 64 for mr/bbc, 128 for fidelity)")
     parser.add_argument("--batch-size", type=_positive_int, default=32,
                         help="examples per training step and per inference batch")
-    parser.add_argument("--learning-rate", type=finite_float, default=5e-5,
-                        help="peak AdamW learning rate of fine-tuning")
+    parser.add_argument("--learning-rate", type=finite_floats, default=(5e-5,),
+                        metavar="LR[,LR...]",
+                        help="peak AdamW learning rate of fine-tuning; several (e.g. "
+                             "5e-5,1e-4,2e-4): each model's is chosen by accuracy on 20%% of "
+                             "the training split, then it is fine-tuned on all of it")
     parser.add_argument("--warmup", type=finite_float, default=0.1,
                         help="share of fine-tuning steps with linear warmup (then linear decay)")
     parser.add_argument("--weight-decay", type=finite_float, default=0.01,
@@ -173,6 +180,37 @@ def run_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+# EvalSettings field -> the flag that sets it (its messages start with the field's name).
+_SETTING_FLAGS = (("learning_rate_grid", "--learning-rate"), ("learning_rate", "--learning-rate"),
+                  ("warmup_fraction", "--warmup"), ("weight_decay", "--weight-decay"),
+                  ("max_seq_len", "--max-seq-len"), ("probe_l2", "--probe-l2"),
+                  ("dropout", "--dropout"), ("pooling", "--pooling"), ("epochs", "--epochs"),
+                  ("batch_size", "--batch-size"))
+
+
+def _settings(args: argparse.Namespace) -> EvalSettings:
+    """The `EvalSettings` of the flags; a refused value is re-raised naming its flag."""
+    from tf_minilm.evaluate.settings import EvalSettings, EvaluationError
+
+    rates = tuple(args.learning_rate)
+    if args.probe and len(rates) > 1:
+        raise EvaluationError(f"--learning-rate {','.join(map(repr, rates))}: a grid of rates is "
+                         "for fine-tuning; --probe chooses its own L2 penalty instead")
+    try:
+        return EvalSettings(
+            mode="probe" if args.probe else "fine-tune", epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=rates[0],
+            learning_rate_grid=rates if len(rates) > 1 else None,
+            warmup_fraction=args.warmup, weight_decay=args.weight_decay,
+            max_seq_len=args.max_seq_len, pooling=args.pooling, dropout=args.dropout,
+            seed=args.seed, probe_l2=args.probe_l2)
+    except EvaluationError as err:
+        flag = next((flag for field, flag in _SETTING_FLAGS if str(err).startswith(field)), None)
+        if flag is None:
+            raise
+        raise EvaluationError(f"{flag}: {err}") from err
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the evaluation; returns 0, or 2 on a bad flag, model folder or task."""
     if args.max_seq_len is None:
@@ -192,17 +230,12 @@ def run(args: argparse.Namespace) -> int:
 
     from tf_minilm.evaluate.downstream import evaluate_model
     from tf_minilm.evaluate.report import format_table, versions, write_json
-    from tf_minilm.evaluate.settings import EvalSettings, EvaluationError
+    from tf_minilm.evaluate.settings import EvaluationError
     from tf_minilm.evaluate.tasks import TaskError, load_task
     from tf_minilm.hf.errors import CheckpointError
 
     try:
-        settings = EvalSettings(
-            mode="probe" if args.probe else "fine-tune", epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.learning_rate,
-            warmup_fraction=args.warmup, weight_decay=args.weight_decay,
-            max_seq_len=args.max_seq_len, pooling=args.pooling, dropout=args.dropout,
-            seed=args.seed, probe_l2=args.probe_l2)
+        settings = _settings(args)
         task = load_task(args.task, seed=args.seed, test_fraction=args.test_fraction,
                          max_train=args.max_train, max_test=args.max_test,
                          deduplicate=not args.keep_duplicates)

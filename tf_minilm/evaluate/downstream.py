@@ -10,12 +10,13 @@ modules.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from typing import Any
 
-from tf_minilm.evaluate.finetune import fine_tune
+from tf_minilm.evaluate.finetune import fine_tune, select_learning_rate
 from tf_minilm.evaluate.metrics import accuracy, f1_per_class, macro_f1
 from tf_minilm.evaluate.probe import probe
 from tf_minilm.evaluate.report import (
@@ -83,7 +84,16 @@ def evaluate_model(
     if settings.mode == "probe":
         outcome = probe(encoder, tokenizer, task, settings)
     else:
+        validation = None
+        if settings.learning_rate_grid:
+            rate, validation = select_learning_rate(
+                lambda: load_hf_checkpoint(model_dir)[0], tokenizer, task, settings)
+            logger.info("%s: fine-tuning learning rate %g chosen on the training split "
+                        "(accuracy by rate: %s)", model_dir, rate, validation)
+            settings = dataclasses.replace(settings, learning_rate=rate,
+                                           learning_rate_grid=None)
         outcome = fine_tune(encoder, tokenizer, task, settings, verbose=verbose)
+        outcome["learning_rate_validation_accuracy"] = validation
     predictions = outcome.pop("predictions")
     model = outcome.pop("model", None)
     name = model_name(model_dir)

@@ -2,22 +2,25 @@
 
 Owns: the fine-tuning recipe (AdamW, linear warm-up then decay, no decay on biases and
 LayerNorm, global norm clipped to 1, as HF `Trainer` for GLUE) and its padded,
-reshuffled `tf.data` input. Imports: Keras/TensorFlow, `model.classifier`,
+reshuffled `tf.data` input, and the choice of its peak learning rate from a grid on a
+slice of the training split (`select_learning_rate`). Imports: Keras/TensorFlow, `model.classifier`,
 `schedules`, `evaluate.settings`, `evaluate.tasks`, `tokens`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from tf_minilm.evaluate.settings import EvalSettings
-from tf_minilm.evaluate.tasks import TaskData
+from tf_minilm.evaluate.metrics import accuracy
+from tf_minilm.evaluate.settings import FINETUNE_VALIDATION_FRACTION, EvalSettings
+from tf_minilm.evaluate.tasks import TaskData, stratified_split
 from tf_minilm.tokens import batched_apply, tokenize
 
 logger = logging.getLogger(__name__)
@@ -105,8 +108,51 @@ def fine_tune(encoder: Any, tokenizer: Any, task: TaskData, settings: EvalSettin
         "eval_seconds": time.perf_counter() - eval_start,
         "train_loss": float(history.history["loss"][-1]),
         "train_accuracy": float(history.history["accuracy"][-1]),
+        "learning_rate": settings.learning_rate,
         "steps": total_steps,
         "warmup_steps": warmup_steps,
         "predictions": np.argmax(test_logits, axis=1),
         "model": model,
     }
+
+
+def select_learning_rate(load_encoder: Callable[[], Any], tokenizer: Any, task: TaskData,
+                         settings: EvalSettings,
+                         validation_fraction: float = FINETUNE_VALIDATION_FRACTION,
+                         ) -> tuple[float, dict[str, float]]:
+    """Choose the fine-tuning peak learning rate from `settings.learning_rate_grid`.
+
+    Every rate fine-tunes a fresh encoder (`load_encoder()`) on the training split less a
+    stratified `validation_fraction`, and is scored by accuracy on that slice; the held-out
+    test split is never looked at. Ties go to the smaller rate.
+
+    Args:
+        load_encoder: returns a freshly loaded encoder (fine-tuning changes its weights).
+        tokenizer: the encoder's tokenizer.
+        task: the task; only its training split is used.
+        settings: the evaluation settings; `learning_rate_grid` must be set.
+        validation_fraction: share of the training split scored.
+
+    Returns:
+        `(best_rate, {str(rate): validation accuracy})`.
+    """
+    grid = settings.learning_rate_grid
+    if not grid:
+        raise ValueError("settings.learning_rate_grid is empty: nothing to choose from")
+    train, valid = stratified_split(task.train_labels, validation_fraction, settings.seed)
+    slice_task = dataclasses.replace(
+        task, name=f"{task.name} (learning-rate choice)",
+        train_texts=[task.train_texts[i] for i in train], train_labels=task.train_labels[train],
+        test_texts=[task.train_texts[i] for i in valid], test_labels=task.train_labels[valid])
+    scores: dict[str, float] = {}
+    best, best_score = grid[0], -1.0
+    for rate in grid:
+        outcome = fine_tune(load_encoder(), tokenizer, slice_task,
+                            dataclasses.replace(settings, learning_rate=rate))
+        score = accuracy(slice_task.test_labels, outcome["predictions"])
+        scores[repr(rate)] = score
+        logger.info("learning rate %g: accuracy %.4f on %d validation examples", rate, score,
+                    len(valid))
+        if score > best_score:
+            best, best_score = rate, score
+    return float(best), scores

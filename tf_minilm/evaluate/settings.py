@@ -13,6 +13,13 @@ from tf_minilm.constants import CLASSIFIER_POOLINGS
 
 MODES = ("fine-tune", "probe")
 
+FINETUNE_LR_GRID = (5e-5, 1e-4, 2e-4)
+"""Fine-tuning peak learning rates the paper table chooses from, per model (as the MiniLM
+papers choose theirs per task from a small grid)."""
+
+FINETUNE_VALIDATION_FRACTION = 0.2
+"""Share of the training split a learning-rate choice is scored on (stratified)."""
+
 
 class EvaluationError(ValueError):
     """A setting or input the evaluation cannot use; the message names it."""
@@ -27,7 +34,11 @@ class EvalSettings:
             frozen pooled embeddings).
         epochs: fine-tuning epochs.
         batch_size: examples per step (and per inference batch).
-        learning_rate: peak AdamW learning rate of fine-tuning.
+        learning_rate: peak AdamW learning rate of fine-tuning (when no grid is given).
+        learning_rate_grid: peak learning rates to choose from instead, by accuracy on a
+            stratified `FINETUNE_VALIDATION_FRACTION` of the training split (each fine-tuned
+            on the rest); the model is then fine-tuned on the whole training split at the
+            chosen rate. The held-out test split is never looked at. None: no choice.
         warmup_fraction: share of the fine-tuning steps spent warming the learning rate
             up linearly from 0; it then decays linearly to 0.
         weight_decay: AdamW decoupled weight decay (not applied to biases/LayerNorm).
@@ -47,6 +58,7 @@ class EvalSettings:
     epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 5e-5
+    learning_rate_grid: tuple[float, ...] | None = None
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_seq_len: int = 64
@@ -71,6 +83,18 @@ class EvalSettings:
             raise EvaluationError(f"max_seq_len must be an integer >= 2, got {self.max_seq_len!r}")
         if not 0.0 < float(self.learning_rate) < math.inf:
             raise EvaluationError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.learning_rate_grid is not None:
+            grid = tuple(self.learning_rate_grid)
+            if not grid or any(isinstance(rate, bool) or not isinstance(rate, int | float)
+                               or not 0.0 < float(rate) < math.inf for rate in grid):
+                raise EvaluationError("learning_rate_grid must be a non-empty list of rates > 0, "
+                                      f"got {self.learning_rate_grid!r}")
+            if len(set(grid)) != len(grid):
+                raise EvaluationError(f"learning_rate_grid repeats a rate: {grid!r}")
+            self.learning_rate_grid = tuple(sorted(float(rate) for rate in grid))
+            if self.mode != "fine-tune":
+                raise EvaluationError("learning_rate_grid applies to fine-tuning, not to "
+                                      f"mode {self.mode!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise EvaluationError(
                 f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
