@@ -27,12 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from tf_minilm.assets import default_teacher_dir  # noqa: E402
-from tf_minilm.data.corpus import default_corpus_paths  # noqa: E402
+from tf_minilm.data.corpus import bbc_news_path  # noqa: E402
 
 
 def bbc_texts(count: int, seed: int = 0) -> list[str]:
     """`count` BBC sentences, headlines and short fragments (1-4 words), deterministic."""
-    (root,) = default_corpus_paths()
+    root = bbc_news_path()
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
                    if f.endswith(".txt"))
     rng = np.random.default_rng(seed)

