@@ -306,6 +306,9 @@ def test_embedded_default_resolves_to_packaged_teacher_and_corpus(real_teacher_d
     job = resolve(DistillConfig())
     assert job.teacher_dir == real_teacher_dir
     assert job.corpus[0].endswith(os.path.join("bbcnews", "data"))
+    assert [os.path.basename(path) for path in job.corpus[1:]] == [
+        "guardian_headlines.csv.bz2", "political_data.csv", "presidential_debates_2016.csv.gz",
+        "republican_convention_2016.csv", "hamlet.txt"]
     student = job.student_config
     assert (student.num_hidden_layers, student.hidden_size, student.num_attention_heads,
             student.intermediate_size) == (3, 384, 12, 1536)

@@ -20,12 +20,25 @@ from tf_minilm.distill.distiller import Distiller
 from tf_minilm.model.classifier import SequenceClassifier
 from tf_minilm.model.config import EncoderConfig
 from tf_minilm.model.encoder import Encoder
-from tf_minilm.model.layers import Embeddings, SelfAttention, TransformerBlock
+from tf_minilm.model.layers import (
+    Embeddings,
+    RelativePositionBias,
+    SelfAttention,
+    TransformerBlock,
+)
 from tf_minilm.schedules import WarmupLinearDecay
 
 CONFIG = EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=32, max_position_embeddings=24,
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+MPNET_CONFIG = EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                             num_attention_heads=2, intermediate_size=32,
+                             max_position_embeddings=24, hidden_dropout_prob=0.0,
+                             attention_probs_dropout_prob=0.0, model_type="mpnet",
+                             pad_token_id=1, type_vocab_size=0,
+                             relative_attention_num_buckets=8)
 
 
 def _batch(seq: int = 7) -> dict[str, np.ndarray]:
@@ -86,6 +99,10 @@ CASES: dict[str, tuple[Callable[[str | None], Any], Any, tuple[str, ...]]] = {
                                                         intermediate_size=32, dtype=dtype),
                          _hidden_inputs(), ()),
     "Encoder": (lambda dtype: Encoder(CONFIG, dtype=dtype), _batch(), ()),
+    "MPNetEncoder": (lambda dtype: Encoder(MPNET_CONFIG, dtype=dtype), _batch(), ()),
+    "RelativePositionBias": (lambda dtype: RelativePositionBias(num_buckets=8, num_heads=2,
+                                                                max_distance=16, dtype=dtype),
+                             {"input_ids": _batch(seq=20)["input_ids"]}, ()),
     "SequenceClassifier": (_classifier, _batch(), ("output",)),
     # Relations, KL and alignment losses are float32 whatever the compute dtype.
     "Distiller": (_distiller, _batch(), ("loss", "loss_qq", "loss_vv", "loss_minilmv2",
@@ -98,7 +115,8 @@ CASES: dict[str, tuple[Callable[[str | None], Any], Any, tuple[str, ...]]] = {
 def test_every_registered_serializable_has_a_case():
     registered = {name.split(">", 1)[1] for name in keras.saving.get_custom_objects()
                   if name.startswith("tf_minilm>")}
-    assert registered == set(CASES), f"no harness case for {sorted(registered - set(CASES))}"
+    covered = set(CASES) - {"MPNetEncoder"}  # a second case of Encoder
+    assert registered == covered, f"no harness case for {sorted(registered - covered)}"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

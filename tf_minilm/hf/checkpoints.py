@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint folders in and out (BERT, RoBERTa, XLM-R): config and weights.
+"""Hugging Face checkpoint folders in and out (BERT, RoBERTa, XLM-R, MPNet): config and weights.
 
 Owns: the 1:1 map between `Encoder` weights and HF tensor names, reading
 `model.safetensors` / `pytorch_model.bin`, and writing a folder `transformers` loads
@@ -33,25 +33,33 @@ from tf_minilm.model.pooling import PoolingSpec
 
 logger = logging.getLogger(__name__)
 
-KNOWN_PREFIXES = ("bert.", "roberta.", "model.")
+KNOWN_PREFIXES = ("bert.", "roberta.", "mpnet.", "model.")
 
 
 # --------------------------------------------------------------------------- naming
 def weight_map(encoder: Encoder) -> Iterator[tuple[str, Any, bool]]:
     """Yield (HF tensor name, Keras variable, is_linear_kernel) for every encoder weight."""
+    mpnet = encoder.config.model_type == "mpnet"
     emb = encoder.embeddings
     yield "embeddings.word_embeddings.weight", emb.word_embeddings, False
     yield "embeddings.position_embeddings.weight", emb.position_embeddings, False
-    yield "embeddings.token_type_embeddings.weight", emb.token_type_embeddings, False
+    if emb.token_type_embeddings is not None:
+        yield "embeddings.token_type_embeddings.weight", emb.token_type_embeddings, False
     yield "embeddings.LayerNorm.weight", emb.layer_norm.gamma, False
     yield "embeddings.LayerNorm.bias", emb.layer_norm.beta, False
+    # MPNet names its attention attention.attn.{q,k,v,o} and its norm attention.LayerNorm.
+    attention_names = (("attention.attn.q", "attention.attn.k", "attention.attn.v",
+                        "attention.attn.o", "attention.LayerNorm") if mpnet else
+                       ("attention.self.query", "attention.self.key", "attention.self.value",
+                        "attention.output.dense", "attention.output.LayerNorm"))
     for index, block in enumerate(encoder.blocks):
         prefix = f"encoder.layer.{index}."
+        query, key, value, output, attention_norm = attention_names
         dense_layers = {
-            "attention.self.query": block.attention.query,
-            "attention.self.key": block.attention.key,
-            "attention.self.value": block.attention.value,
-            "attention.output.dense": block.attention_output,
+            query: block.attention.query,
+            key: block.attention.key,
+            value: block.attention.value,
+            output: block.attention_output,
             "intermediate.dense": block.intermediate,
             "output.dense": block.output_dense,
         }
@@ -59,11 +67,14 @@ def weight_map(encoder: Encoder) -> Iterator[tuple[str, Any, bool]]:
             yield prefix + name + ".weight", dense.kernel, True
             yield prefix + name + ".bias", dense.bias, False
         for name, norm in (
-            ("attention.output.LayerNorm", block.attention_layer_norm),
+            (attention_norm, block.attention_layer_norm),
             ("output.LayerNorm", block.output_layer_norm),
         ):
             yield prefix + name + ".weight", norm.gamma, False
             yield prefix + name + ".bias", norm.beta, False
+    if encoder.relative_position_bias is not None:
+        yield ("encoder.relative_attention_bias.weight",
+               encoder.relative_position_bias.embeddings, False)
     yield "pooler.dense.weight", encoder.pooler.kernel, True
     yield "pooler.dense.bias", encoder.pooler.bias, False
 
@@ -157,7 +168,7 @@ def _read_weights(folder: str) -> tuple[dict[str, np.ndarray], str]:
 def load_hf_checkpoint(
     folder: str | os.PathLike, dtype: str | None = None
 ) -> tuple[Encoder, tokenizers.Tokenizer]:
-    """Read an HF BERT/RoBERTa/XLM-R folder into an `Encoder` and its tokenizer.
+    """Read an HF BERT/RoBERTa/XLM-R/MPNet folder into an `Encoder` and its tokenizer.
 
     Args:
         folder: folder with `config.json`, weights and tokenizer files.

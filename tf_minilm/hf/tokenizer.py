@@ -72,13 +72,14 @@ def load_tokenizer(folder: str) -> tokenizers.Tokenizer:
 def tokenizer_files(tokenizer: tokenizers.Tokenizer, config: EncoderConfig) -> dict[str, str]:
     """Text of the tokenizer side files that let `AutoTokenizer` load the folder."""
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    if config.is_roberta_like:
+    if config.is_roberta_like or config.model_type == "mpnet":
         special = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>",
-                   "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+                   "sep_token": "</s>", "pad_token": "<pad>",
+                   "unk_token": "[UNK]" if config.model_type == "mpnet" else "<unk>",
                    "mask_token": "<mask>"}
-        tokenizer_class = (
-            "XLMRobertaTokenizerFast" if config.model_type == "xlm-roberta" else "RobertaTokenizerFast"
-        )
+        tokenizer_class = {"xlm-roberta": "XLMRobertaTokenizerFast",
+                           "mpnet": "MPNetTokenizerFast"}.get(config.model_type,
+                                                              "RobertaTokenizerFast")
     else:
         special = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                    "unk_token": "[UNK]", "mask_token": "[MASK]"}

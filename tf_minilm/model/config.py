@@ -1,6 +1,6 @@
 """The encoder's architecture: `EncoderConfig`, `ConfigError` and the layer-number rule.
 
-Owns: the fields of a Hugging Face BERT/RoBERTa/XLM-R `config.json` (read and written
+Owns: the fields of a Hugging Face BERT/RoBERTa/XLM-R/MPNet `config.json` (read and written
 without loss) and the checks on them, and `check_layer_number`, the one place that says
 what a 1-based layer number may be. Imports: the standard library only (no TensorFlow),
 so configuration and the CLI can check a teacher before anything heavy loads.
@@ -13,8 +13,11 @@ import json
 import os
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet")
 ROBERTA_LIKE = ("roberta", "xlm-roberta")
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "mpnet")
+"""Architectures whose position ids start at `pad_token_id + 1` (HF
+`create_position_ids_from_input_ids`)."""
 SUPPORTED_ACTIVATIONS = ("gelu",)
 
 
@@ -62,11 +65,15 @@ class EncoderConfig:
         attention_probs_dropout_prob: dropout on attention probabilities.
         max_position_embeddings: rows of the position table (RoBERTa counts the
             `pad_token_id + 1` offset inside this number, as HF does).
-        type_vocab_size: rows of the token-type table (1 for RoBERTa/XLM-R).
+        type_vocab_size: rows of the token-type table (1 for RoBERTa/XLM-R; 0 for MPNet,
+            which has none).
         layer_norm_eps: LayerNorm epsilon.
         initializer_range: stddev of the truncated-normal weight initialiser.
         pad_token_id: id of the padding token.
-        model_type: "bert", "roberta" or "xlm-roberta".
+        model_type: "bert", "roberta", "xlm-roberta" or "mpnet".
+        relative_attention_num_buckets: MPNet's relative position buckets (32): a learned
+            [buckets, heads] bias, shared by all layers, added to the attention scores;
+            0 (no relative bias) for the other architectures.
 
     Example:
     >>> config = EncoderConfig(hidden_size=128, num_hidden_layers=2,
@@ -89,6 +96,7 @@ class EncoderConfig:
     initializer_range: float = 0.02
     pad_token_id: int = 0
     model_type: str = "bert"
+    relative_attention_num_buckets: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,8 +111,7 @@ class EncoderConfig:
             "num_attention_heads",
             "intermediate_size",
             "max_position_embeddings",
-            "type_vocab_size",
-        )
+        ) + (() if self.model_type == "mpnet" else ("type_vocab_size",))
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -119,6 +126,25 @@ class EncoderConfig:
                 f"{source}: field 'model_type' is {self.model_type!r}; supported: "
                 f"{', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        buckets = self.relative_attention_num_buckets
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 0:
+            raise ConfigError(f"{source}: field 'relative_attention_num_buckets' must be an "
+                              f"integer >= 0, got {buckets!r}")
+        if self.model_type == "mpnet":
+            if buckets < 4 or buckets % 2:
+                raise ConfigError(f"{source}: field 'relative_attention_num_buckets' is "
+                                  f"{buckets}; MPNet needs an even number >= 4 (32 in its "
+                                  "checkpoints)")
+            if self.pad_token_id != 1:  # transformers' MPNetEmbeddings hard-codes it
+                raise ConfigError(f"{source}: field 'pad_token_id' is {self.pad_token_id!r}; "
+                                  "MPNet's position ids take id 1 as padding (transformers "
+                                  "hard-codes it), so its tokenizer must pad with id 1")
+            if self.type_vocab_size != 0:
+                raise ConfigError(f"{source}: field 'type_vocab_size' is "
+                                  f"{self.type_vocab_size!r}; MPNet has no token types (0)")
+        elif buckets:
+            raise ConfigError(f"{source}: field 'relative_attention_num_buckets' is {buckets}; "
+                              f"only MPNet has a relative position bias, not {self.model_type}")
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             raise ConfigError(
                 f"{source}: field 'hidden_act' is {self.hidden_act!r}; only the exact erf "
@@ -152,8 +178,8 @@ class EncoderConfig:
 
     @property
     def position_offset(self) -> int:
-        """First position id used for real tokens (HF RoBERTa: `pad_token_id + 1`)."""
-        return self.pad_token_id + 1 if self.is_roberta_like else 0
+        """First position id used for real tokens (HF RoBERTa, MPNet: `pad_token_id + 1`)."""
+        return self.pad_token_id + 1 if self.model_type in OFFSET_POSITIONS else 0
 
     @property
     def max_sequence_length(self) -> int:
@@ -185,8 +211,14 @@ class EncoderConfig:
             "bert": "BertModel",
             "roberta": "RobertaModel",
             "xlm-roberta": "XLMRobertaModel",
+            "mpnet": "MPNetModel",
         }[self.model_type]
         out = self.to_dict()
+        if self.model_type == "mpnet":  # no token types, relative (not absolute) positions
+            del out["type_vocab_size"]
+            out.update({"architectures": [architecture], "bos_token_id": 0, "eos_token_id": 2})
+            return out
+        del out["relative_attention_num_buckets"]
         out.update(
             {
                 "architectures": [architecture],
@@ -208,15 +240,15 @@ class EncoderConfig:
             guess = " ".join(architectures).lower()
             model_type = (
                 "xlm-roberta" if "xlmroberta" in guess else "roberta" if "roberta" in guess
-                else "bert" if "bert" in guess else None
+                else "mpnet" if "mpnet" in guess else "bert" if "bert" in guess else None
             )
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{source}: field 'model_type' is {model_type!r}; supported architectures are "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)} (BERT, RoBERTa, XLM-R)"
+                f"{', '.join(SUPPORTED_MODEL_TYPES)} (BERT, RoBERTa, XLM-R, MPNet)"
             )
         position_type = values.get("position_embedding_type", "absolute")
-        if position_type != "absolute":
+        if position_type != "absolute" and model_type != "mpnet":
             raise ConfigError(
                 f"{source}: field 'position_embedding_type' is {position_type!r}; only "
                 "'absolute' positions are supported"
@@ -235,6 +267,11 @@ class EncoderConfig:
         missing = [k for k in required if k not in values]
         if missing:
             raise ConfigError(f"{source}: missing field(s) {', '.join(missing)}")
+        if model_type == "mpnet":
+            kept.setdefault("pad_token_id", 1)
+            kept.setdefault("layer_norm_eps", 1e-5)
+            kept.setdefault("relative_attention_num_buckets", 32)
+            kept["type_vocab_size"] = 0
         if model_type in ROBERTA_LIKE:
             kept.setdefault("pad_token_id", 1)
             kept.setdefault("type_vocab_size", 1)

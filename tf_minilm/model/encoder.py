@@ -1,4 +1,4 @@
-"""`Encoder`: a BERT / RoBERTa / XLM-R encoder as a Keras 3 model that exposes Q/K/V.
+"""`Encoder`: a BERT / RoBERTa / XLM-R / MPNet encoder as a Keras 3 model that exposes Q/K/V.
 
 Owns: `Encoder`, `copy_encoder` and `copy_weights` (the one weight copy), and
 `non_finite_weights` (the corrupt-weights check of models loaded from `.keras`). Imports:
@@ -14,12 +14,20 @@ import keras
 from keras import ops
 
 from tf_minilm.model.config import EncoderConfig, check_layer_number
-from tf_minilm.model.layers import Embeddings, TransformerBlock, additive_attention_mask
+from tf_minilm.model.layers import (
+    Embeddings,
+    RelativePositionBias,
+    TransformerBlock,
+    additive_attention_mask,
+)
 
 
 @keras.saving.register_keras_serializable(package="tf_minilm")
 class Encoder(keras.Model):
     """BERT-family encoder (post-LayerNorm, absolute positions, erf GELU, HF mask).
+
+    MPNet (`model_type` "mpnet") is the same encoder without token types and with a
+    learned relative position bias, shared by all layers, added to the attention scores.
 
     Called on a dict of int tensors `input_ids`, `attention_mask` (1 real, 0 pad) and
     optionally `token_type_ids`, all [batch, seq]. Returns a dict with
@@ -76,6 +84,11 @@ class Encoder(keras.Model):
             )
             for index in range(config.num_hidden_layers)
         ]
+        self.relative_position_bias = RelativePositionBias(
+            config.relative_attention_num_buckets, config.num_attention_heads,
+            initializer_range=config.initializer_range, dtype=policy,
+            name="relative_position_bias",
+        ) if config.relative_attention_num_buckets else None
         self.pooler = keras.layers.Dense(
             config.hidden_size,
             activation="tanh",
@@ -94,6 +107,8 @@ class Encoder(keras.Model):
         for block in self.blocks:
             block.build(hidden_shape)
         self.pooler.build((None, self.config.hidden_size))
+        if self.relative_position_bias is not None:
+            self.relative_position_bias.build((None, None))
         self.built = True
 
     def resolve_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
@@ -120,6 +135,8 @@ class Encoder(keras.Model):
 
         hidden = self.embeddings(input_ids, token_type_ids, training=training)
         mask = additive_attention_mask(attention_mask, self.compute_dtype)
+        if self.relative_position_bias is not None:  # [B, 1, 1, S] + [1, heads, S, S]
+            mask = mask + self.relative_position_bias(input_ids)
         captured: dict[int, tuple[Any, Any, Any]] = {}
         for number, block in enumerate(self.blocks[:last_needed], start=1):
             qkv = block.project_qkv(hidden)

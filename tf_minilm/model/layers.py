@@ -1,6 +1,7 @@
 """Keras 3 layers of a BERT-family encoder, written to match Hugging Face numerics.
 
-Owns: the embedding, attention and transformer-block layers. Imports: Keras only.
+Owns: the embedding, attention and transformer-block layers, and MPNet's relative
+position bias. Imports: Keras only.
 
 The attention is spelled out as Dense -> reshape -> transpose -> matmul with a scale
 `Div` and an HF-style additive mask, which is both what `transformers` computes and
@@ -91,7 +92,7 @@ class Embeddings(keras.layers.Layer):
         vocab_size: rows of the word table.
         hidden_size: embedding width.
         max_position_embeddings: rows of the position table.
-        type_vocab_size: rows of the token-type table.
+        type_vocab_size: rows of the token-type table; 0: none (MPNet), token types ignored.
         pad_token_id: padding id; RoBERTa-style position ids are computed from it.
         position_offset: 0 for BERT (positions 0..S-1); `pad_token_id + 1` for
             RoBERTa/XLM-R, whose real tokens take positions offset.. and padding
@@ -151,7 +152,7 @@ class Embeddings(keras.layers.Layer):
             name="token_type_embeddings",
             shape=(self.type_vocab_size, self.hidden_size),
             initializer=_normal(self.initializer_range),
-        )
+        ) if self.type_vocab_size else None
         self.layer_norm.build((None, None, self.hidden_size))
         self.built = True
 
@@ -167,14 +168,15 @@ class Embeddings(keras.layers.Layer):
         return ops.cumsum(real, axis=1) * real + self.pad_token_id
 
     def call(self, input_ids: Any, token_type_ids: Any = None, training: bool | None = None) -> Any:
-        if token_type_ids is None:
-            token_type_ids = ops.zeros_like(input_ids)
         # Plain gathers: ids are never negative, and `ops.take`'s negative-index
         # fix-up would hide the lookups from onnxruntime's embedding fusion.
         words = tf.gather(self.word_embeddings, input_ids)
         positions = tf.gather(self.position_embeddings, self.position_ids(input_ids))
-        types = tf.gather(self.token_type_embeddings, token_type_ids)
-        hidden = words + positions + types
+        hidden = words + positions
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = ops.zeros_like(input_ids)
+            hidden = hidden + tf.gather(self.token_type_embeddings, token_type_ids)
         return self.dropout(layer_norm(self.layer_norm, hidden), training=training)
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
@@ -195,6 +197,73 @@ class Embeddings(keras.layers.Layer):
                 "initializer_range": self.initializer_range,
             }
         )
+        return config
+
+
+def relative_position_buckets(seq_len: Any, num_buckets: int, max_distance: int) -> Any:
+    """[seq, seq] int32 bucket of every (query i, key j) pair, as HF MPNet computes it.
+
+    Half the buckets take keys before the query, half keys after; within each half,
+    distances below a quarter of the buckets get one bucket each and longer ones share
+    log-spaced buckets up to `max_distance` (further keys take the last bucket).
+    """
+    positions = tf.range(seq_len, dtype="int32")
+    distance = positions[:, None] - positions[None, :]  # query - key = -(key - query)
+    half = num_buckets // 2
+    side = tf.cast(distance < 0, "int32") * half  # keys after the query
+    distance = tf.abs(distance)
+    exact = half // 2
+    scaled = tf.math.log(tf.cast(tf.maximum(distance, 1), "float32") / exact) \
+        / math.log(max_distance / exact) * (half - exact)
+    far = tf.minimum(exact + tf.cast(scaled, "int32"), half - 1)
+    return side + tf.where(distance < exact, distance, far)
+
+
+@keras.saving.register_keras_serializable(package="tf_minilm")
+class RelativePositionBias(keras.layers.Layer):
+    """MPNet's bucketed relative position bias, [1, heads, seq, seq], shared by all layers.
+
+    Args:
+        num_buckets: relative-distance buckets (32 in MPNet checkpoints).
+        num_heads: attention heads (one bias per bucket and head).
+        max_distance: distance from which all keys share the last bucket (128 in MPNet).
+        initializer_range: stddev of the normal initialiser.
+
+    Example:
+    >>> bias = RelativePositionBias(num_buckets=32, num_heads=4)
+    >>> bias(keras.ops.ones((2, 5), "int32")).shape
+    (1, 4, 5, 5)
+    """
+
+    def __init__(self, num_buckets: int, num_heads: int, max_distance: int = 128,
+                 initializer_range: float = 0.02, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_buckets = num_buckets
+        self.num_heads = num_heads
+        self.max_distance = max_distance
+        self.initializer_range = initializer_range
+
+    def build(self, input_shape: Any = None) -> None:
+        self.embeddings = self.add_weight(
+            name="relative_attention_bias", shape=(self.num_buckets, self.num_heads),
+            initializer=_normal(self.initializer_range))
+        self.built = True
+
+    def call(self, input_ids: Any) -> Any:
+        """The bias for a batch of `input_ids` [batch, seq] (only its length is used)."""
+        buckets = relative_position_buckets(tf.shape(input_ids)[1], self.num_buckets,
+                                            self.max_distance)
+        values = tf.gather(ops.cast(self.embeddings, self.compute_dtype), buckets)
+        return ops.expand_dims(ops.transpose(values, (2, 0, 1)), 0)
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return (1, self.num_heads, input_shape[1], input_shape[1])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"num_buckets": self.num_buckets, "num_heads": self.num_heads,
+                       "max_distance": self.max_distance,
+                       "initializer_range": self.initializer_range})
         return config
 
 
