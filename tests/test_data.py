@@ -9,7 +9,7 @@ from importlib import metadata
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from tf_minilm.data.corpus import CorpusError, CorpusStats, ReadOptions
 from tf_minilm.data.packing import (
@@ -91,6 +91,12 @@ def test_special_tokens(bert_tok, roberta_tok):
         special_tokens(word_tokenizer(["[UNK]"], "[UNK]"))
     with pytest.raises(CorpusError, match=r"has \[CLS\] and \[SEP\] but no \[PAD\]"):
         special_tokens(word_tokenizer(["[UNK]", "[CLS]", "[SEP]"], "[UNK]"))
+    # MPNet's vocabulary holds both styles; its post-processor frames with <s> ... </s>.
+    mpnet_tok = word_tokenizer(["<s>", "<pad>", "</s>", "[UNK]", "[PAD]", "[CLS]", "[SEP]"],
+                               "[UNK]")
+    assert special_tokens(mpnet_tok) == SpecialTokens(cls_id=5, sep_id=6, pad_id=4)
+    mpnet_tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    assert special_tokens(mpnet_tok) == SpecialTokens(cls_id=0, sep_id=2, pad_id=1)
 
 
 @pytest.mark.parametrize("packing", ["packed", "per-document"])

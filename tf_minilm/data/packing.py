@@ -52,18 +52,24 @@ class SpecialTokens:
 
 
 def special_tokens(tokenizer: tokenizers.Tokenizer) -> SpecialTokens:
-    """Find [CLS]/[SEP]/[PAD] (BERT) or <s>/</s>/<pad> (RoBERTa) in the vocabulary.
+    """Find [CLS]/[SEP]/[PAD] (BERT) or <s>/</s>/<pad> (RoBERTa, MPNet) in the vocabulary.
+
+    When the tokenizer frames texts itself (its post-processor), the style is the one it
+    frames with: MPNet's vocabulary holds both styles and frames with <s> ... </s>.
 
     Args:
         tokenizer: a `tokenizers.Tokenizer`.
 
     Returns:
-        The ids of the first style whose start and end tokens are present.
+        The ids of the style the tokenizer frames with, else of the first style whose
+        start and end tokens are present.
 
     Raises:
         CorpusError: neither style is present, or its pad token is missing.
     """
-    for cls_tok, sep_tok, pad_tok in _SPECIAL_TOKEN_STYLES:
+    framed = tokenizer.encode("", add_special_tokens=True).tokens
+    styles = sorted(_SPECIAL_TOKEN_STYLES, key=lambda style: framed[:1] != [style[0]])
+    for cls_tok, sep_tok, pad_tok in styles:
         cls_id, sep_id = tokenizer.token_to_id(cls_tok), tokenizer.token_to_id(sep_tok)
         if cls_id is None or sep_id is None:
             continue
