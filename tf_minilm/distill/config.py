@@ -76,8 +76,9 @@ class DistillConfig:
     prepare_workers: int = _field(1, "tokenizer processes when --corpus is prepared into the "
                                      "cache folder (1: this process)")
     text_column: str = _field("text", "field of .jsonl records / column of .csv and Parquet / "
-                                      "Arrow files to read; several separated by commas: "
-                                      "the first one a file has")
+                                      "Arrow files of --corpus to read; several separated "
+                                      "by commas: the first one a file has (the default "
+                                      "corpus has its own)")
     doc_separator: str = _field("blank-line", "how .txt files split into documents: one per "
                                               "line, per blank-line-separated block, or per file",
                                 DOC_SEPARATORS)

@@ -3,8 +3,9 @@
 Owns: the fine-tuning recipe (AdamW, linear warm-up then decay, no decay on biases and
 LayerNorm, global norm clipped to 1, as HF `Trainer` for GLUE) and its padded,
 reshuffled `tf.data` input, and the choice of its peak learning rate from a grid on a
-slice of the training split (`select_learning_rate`). Imports: Keras/TensorFlow, `model.classifier`,
-`schedules`, `evaluate.settings`, `evaluate.tasks`, `tokens`.
+slice of the training split (`select_learning_rate`). Imports: Keras/TensorFlow,
+`model.classifier`, `schedules`, `evaluate.settings`, `evaluate.tasks`,
+`evaluate.metrics`, `tokens`.
 """
 
 from __future__ import annotations
