@@ -170,6 +170,24 @@ def budget(args: argparse.Namespace) -> dict[str, Any]:
             "packing": args.packing or defaults.packing}
 
 
+def row_settings(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(budget, DistillConfig fields) of distilled row `name`: its pinned steps unless --steps
+    is given, its corpus resolved, "HALF" in its stages replaced by half its steps."""
+    spec = dict(DISTILLED[name])
+    settings = budget(args)
+    pinned = spec.pop("steps", None)
+    if pinned is not None and args.steps is None:
+        settings["steps"] = pinned
+    if spec.pop("corpus", "default") == "bbc":
+        from tf_minilm.data.corpus import bbc_news_path
+
+        spec["corpus"] = [bbc_news_path()]
+    if "stages" in spec:
+        spec["stages"] = [stage.replace("HALF", str(settings["steps"] // 2))
+                          for stage in spec["stages"]]
+    return settings, spec
+
+
 def build_undistilled(name: str, context: dict[str, Any], folder: str, seed: int) -> str:
     """Save the random or teacher-layers student (no training) as an HF folder."""
     from tf_minilm.hf.checkpoints import save_hf_checkpoint
@@ -194,17 +212,7 @@ def distill_row(name: str, args: argparse.Namespace, folder: str) -> tuple[str, 
     if os.path.exists(result_path):
         with open(result_path, encoding="utf-8") as handle:
             return os.path.join(folder, "student"), json.load(handle)
-    spec = dict(DISTILLED[name])
-    settings = budget(args)
-    settings.update({key: spec.pop(key) for key in ("steps",) if key in spec})
-    corpus = spec.pop("corpus", "default")
-    if corpus == "bbc":
-        from tf_minilm.data.corpus import bbc_news_path
-
-        spec["corpus"] = [bbc_news_path()]
-    if "stages" in spec:
-        spec["stages"] = [stage.replace("HALF", str(settings["steps"] // 2))
-                          for stage in spec["stages"]]
+    settings, spec = row_settings(name, args)
     config = DistillConfig(
         student_layers=3, student_hidden=384, student_heads=12, seed=args.seed,
         output=folder, resume=os.path.exists(os.path.join(folder, "config.json")),
@@ -305,8 +313,7 @@ def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dic
         defaults = DistillConfig()
         spec.update(loss=defaults.resolved_loss(), learning_rate=defaults.resolved_learning_rate(),
                     init_layers=",".join(map(str, spread_layers(6, defaults.student_layers))))
-    steps = spec.get("steps", budget(args)["steps"])
-    stages = [stage.replace("HALF", str(steps // 2)) for stage in spec.get("stages", [])]
+    stages = row_settings(name, args)[1].get("stages", []) if name in DISTILLED else []
     row: dict[str, Any] = {
         "row": name,
         "model_dir": model_dir,
