@@ -129,13 +129,37 @@ def prepare_for_fusion(model: Any) -> dict[str, int]:
     return {"reduce_mean": _restore_reduce_mean(model), "scale_div": _restore_scale_div(model)}
 
 
-def expected_fusions(num_layers: int, embed_layer_norm: bool = True) -> dict[str, int]:
+UNFUSED_RELATIVE_ATTENTION = (
+    "attention stays unfused (MatMul/Softmax): the relative position bias is added to the "
+    "scores beside the padding mask, a pattern onnxruntime's BERT attention fusion does "
+    "not match (it takes an extra score bias only after a Where-style mask); export a "
+    "BERT-layout student (tf-minilm distill --student-layout bert) for the fused graph")
+"""Why an encoder with a relative position bias (MPNet) exports without fused Attention."""
+
+
+def unfused_operators(relative_attention: bool) -> dict[str, str]:
+    """What onnxruntime cannot fuse for an encoder, and why (empty for BERT/RoBERTa).
+
+    Args:
+        relative_attention: the encoder adds a relative position bias to its scores.
+
+    Returns:
+        `{"Attention": reason}` for relative attention, else `{}`.
+    """
+    return {"Attention": UNFUSED_RELATIVE_ATTENTION} if relative_attention else {}
+
+
+def expected_fusions(num_layers: int, embed_layer_norm: bool = True,
+                     attention: bool = True) -> dict[str, int]:
     """Fused operator counts a BERT-family encoder of `num_layers` blocks must reach.
 
     Args:
         num_layers: transformer blocks.
-        embed_layer_norm: expect `EmbedLayerNormalization` (BERT position ids; onnxruntime
-            does not fuse RoBERTa's padding-offset positions).
+        embed_layer_norm: expect `EmbedLayerNormalization` (BERT position ids, and
+            MPNet's, which reach the fused node as explicit position ids; onnxruntime does
+            not fuse RoBERTa's padding-offset positions beside its token-type lookup).
+        attention: expect fused `Attention` (False for a relative position bias, see
+            `unfused_operators`).
 
     Returns:
         `{"Attention": L, "SkipLayerNormalization": 2L, "Gelu": L,
@@ -143,7 +167,7 @@ def expected_fusions(num_layers: int, embed_layer_norm: bool = True) -> dict[str
         MultiHeadAttention and "Gelu" counts BiasGelu, FastGelu and Gelu.
     """
     return {
-        "Attention": num_layers,
+        "Attention": num_layers if attention else 0,
         "SkipLayerNormalization": 2 * num_layers,
         "Gelu": num_layers,
         "EmbedLayerNormalization": 1 if embed_layer_norm else 0,
@@ -174,6 +198,19 @@ def check_fusions(statistics: dict[str, int], expected: dict[str, int]) -> None:
             "tf_minilm/model/layers.py); export with --no-optimize to ship the unfused graph.",
             statistics,
         )
+
+
+def _keep_graph_inputs(optimized: Any, original: Any) -> None:
+    """Put back graph inputs the optimizer pruned because nothing reads them.
+
+    An encoder without token types (MPNet) still takes `token_type_ids`, as every
+    exported graph does; onnxruntime's optimizer drops such an unused input, which
+    would change the graph's signature with the fusions.
+    """
+    kept = {value.name for value in optimized.graph.input}
+    for position, value in enumerate(original.graph.input):
+        if value.name not in kept:
+            optimized.graph.input.insert(position, value)
 
 
 def optimize_onnx(
@@ -222,6 +259,7 @@ def optimize_onnx(
             opt_level=0,
         )
         statistics = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items()}
+    _keep_graph_inputs(optimized.model, model)
     logger.info("fused operators: %s", {op: n for op, n in statistics.items() if n})
     if expected is not None:
         check_fusions(statistics, expected)

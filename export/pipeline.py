@@ -505,7 +505,7 @@ def export_model(
 
     import onnx
 
-    from export.fusion import expected_fusions, grouped_counts, optimize_onnx
+    from export.fusion import expected_fusions, grouped_counts, optimize_onnx, unfused_operators
     from export.quantize import choose_int8, timing_feeds
     from export.validate import check_int8, int8_failure, reference_outputs, validate_export
 
@@ -515,9 +515,13 @@ def export_model(
         model = function_to_onnx(function, opset)
         fp32_path = os.path.join(staging, ONNX_MODEL_FILE)
         statistics = expected = None
+        unfused = unfused_operators(bool(config.relative_attention_num_buckets))
         if optimize:
             expected = expected_fusions(config.num_hidden_layers,
-                                        embed_layer_norm=not config.is_roberta_like)
+                                        embed_layer_norm=not config.is_roberta_like,
+                                        attention="Attention" not in unfused)
+            for op, reason in unfused.items():
+                logger.warning("%s (%s): %s", op, config.model_type, reason)
             statistics = optimize_onnx(model, fp32_path, config.num_attention_heads,
                                        config.hidden_size, expected)
         else:
@@ -573,6 +577,7 @@ def export_model(
                                 if statistics is not None else None),
             "fused_operator_groups": grouped_counts(statistics) if statistics else None,
             "expected_fusions": expected,
+            "unfused_operators": unfused if optimize else None,
             "parity": parity,
             "files": {"model_bytes": files, "side_files": side_files},
             "versions": installed_versions(VERSIONED_PACKAGES),

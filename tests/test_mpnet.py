@@ -160,6 +160,114 @@ def test_mpnet_config_rules_name_the_field():
         EncoderConfig(relative_attention_num_buckets=32)
 
 
+def test_bert_layout_student_of_an_mpnet_teacher():
+    from tf_minilm.model.student import student_config
+
+    teacher = EncoderConfig.from_hf_dict({
+        "vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "intermediate_size": 64, "max_position_embeddings": 514, "model_type": "mpnet"})
+    same = student_config(teacher, 2, 16, 2)
+    assert (same.model_type, same.relative_attention_num_buckets, same.type_vocab_size,
+            same.max_position_embeddings) == ("mpnet", 32, 0, 514)
+    bert = student_config(teacher, 2, 16, 2, layout="bert")
+    # As long an input as the teacher takes (514 rows less MPNet's offset of 2), the same
+    # vocabulary and padding id, no relative bias, one token type.
+    assert (bert.model_type, bert.relative_attention_num_buckets, bert.type_vocab_size,
+            bert.max_position_embeddings, bert.max_sequence_length) == ("bert", 0, 1, 512, 512)
+    assert (bert.vocab_size, bert.pad_token_id) == (teacher.vocab_size, teacher.pad_token_id)
+    assert student_config(EncoderConfig(), 2, 16, 2, layout="bert") == \
+        student_config(EncoderConfig(), 2, 16, 2)  # a BERT teacher: the same either way
+    with pytest.raises(ConfigError, match="--student-layout is 'gpt'"):
+        student_config(teacher, 2, 16, 2, layout="gpt")
+
+
+@pytest.fixture(scope="module")
+def tiny_mpnet_teacher(tmp_path_factory):
+    """A tiny MPNet teacher folder (transformers' weights, read and saved by us) and a corpus."""
+    import random
+
+    from tests.conftest import WORDS
+
+    root = tmp_path_factory.mktemp("mpnet-teacher")
+    folder, _, tokenizer = _tiny_mpnet(root)
+    teacher = save_hf_checkpoint(load_hf_checkpoint(folder)[0], tokenizer, root / "teacher")
+    rng = random.Random(0)
+    corpus = root / "corpus.txt"
+    corpus.write_text("".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30)))
+                              + "\n" for _ in range(120)), encoding="utf-8")
+    return teacher, corpus
+
+
+@pytest.mark.parametrize("layout", ["teacher", "bert"])
+def test_mpnet_teacher_distils_end_to_end_into_either_layout(tiny_mpnet_teacher, tmp_path,
+                                                             layout):
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    from tf_minilm.cli import main
+
+    transformers = _transformers()
+    teacher, corpus = tiny_mpnet_teacher
+    run = tmp_path / "run"
+    assert main(["--log-level", "WARNING", "distill", "--teacher", str(teacher), "--corpus",
+                 str(corpus), "--doc-separator", "line", "--student-layers", "1",
+                 "--student-hidden", "16", "--student-heads", "2", "--relation-heads", "4",
+                 "--max-seq-len", "24", "--batch-size", "4", "--steps", "3",
+                 "--method", "minilmv2", "--student-layout", layout,
+                 "--output", str(run)]) == 0
+    folder = run / "student"
+    ours = load_hf_checkpoint(folder)[0]
+    assert ours.config.model_type == {"teacher": "mpnet", "bert": "bert"}[layout]
+    reference = transformers.AutoModel.from_pretrained(folder).eval()
+    assert type(reference).__name__ == {"teacher": "MPNetModel", "bert": "BertModel"}[layout]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="np")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids[-1, -1] == 1  # MPNet's padding id, whatever the student's layout
+    real = mask.astype(bool)
+    assert np.abs(_ours(ours, ids, mask)[0] - _theirs(reference, ids, mask)[0])[real].max() \
+        <= 1e-5
+    embedded = SentenceTransformer(str(folder), device="cpu").encode(TEXTS)
+    hidden = _ours(ours, ids, mask)[0]
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    np.testing.assert_allclose(embedded, pooled, atol=1e-5)
+
+    exported = tmp_path / "onnx"
+    assert main(["--log-level", "WARNING", "export", str(folder), "--output", str(exported),
+                 "--quantize", "none"]) == 0
+    report = json.loads((exported / "export_report.json").read_text())
+    assert report["parity"]["fp32"]["passed"]
+    assert report["fused_operator_groups"] == report["expected_fusions"]
+    assert [i["name"] for i in report["inputs"]] == ["input_ids", "attention_mask",
+                                                     "token_type_ids"]
+    if layout == "bert":  # BERT's graph: everything fused
+        assert report["expected_fusions"] == {"Attention": 1, "SkipLayerNormalization": 2,
+                                              "Gelu": 1, "EmbedLayerNormalization": 1}
+        assert report["unfused_operators"] == {}
+    else:  # all but attention, and the report says why
+        assert report["expected_fusions"]["Attention"] == 0
+        assert report["expected_fusions"]["SkipLayerNormalization"] == 2
+        assert "relative position bias" in report["unfused_operators"]["Attention"]
+
+
+def test_bert_layout_cannot_copy_mpnet_layers(tiny_mpnet_teacher, tmp_path):
+    from tf_minilm.distill.config import DistillConfig
+    from tf_minilm.distill.job import resolve
+
+    teacher, corpus = tiny_mpnet_teacher
+    config = DistillConfig(teacher=str(teacher), corpus=[str(corpus)], student_layers=1,
+                           student_intermediate=64, student_layout="bert",
+                           init="teacher-layers",
+                           output=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="--init teacher-layers needs a student of the "
+                                          "teacher's layout.*mpnet/32.*bert/32"):
+        resolve(config)
+    config.init = "auto"  # same width, other layout: auto starts from random weights
+    assert resolve(config).init == "random"
+
+
 @pytest.fixture(scope="module")
 def mpnet_dir():
     from tf_minilm.assets import mpnet_teacher_dir

@@ -38,6 +38,9 @@ STUDENT_INITS = ("random", "teacher-layers")
 """How a student's weights start: random, or copied from chosen teacher layers."""
 INIT_CHOICES = ("auto", *STUDENT_INITS)
 """`--init`: a student init, or auto (teacher layers when the widths allow)."""
+STUDENT_LAYOUTS = ("teacher", "bert")
+"""`--student-layout`: the teacher's architecture, or BERT's (absolute positions from 0,
+no relative position bias) with the teacher's vocabulary and tokenizer."""
 PACKING_MODES = ("packed", "per-document")
 DOC_SEPARATORS = ("line", "blank-line", "file")
 

@@ -47,6 +47,7 @@ def distill_with_assistant(
     assistant_hidden: int | None = None,
     assistant_heads: int | None = None,
     student_init: str = "random",
+    student_layout: str = "teacher",
     eval_dataset: tf.data.Dataset | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     strategy: tf.distribute.Strategy | None = None,
@@ -74,6 +75,8 @@ def distill_with_assistant(
         assistant_hidden, assistant_heads: assistant width/heads; default the student's.
         student_init: "random" or "teacher-layers" (copy the assistant's first layers;
             possible when the widths are equal).
+        student_layout: "teacher" (the assistant's, which is the teacher's) or "bert"
+            (see `model.student.student_config`).
         eval_dataset, callbacks, strategy, verbose: as for `run_distillation`.
 
     Returns:
@@ -112,7 +115,7 @@ def distill_with_assistant(
         assistant = copy_encoder(first.student, first.student.dtype_policy, name="assistant")
         student = build_student(
             assistant, student_layers, student_hidden, student_heads, student_intermediate,
-            init=student_init, seed=options.seed,
+            init=student_init, seed=options.seed, layout=student_layout,
         )
         return assistant, student
 

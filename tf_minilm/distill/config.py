@@ -21,6 +21,7 @@ from tf_minilm.constants import (
     PACKING_MODES,
     PRECISIONS,
     STRATEGIES,
+    STUDENT_LAYOUTS,
 )
 from tf_minilm.data.corpus import CorpusError
 from tf_minilm.data.schedule import check_seed
@@ -88,6 +89,11 @@ class DistillConfig:
                           PACKING_MODES)
     student_config: str | None = _field(
         None, "HF config.json giving the student's sizes (overrides the --student-* sizes)")
+    student_layout: str = _field(
+        "teacher", "student architecture: the teacher's (e.g. MPNet, with its relative position "
+                   "bias), or bert: a BERT encoder over the teacher's vocabulary and tokenizer, "
+                   "which onnxruntime fuses completely (needs --init random when the teacher "
+                   "is not BERT)", STUDENT_LAYOUTS)
     student_layers: int = _field(3, "student transformer layers")
     student_hidden: int | None = _field(None, "student hidden size (default: the teacher's)")
     student_heads: int | None = _field(None, "student attention heads (default: the teacher's)")

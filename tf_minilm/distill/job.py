@@ -84,7 +84,7 @@ class ResolvedJob:
         return build_student(teacher, sizes.num_hidden_layers, sizes.hidden_size,
                              sizes.num_attention_heads, sizes.intermediate_size,
                              init=self.init, teacher_layers=self.init_layers,
-                             seed=self.config.seed)
+                             seed=self.config.seed, layout=self.config.student_layout)
 
     def train_options(self) -> Any:
         """The `TrainOptions` of this job: the resolved flags under the trainer's names.
@@ -130,7 +130,8 @@ def _student_sizes(config: DistillConfig, teacher: EncoderConfig) -> EncoderConf
     if hidden % heads:
         raise ConfigError(f"--student-heads ({heads}) does not divide --student-hidden ({hidden})")
     try:
-        return student_config(teacher, layers, hidden, heads, intermediate)
+        return student_config(teacher, layers, hidden, heads, intermediate,
+                              config.student_layout)
     except ConfigError as err:
         raise ConfigError(f"student sizes: {err}") from err
 
@@ -179,7 +180,8 @@ def resolve(config: DistillConfig) -> ResolvedJob:
                           f"{student.num_attention_heads}: {err}") from err
 
     same_shape = all(getattr(student, f) == getattr(teacher, f)
-                     for f in ("hidden_size", "num_attention_heads", "intermediate_size"))
+                     for f in ("model_type", "hidden_size", "num_attention_heads",
+                               "intermediate_size"))
     fits = student.num_hidden_layers <= teacher.num_hidden_layers and not config.assistant_hidden
     init = config.init
     if config.init_layers is not None:
@@ -190,10 +192,12 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         init = "teacher-layers" if same_shape and fits else "random"
     elif init == "teacher-layers" and not (same_shape and fits):
         raise ConfigError(
-            "--init teacher-layers needs a student as wide as the teacher (hidden, heads, FFN: "
-            f"{teacher.hidden_size}/{teacher.num_attention_heads}/{teacher.intermediate_size}, "
-            f"student {student.hidden_size}/{student.num_attention_heads}/{student.intermediate_size}) "
-            "with at most as many layers and no teacher assistant; use --init random"
+            "--init teacher-layers needs a student of the teacher's layout and width "
+            f"(layout, hidden, heads, FFN: {teacher.model_type}/{teacher.hidden_size}/"
+            f"{teacher.num_attention_heads}/{teacher.intermediate_size}, student "
+            f"{student.model_type}/{student.hidden_size}/{student.num_attention_heads}/"
+            f"{student.intermediate_size}) with at most as many layers and no teacher "
+            "assistant; use --init random"
         )
 
     init_layers = None
@@ -364,7 +368,8 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
             student_config.num_hidden_layers, student_config.hidden_size,
             student_config.num_attention_heads, student_config.intermediate_size, options,
             assistant_steps=config.assistant_steps, assistant_hidden=config.assistant_hidden,
-            student_init="random", eval_dataset=eval_dataset,
+            student_init="random", student_layout=config.student_layout,
+            eval_dataset=eval_dataset,
         )
         student, final = result.student, result.student_stage
     else:

@@ -69,17 +69,44 @@ def load_tokenizer(folder: str) -> tokenizers.Tokenizer:
 
 
 # --------------------------------------------------------------------------- writing
+_S_FRAMED_FAMILIES = {"WordPiece": "mpnet", "BPE": "roberta", "Unigram": "xlm-roberta"}
+"""Tokenizer model -> family, for tokenizers that frame with <s> ... </s>."""
+
+
+def tokenizer_family(tokenizer: tokenizers.Tokenizer, config: EncoderConfig) -> str:
+    """Which HF tokenizer family a folder's tokenizer belongs to (its side files follow it).
+
+    The encoder's model type decides, except for a BERT encoder over a tokenizer that
+    frames with <s> ... </s> (a BERT-layout student of an MPNet or RoBERTa teacher):
+    that tokenizer keeps its own family, told by its model (WordPiece: MPNet, BPE:
+    RoBERTa, Unigram: XLM-R).
+
+    Args:
+        tokenizer: the folder's tokenizer.
+        config: the encoder saved with it.
+
+    Returns:
+        "bert", "roberta", "xlm-roberta" or "mpnet".
+    """
+    if config.model_type != "bert":
+        return config.model_type
+    if tokenizer.encode("", add_special_tokens=True).tokens[:1] != ["<s>"]:
+        return "bert"
+    model_type = json.loads(tokenizer.to_str()).get("model", {}).get("type")
+    return _S_FRAMED_FAMILIES.get(model_type, "roberta")
+
+
 def tokenizer_files(tokenizer: tokenizers.Tokenizer, config: EncoderConfig) -> dict[str, str]:
     """Text of the tokenizer side files that let `AutoTokenizer` load the folder."""
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    if config.is_roberta_like or config.model_type == "mpnet":
+    family = tokenizer_family(tokenizer, config)
+    if family != "bert":
         special = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>",
                    "sep_token": "</s>", "pad_token": "<pad>",
-                   "unk_token": "[UNK]" if config.model_type == "mpnet" else "<unk>",
+                   "unk_token": "[UNK]" if family == "mpnet" else "<unk>",
                    "mask_token": "<mask>"}
         tokenizer_class = {"xlm-roberta": "XLMRobertaTokenizerFast",
-                           "mpnet": "MPNetTokenizerFast"}.get(config.model_type,
-                                                              "RobertaTokenizerFast")
+                           "mpnet": "MPNetTokenizerFast"}.get(family, "RobertaTokenizerFast")
     else:
         special = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
                    "unk_token": "[UNK]", "mask_token": "[MASK]"}

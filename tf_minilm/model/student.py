@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from tf_minilm.constants import STUDENT_INITS
+from tf_minilm.constants import STUDENT_INITS, STUDENT_LAYOUTS
 from tf_minilm.model.config import ConfigError, EncoderConfig, check_layer_number
 from tf_minilm.model.encoder import Encoder
 
@@ -23,12 +23,28 @@ def student_config(
     hidden_size: int,
     num_heads: int,
     intermediate_size: int | None = None,
+    layout: str = "teacher",
 ) -> EncoderConfig:
     """The teacher's config with the student's sizes (FFN defaults to 4 x hidden).
 
-    Vocabulary, positions, token types, model type and dropout are the teacher's, so
-    the teacher's tokenizer serves the student unchanged.
+    Vocabulary, padding id and dropout are always the teacher's, so the teacher's
+    tokenizer serves the student unchanged.
+
+    Args:
+        teacher_config: the teacher's architecture.
+        num_layers, hidden_size, num_heads: the student's depth, width and heads.
+        intermediate_size: FFN width; default 4 x `hidden_size`.
+        layout: "teacher" (the teacher's architecture: positions, token types, relative
+            position bias) or "bert": a BERT encoder (absolute positions from 0, one
+            token type, no relative bias) over the teacher's vocabulary, as long as the
+            teacher's longest input; what onnxruntime fuses completely.
+
+    Returns:
+        The student's `EncoderConfig`.
     """
+    if layout not in STUDENT_LAYOUTS:
+        raise ConfigError(f"--student-layout is {layout!r}; choose one of "
+                          f"{', '.join(STUDENT_LAYOUTS)}")
     if intermediate_size is None:
         intermediate_size = 4 * hidden_size
     values = dataclasses.asdict(teacher_config)
@@ -38,6 +54,11 @@ def student_config(
         num_attention_heads=num_heads,
         intermediate_size=intermediate_size,
     )
+    if layout == "bert" and teacher_config.model_type != "bert":
+        # Absolute positions 0..S-1 need no offset rows; the tokenizer gives no token
+        # types (MPNet) or only type 0 (RoBERTa), so one type row.
+        values.update(model_type="bert", relative_attention_num_buckets=0, type_vocab_size=1,
+                      max_position_embeddings=teacher_config.max_sequence_length)
     return EncoderConfig.from_dict(values, source="student")
 
 
@@ -102,8 +123,9 @@ def copy_teacher_layers(
         ConfigError: widths, heads or FFN sizes differ, or the layer list is wrong.
     """
     s, t = student.config, teacher.config
-    for field in ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
-                  "max_position_embeddings", "type_vocab_size"):
+    for field in ("model_type", "hidden_size", "num_attention_heads", "intermediate_size",
+                  "vocab_size", "max_position_embeddings", "type_vocab_size",
+                  "relative_attention_num_buckets"):
         if getattr(s, field) != getattr(t, field):
             raise ConfigError(
                 f"--init teacher-layers needs the student's '{field}' ({getattr(s, field)}) to "
@@ -130,6 +152,7 @@ def build_student(
     teacher_layers: Sequence[int] | None = None,
     seed: int | None = None,
     dtype: Any = None,
+    layout: str = "teacher",
 ) -> Encoder:
     """A student encoder for `teacher`, randomly initialised or from teacher layers.
 
@@ -147,6 +170,8 @@ def build_student(
             teacher's last layer instead).
         seed: seed for the random initialisation.
         dtype: Keras dtype policy for the student (default: the global policy).
+        layout: "teacher" or "bert" (see `student_config`); "bert" from a non-BERT
+            teacher needs init "random".
 
     Returns:
         The student `Encoder`.
@@ -157,7 +182,8 @@ def build_student(
     """
     if init not in STUDENT_INITS:
         raise ConfigError(f"--init is {init!r}; choose one of {', '.join(STUDENT_INITS)}")
-    config = student_config(teacher.config, num_layers, hidden_size, num_heads, intermediate_size)
+    config = student_config(teacher.config, num_layers, hidden_size, num_heads, intermediate_size,
+                            layout)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     kwargs = {"dtype": dtype} if dtype is not None else {}
