@@ -443,3 +443,27 @@ def test_real_teacher_exports_fused_with_parity(real_teacher_dir, tmp_path):
     (embedding,) = session(tmp_path / "teacher-onnx" / "model.onnx").run(
         ["sentence_embedding"], feeds)
     np.testing.assert_allclose(embedding, l2_normalise(pooled), atol=1e-4)
+
+
+def test_tf2onnx_optimisers_run_without_graph_copies_and_the_setting_is_restored(
+        tokenizer, monkeypatch):
+    # tf2onnx deep-copies the graph, weights included, before each optimiser unless
+    # TF2ONNX_CATCH_ERRORS is set; the copies dominate a 768-wide model's conversion.
+    import tf2onnx
+
+    from export.convert import to_onnx
+
+    seen = []
+    convert = tf2onnx.convert.from_graph_def
+
+    def recording(*args, **kwargs):
+        seen.append(os.environ.get("TF2ONNX_CATCH_ERRORS"))
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(tf2onnx.convert, "from_graph_def", recording)
+    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
+    to_onnx(make_encoder(tokenizer, STRONG_SCALE))
+    assert seen == ["false"] and "TF2ONNX_CATCH_ERRORS" not in os.environ
+    monkeypatch.setenv("TF2ONNX_CATCH_ERRORS", "user value")
+    to_onnx(make_encoder(tokenizer, STRONG_SCALE))
+    assert seen[-1] == "false" and os.environ["TF2ONNX_CATCH_ERRORS"] == "user value"
