@@ -1,0 +1,420 @@
+"""The papers' setting: a base-size teacher, all-mpnet-base-v2 (MPNet, 12 x 768), distilled
+into 6 x 384 and 3 x 384 students on this machine.
+
+Rows, for each student depth D in 6 and 3 (every distilled row at the same budget:
+--steps steps of --batch-size sequences of --max-seq-len tokens on the default corpus):
+
+    teacher           all-mpnet-base-v2 itself
+    layers-D          layer dropping: D teacher layers spread over the 12 (first and last
+                      kept), D x 768, no training
+    st-D              sentence-transformers' distillation recipe: embedding MSE from those
+                      layers, lr 1e-4, D x 768 (the outside peer)
+    best-D            the objective chosen on the small teacher (10 x embedding MSE +
+                      hidden-state MSE, lr 6e-4), D x 384 from random initialisation
+    minilmv2-D        MiniLMv2 (Q-Q/K-K/V-V relations, 48 relation heads, lr 3e-4), D x 384
+    minilm-D          MiniLM v1 (attention distributions + value relation), D x 384
+    assistant         MiniLMv2 teacher assistant, 12 x 384 (the teacher's depth), trained
+                      once at the same budget and shared by the -ta rows
+    minilmv2-ta-D     MiniLMv2 from the assistant (the assistant's steps come on top)
+
+The D x 384 students are BERT-layout (`--student-layout bert`: MPNet's vocabulary and
+tokenizer, absolute positions, no relative bias), which export fully fused; the D x 768
+rows keep MPNet's layout (they are the teacher's layers).
+
+Columns: fidelity to the teacher on the MR test sentences (texts outside the corpus;
+Spearman of pairwise cosines, linear CKA, kNN@10 overlap), MR accuracy of a linear probe
+on frozen embeddings and of the fine-tuned encoder (2 epochs on --max-train examples at
+--finetune-lr: 2e-4 by default, the best single rate of the small-teacher table's
+students and teacher; several rates: each model's chosen on 20% of the training split,
+three fine-tunings a row), parameters, distillation steps and wall time; then ONNX latency at batch 1 x 128 of one model per architecture: fp32 and
+int8, and the int8 speed-up over the teacher's fp32 graph (all timed in one run, so the
+ratios hold on a shared machine).
+
+Budget: 120 steps of 32 x 64 tokens per distilled row (245,760 tokens, a sixth of the
+default corpus), about 2.2 s a step on 2 CPU cores with the 12 x 768 teacher in the loop;
+the whole table (11 distillations, 14 rows, exports, fine-tuning) takes about 1.5 hours.
+Every finished row is saved under OUTPUT/rows/ (fine-tuning as NAME.finetune.json, the
+latencies in latency.json), and every distillation resumes, so an interrupted table picks
+up where it stopped.
+
+    ./dev setup --teacher mpnet
+    .venv/bin/python benchmarks/base_size.py --output runs/base_size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tf_minilm.argtypes import finite_floats  # noqa: E402
+
+DEPTHS = (6, 3)
+BEST_LOSS = "10*embedding_mse + hidden_mse"
+DISTILLED_SPECS: dict[str, dict[str, Any]] = {
+    "st": {"loss": "embedding_mse", "learning_rate": 1e-4, "wide": True},
+    "best": {"loss": BEST_LOSS, "learning_rate": 6e-4},
+    "minilmv2": {"method": "minilmv2", "learning_rate": 3e-4},
+    "minilm": {"method": "minilm", "learning_rate": 3e-4},
+    "minilmv2-ta": {"method": "minilmv2", "learning_rate": 3e-4, "from_assistant": True},
+}
+ROWS = ("teacher", *(f"{kind}-{depth}" for depth in DEPTHS
+                     for kind in ("layers", *DISTILLED_SPECS)), "assistant")
+ASSISTANT_HIDDEN = 384
+STUDENT_HIDDEN, STUDENT_HEADS = 384, 12
+MR_MAX_SEQ_LEN = 64
+logger = logging.getLogger("base_size")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output", default="runs/base_size", help="folder for rows and table")
+    parser.add_argument("--rows", nargs="+", default=[r for r in ROWS if r != "assistant"],
+                        choices=[r for r in ROWS if r != "assistant"],
+                        help="rows to build (the assistant is trained when a -ta row needs it)")
+    parser.add_argument("--steps", type=int, default=120, help="distillation steps per row")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-len", type=int, default=64)
+    parser.add_argument("--max-train", type=int, default=2000,
+                        help="MR training examples for the probe and fine-tuning")
+    parser.add_argument("--max-test", type=int, default=None,
+                        help="cap on MR test examples (smoke runs only)")
+    parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs")
+    parser.add_argument("--finetune-lr", type=finite_floats, default=(2e-4,),
+                        metavar="LR[,LR...]",
+                        help="fine-tuning rates each model chooses from (on 20%% of the "
+                             "training split)")
+    parser.add_argument("--no-finetune", action="store_true", help="probe only (smoke runs)")
+    parser.add_argument("--finetune-rows", nargs="+", default=None, metavar="ROW",
+                        help="fine-tune only these rows (default: every row)")
+    parser.add_argument("--latency-threads", type=int, default=2)
+    parser.add_argument("--no-latency", action="store_true", help="skip export and timing")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def split_row(name: str) -> tuple[str, int | None]:
+    """'minilmv2-ta-3' -> ('minilmv2-ta', 3); 'teacher' -> ('teacher', None)."""
+    kind, _, depth = name.rpartition("-")
+    return (kind, int(depth)) if depth.isdigit() else (name, None)
+
+
+def distill(folder: str, teacher_dir: str, args: argparse.Namespace, **fields: Any) -> str:
+    """`tf-minilm distill` into `folder` (resuming an interrupted run); returns student/."""
+    from tf_minilm.distill import job
+    from tf_minilm.distill.config import DistillConfig
+    from tf_minilm.fileio import write_json_atomic
+
+    result_path = os.path.join(folder, "result.json")
+    if not os.path.exists(result_path):
+        config = DistillConfig(
+            teacher=teacher_dir, steps=args.steps, batch_size=args.batch_size,
+            max_seq_len=args.max_seq_len, seed=args.seed, output=folder,
+            resume=os.path.exists(os.path.join(folder, "config.json")),
+            checkpoint_every=max(1, args.steps // 2), log_every=max(1, args.steps // 20),
+            cache_dir=os.path.join(args.output, "cache"), **fields)
+        start = time.perf_counter()
+        job.run(config)
+        with open(result_path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        summary["wall_seconds"] = time.perf_counter() - start
+        write_json_atomic(result_path, summary)
+    return os.path.join(folder, "student")
+
+
+def build_row(name: str, args: argparse.Namespace, context: dict[str, Any]
+              ) -> tuple[str, dict[str, Any]]:
+    """Make row `name`'s model folder; returns (folder, what the row was built with)."""
+    from tf_minilm.hf.checkpoints import save_hf_checkpoint
+    from tf_minilm.model.student import build_student, spread_layers
+
+    kind, depth = split_row(name)
+    folder = os.path.join(args.output, "rows", name)
+    if kind == "teacher":
+        return context["teacher_dir"], {"objective": "-", "init": "-"}
+    if kind == "layers":
+        layers = spread_layers(12, depth)
+        student_dir = os.path.join(folder, "student")
+        if not os.path.exists(os.path.join(student_dir, "config.json")):
+            student = build_student(context["teacher"], depth, 768, 12, 3072,
+                                    init="teacher-layers", teacher_layers=layers)
+            save_hf_checkpoint(student, context["tokenizer"], student_dir)
+        return student_dir, {"objective": "-", "init": ",".join(map(str, layers))}
+    if kind == "assistant":
+        student_dir = distill(folder, context["teacher_dir"], args, method="minilmv2",
+                              learning_rate=3e-4, student_layers=12,
+                              student_hidden=ASSISTANT_HIDDEN, student_heads=STUDENT_HEADS,
+                              init="random")
+        return student_dir, {"objective": "minilmv2", "init": "random"}
+    spec = dict(DISTILLED_SPECS[kind])
+    objective = {"loss": spec.pop("loss")} if "loss" in spec else {"method": spec.pop("method")}
+    teacher_dir = context["teacher_dir"]
+    if spec.pop("from_assistant", False):
+        teacher_dir = context["assistant_dir"]()
+    if spec.pop("wide", False):
+        layers = spread_layers(12, depth)
+        shape = {"student_hidden": 768, "student_heads": 12, "student_intermediate": 3072,
+                 "init_layers": ",".join(map(str, layers))}
+        init = shape["init_layers"]
+    else:
+        shape = {"student_hidden": STUDENT_HIDDEN, "student_heads": STUDENT_HEADS,
+                 "student_layout": "bert", "init": "random"}
+        init = "random"
+    student_dir = distill(folder, teacher_dir, args, student_layers=depth, **objective,
+                          **shape, **spec)
+    return student_dir, {"objective": next(iter(objective.values())), "init": init,
+                         "learning_rate": spec["learning_rate"]}
+
+
+def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any]:
+    """Build row `name` and measure its fidelity and MR probe (fine-tuning: `finetune_row`)."""
+    from tf_minilm.evaluate import fidelity
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+
+    model_dir, built = build_row(name, args, context)
+    encoder = context["teacher"] if name == "teacher" else load_hf_checkpoint(model_dir)[0]
+    result_path = os.path.join(os.path.dirname(model_dir), "result.json")
+    result: dict[str, Any] = {}
+    if name != "teacher" and os.path.exists(result_path):
+        with open(result_path, encoding="utf-8") as handle:
+            result = json.load(handle)
+    if result and not split_row(name)[0].endswith("-ta"):
+        # Distilled from the MPNet teacher: the fidelity `tf-minilm distill` recorded.
+        metrics = result["fidelity"]["mr"]
+    else:  # a -ta row's own record is against its assistant; measured here the same way
+        embed = (lambda texts: context["teacher_embeddings"]) if name == "teacher" else \
+            fidelity.encoder_embedder(encoder, context["tokenizer"], context["pooling"])
+        metrics = fidelity.fidelity_metrics(context["teacher_embeddings"],
+                                            embed(context["fidelity_texts"].texts))
+    config = encoder.config
+    start = time.perf_counter()
+    from tf_minilm.evaluate.downstream import evaluate_model
+    from tf_minilm.evaluate.settings import EvalSettings
+
+    probe = evaluate_model(model_dir, context["mr"], EvalSettings(
+        mode="probe", max_seq_len=MR_MAX_SEQ_LEN, seed=args.seed))
+    return {
+        "row": name, "model_dir": model_dir, **built,
+        "architecture": f"{config.model_type} {config.num_hidden_layers}x{config.hidden_size}",
+        "parameters": int(encoder.count_params()),
+        "distill_steps": result.get("step", 0),
+        "distill_seconds": round(result.get("wall_seconds", 0.0), 1),
+        "fidelity": {key: float(metrics[key]) for key in ("spearman", "cka", "knn@10")},
+        "mr": {"probe": float(probe["accuracy"])},
+        "eval_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def finetune_row(row: dict[str, Any], args: argparse.Namespace, context: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """MR accuracy of the fine-tuned encoder (its rate chosen from --finetune-lr)."""
+    from tf_minilm.evaluate.downstream import evaluate_model
+    from tf_minilm.evaluate.settings import EvalSettings
+
+    rates = tuple(args.finetune_lr)
+    start = time.perf_counter()
+    tuned = evaluate_model(row["model_dir"], context["mr"], EvalSettings(
+        mode="fine-tune", epochs=args.epochs, max_seq_len=MR_MAX_SEQ_LEN, seed=args.seed,
+        learning_rate=rates[0], learning_rate_grid=rates if len(rates) > 1 else None))
+    return {"fine_tune": float(tuned["accuracy"]),
+            "fine_tune_lr": tuned.get("learning_rate", rates[0]),
+            "fine_tune_seconds": round(time.perf_counter() - start, 1)}
+
+
+def torch_export(model_dir: str, folder: str) -> dict[str, str]:
+    """fp32 ONNX of an HF folder by PyTorch's exporter (transformers' model), and its int8.
+
+    For the 768-wide MPNet models: tf2onnx needs more memory than this machine has to
+    convert them (9.2 GB peak for 2 x 768 already), PyTorch's TorchScript exporter about
+    2 GB for the whole teacher. Its graph is the teacher's ONNX as transformers users get
+    it (onnxruntime fuses its LayerNorms and GELUs at session start); int8 is the same
+    dynamic per-channel quantisation `tf-minilm export` starts its ladder with.
+    """
+    import torch
+    import transformers
+
+    from export.quantize import quantize_int8
+    from tf_minilm.fileio import atomic_path
+
+    paths = {"fp32": os.path.join(folder, "model.onnx"),
+             "int8": os.path.join(folder, "model.int8.onnx")}
+    if all(os.path.exists(path) for path in paths.values()):
+        return paths
+    os.makedirs(folder, exist_ok=True)
+    model = transformers.AutoModel.from_pretrained(model_dir).eval()
+    ids = torch.ones(1, 16, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    with atomic_path(paths["fp32"]) as staged:
+        torch.onnx.export(model, (ids, torch.ones_like(ids)), staged, opset_version=17,
+                          input_names=["input_ids", "attention_mask"],
+                          output_names=["last_hidden_state"], dynamo=False,
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes,
+                                        "last_hidden_state": axes})
+    with atomic_path(paths["int8"]) as staged:
+        quantize_int8(paths["fp32"], staged)
+    return paths
+
+
+def latencies(rows: list[dict[str, Any]], args: argparse.Namespace,
+              context: dict[str, Any]) -> dict[str, Any]:
+    """ONNX fp32 and int8 p50 latency at batch 1 x 128 of one model per architecture.
+
+    BERT-layout students go through `tf-minilm export` (fused, its int8 ladder); the
+    MPNet 768-wide models through `torch_export`. Every graph is timed in this one run
+    with the same onnxruntime session settings and inputs, so the ratios hold on a
+    shared machine. Each fp32 graph is checked against the Keras model on those inputs.
+    """
+    import numpy as np
+
+    from export import export_model
+    from serving.bench import summarize, synthetic_batch, time_calls
+    from serving.runtime import make_session
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+
+    chosen: dict[str, str] = {}
+    for row in rows:
+        chosen.setdefault(row["architecture"], row["model_dir"])
+    files: dict[str, dict[str, str]] = {}
+    how: dict[str, str] = {}
+    for architecture, model_dir in chosen.items():
+        folder = os.path.join(args.output, "onnx", architecture.replace(" ", "-"))
+        if architecture.startswith("bert"):
+            if not os.path.exists(os.path.join(folder, "export_report.json")):
+                export_model(model_dir, folder)
+            files[architecture] = {"fp32": os.path.join(folder, "model.onnx"),
+                                   "int8": os.path.join(folder, "model.int8.onnx")}
+            how[architecture] = "tf-minilm export"
+        else:
+            files[architecture] = torch_export(model_dir, folder)
+            how[architecture] = "torch.onnx.export (TorchScript) + dynamic int8"
+    feeds = synthetic_batch(context["tokenizer"].get_vocab_size(), 1, 128, args.seed)
+    out: dict[str, Any] = {}
+    for architecture, paths in files.items():
+        encoder = context["teacher"] if chosen[architecture] == context["teacher_dir"] \
+            else load_hf_checkpoint(chosen[architecture])[0]
+        keras_hidden = encoder({"input_ids": feeds["input_ids"].astype("int32"),
+                                "attention_mask": feeds["attention_mask"].astype("int32")}
+                               )["last_hidden_state"].numpy()
+        figures: dict[str, Any] = {"export": how[architecture]}
+        for precision, path in paths.items():
+            session = make_session(path, args.latency_threads)
+            names = [i.name for i in session.get_inputs()]
+            output = [o.name for o in session.get_outputs()].index("last_hidden_state")
+
+            def call(session: Any = session, names: list[str] = names) -> Any:
+                return session.run(None, {name: feeds[name] for name in names})
+
+            if precision == "fp32":
+                figures["fp32_max_abs_vs_keras"] = float(np.abs(call()[output]
+                                                                - keras_hidden).max())
+            times = time_calls(call, warmup=5, repeats=100, time_budget_s=10.0)
+            figures[f"{precision}_p50_ms"] = summarize(times, 1)["p50_ms"]
+        out[architecture] = figures
+        logger.info("latency %s: %s", architecture, figures)
+    return out
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(rows: list[dict[str, Any]], latency: dict[str, Any]) -> str:
+    teacher_fp32 = latency.get("mpnet 12x768", {}).get("fp32_p50_ms")
+    lines = ["| row | student | objective | init | Spearman | CKA | kNN@10 | MR probe | "
+             "MR fine-tuned (lr) | params | steps | distill s | fp32 ms 1x128 | int8 ms 1x128 | "
+             "int8 speed-up vs teacher fp32 |", "|---" * 15 + "|"]
+    for row in rows:
+        fid, mr = row["fidelity"], row["mr"]
+        tuned = (f"{mr['fine_tune']:.4f} ({mr['fine_tune_lr']:g})" if "fine_tune" in mr
+                 else "n/a")
+        timed = latency.get(row["architecture"], {})
+        fp32, int8 = timed.get("fp32_p50_ms"), timed.get("int8_p50_ms")
+        speedup = f"{teacher_fp32 / int8:.1f}x" if int8 and teacher_fp32 else "n/a"
+        lines.append(
+            f"| {row['row']} | {row['architecture']} | {row['objective']} | {row['init']} | "
+            f"{_number(fid['spearman'])} | {_number(fid['cka'])} | {_number(fid['knn@10'])} | "
+            f"{_number(mr['probe'])} | {tuned} | {row['parameters'] / 1e6:.1f}M | "
+            f"{row['distill_steps']} | {row['distill_seconds']:.0f} | "
+            f"{_number(fp32, 1)} | {_number(int8, 1)} | {speedup} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from tf_minilm.assets import mpnet_teacher_dir
+    from tf_minilm.evaluate import fidelity
+    from tf_minilm.evaluate.tasks import load_task
+    from tf_minilm.fileio import write_json_atomic, write_text_atomic
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+    from tf_minilm.model.config import ConfigError
+    from tf_minilm.model.pooling import read_pooling
+
+    try:
+        teacher_dir = mpnet_teacher_dir()
+    except ConfigError as err:
+        raise SystemExit(f"base_size: {err}") from err
+    teacher, tokenizer = load_hf_checkpoint(teacher_dir)
+    context: dict[str, Any] = {
+        "teacher_dir": teacher_dir, "teacher": teacher, "tokenizer": tokenizer,
+        "pooling": read_pooling(teacher_dir), "fidelity_texts": fidelity.mr_test_texts(args.seed),
+        "mr": load_task("mr", seed=args.seed, max_train=args.max_train, max_test=args.max_test),
+    }
+    context["teacher_embeddings"] = fidelity.encoder_embedder(  # the fidelity reference
+        teacher, tokenizer, context["pooling"])(context["fidelity_texts"].texts)
+    context["assistant_dir"] = lambda: build_row("assistant", args, context)[0]
+    rows = []
+    for name in args.rows:
+        path = os.path.join(args.output, "rows", f"{name}.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                rows.append(json.load(handle))
+            continue
+        logger.info("row %s", name)
+        row = run_row(name, args, context)
+        write_json_atomic(path, row)
+        rows.append(row)
+        write_text_atomic(os.path.join(args.output, "table.md"), format_table(rows, {}) + "\n")
+    latency_path = os.path.join(args.output, "latency.json")
+    if args.no_latency:
+        latency = {}
+    elif os.path.exists(latency_path):
+        with open(latency_path, encoding="utf-8") as handle:
+            latency = json.load(handle)
+    else:
+        latency = latencies(rows, args, context)
+        write_json_atomic(latency_path, latency)
+    write_text_atomic(os.path.join(args.output, "table.md"), format_table(rows, latency) + "\n")
+    # Fine-tuning last (the costliest column): every row's probe, fidelity and latency
+    # are on disk before it starts.
+    for row in rows if not args.no_finetune else []:
+        if args.finetune_rows is not None and row["row"] not in args.finetune_rows:
+            continue
+        path = os.path.join(args.output, "rows", f"{row['row']}.finetune.json")
+        if not os.path.exists(path):
+            logger.info("fine-tuning row %s", row["row"])
+            write_json_atomic(path, finetune_row(row, args, context))
+        with open(path, encoding="utf-8") as handle:
+            row["mr"].update(json.load(handle))
+        write_text_atomic(os.path.join(args.output, "table.md"),
+                          format_table(rows, latency) + "\n")
+    table = format_table(rows, latency)
+    settings = {**vars(args), "finetune_lr": list(args.finetune_lr),
+                "fidelity_texts": context["fidelity_texts"].source}
+    write_json_atomic(os.path.join(args.output, "table.json"),
+                      {"settings": settings, "rows": rows, "latency": latency})
+    write_text_atomic(os.path.join(args.output, "table.md"), table + "\n")
+    sys.stdout.write(table + "\n" + json.dumps(latency, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
