@@ -54,6 +54,7 @@ from typing import Any
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.resumable import cached_json  # noqa: E402
 from tf_minilm.argtypes import finite_floats  # noqa: E402
 
 DEPTHS = (6, 3)
@@ -373,37 +374,21 @@ def main(argv: list[str] | None = None) -> int:
     context["assistant_dir"] = lambda: build_row("assistant", args, context)[0]
     rows = []
     for name in args.rows:
-        path = os.path.join(args.output, "rows", f"{name}.json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as handle:
-                rows.append(json.load(handle))
-            continue
-        logger.info("row %s", name)
-        row = run_row(name, args, context)
-        write_json_atomic(path, row)
-        rows.append(row)
+        rows.append(cached_json(os.path.join(args.output, "rows", f"{name}.json"),
+                                lambda name=name: run_row(name, args, context), f"row {name}"))
         write_text_atomic(os.path.join(args.output, "table.md"), format_table(rows, {}) + "\n")
-    latency_path = os.path.join(args.output, "latency.json")
-    if args.no_latency:
-        latency = {}
-    elif os.path.exists(latency_path):
-        with open(latency_path, encoding="utf-8") as handle:
-            latency = json.load(handle)
-    else:
-        latency = latencies(rows, args, context)
-        write_json_atomic(latency_path, latency)
+    latency = {} if args.no_latency else cached_json(
+        os.path.join(args.output, "latency.json"), lambda: latencies(rows, args, context),
+        "latency")
     write_text_atomic(os.path.join(args.output, "table.md"), format_table(rows, latency) + "\n")
     # Fine-tuning last (the costliest column): every row's probe, fidelity and latency
     # are on disk before it starts.
     for row in rows if not args.no_finetune else []:
         if args.finetune_rows is not None and row["row"] not in args.finetune_rows:
             continue
-        path = os.path.join(args.output, "rows", f"{row['row']}.finetune.json")
-        if not os.path.exists(path):
-            logger.info("fine-tuning row %s", row["row"])
-            write_json_atomic(path, finetune_row(row, args, context))
-        with open(path, encoding="utf-8") as handle:
-            row["mr"].update(json.load(handle))
+        row["mr"].update(cached_json(
+            os.path.join(args.output, "rows", f"{row['row']}.finetune.json"),
+            lambda row=row: finetune_row(row, args, context), f"fine-tuning row {row['row']}"))
         write_text_atomic(os.path.join(args.output, "table.md"),
                           format_table(rows, latency) + "\n")
     table = format_table(rows, latency)

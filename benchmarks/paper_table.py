@@ -59,6 +59,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.resumable import cached_json  # noqa: E402
 from tf_minilm.argtypes import finite_floats  # noqa: E402
 from tf_minilm.evaluate.settings import FINETUNE_LR_GRID  # noqa: E402
 
@@ -394,15 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                                   max_test=args.max_test)
     rows = []
     for name in args.rows:
-        path = os.path.join(args.output, "rows", f"{name}.json")
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as handle:
-                rows.append(json.load(handle))
-            continue
-        logger.info("row %s", name)
-        row = run_row(name, args, context)
-        write_json_atomic(path, row)
-        rows.append(row)
+        rows.append(cached_json(os.path.join(args.output, "rows", f"{name}.json"),
+                                lambda name=name: run_row(name, args, context), f"row {name}"))
         write_text_atomic(os.path.join(args.output, "table.md"),
                           format_table(rows, args.mode, args.tasks) + "\n")
 
