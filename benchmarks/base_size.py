@@ -31,8 +31,10 @@ int8, and the int8 speed-up over the teacher's fp32 graph (all timed in one run,
 ratios hold on a shared machine).
 
 Budget: 120 steps of 32 x 64 tokens per distilled row (245,760 tokens, a sixth of the
-default corpus), about 2.2 s a step on 2 CPU cores with the 12 x 768 teacher in the loop;
-the whole table (11 distillations, 14 rows, exports, fine-tuning) takes about 1.5 hours.
+default corpus), about 2.2 s a step on 2 CPU cores with the 12 x 768 teacher in the loop
+(3.5 s with a 768-wide student): the eleven distillations of the README's table took
+about an hour and three quarters there beside other jobs, exports and timing 4 minutes,
+fine-tuning 1.5 minutes per 384-wide row (--finetune-rows limits it).
 Every finished row is saved under OUTPUT/rows/ (fine-tuning as NAME.finetune.json, the
 latencies in latency.json), and every distillation resumes, so an interrupted table picks
 up where it stopped.
