@@ -237,7 +237,7 @@ def _optimizer_errors_raised() -> Any:
 
     By default tf2onnx copies the whole graph, weights included, before every optimiser
     pass so that it can fall back when one fails; for a 768-wide model those copies are
-    most of the conversion's memory (a 2 x 768 MPNet encoder: 14.1 GB peak with them,
+    most of the conversion's memory (a 2 x 768 BERT encoder: 14.1 GB peak with them,
     9.2 GB without). Setting `TF2ONNX_CATCH_ERRORS` (tf2onnx 1.17 reads any value as
     "do not catch") turns the copies off; an optimiser's error then fails the export,
     which `function_to_onnx` reports as an `ExportError`.
