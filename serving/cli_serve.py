@@ -20,6 +20,17 @@ HELP = ("serve an exported ONNX model folder over HTTP (POST /v1/embeddings for 
 
 logger = logging.getLogger(__name__)
 
+# The flag of each `ServerConfig` field, for its errors (--max-body-mb is given in MiB).
+CONFIG_FLAGS = {
+    "max_batch_size": "--max-batch-size", "max_wait_ms": "--max-wait-ms",
+    "max_queue": "--max-queue", "max_texts_per_request": "--max-texts",
+    "max_chars_per_text": "--max-chars", "max_body_bytes": "--max-body-mb (in bytes)",
+    "header_timeout_s": "--header-timeout", "keepalive_timeout_s": "--keepalive-timeout",
+    "max_connections": "--max-connections",
+    "max_connections_per_client": "--max-connections-per-client",
+    "shutdown_timeout_s": "--shutdown-timeout",
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `serve` flags to `parser`."""
@@ -51,6 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most characters per text")
     parser.add_argument("--max-body-mb", type=finite_float, default=8.0,
                         help="largest request body, in MiB")
+    parser.add_argument("--header-timeout", type=finite_float, default=10.0,
+                        help="seconds a client has to send a request line and headers (a "
+                             "slower one gets 408 and is closed)")
+    parser.add_argument("--keepalive-timeout", type=finite_float, default=15.0,
+                        help="seconds an idle kept-alive connection stays open")
+    parser.add_argument("--max-connections", type=int, default=512,
+                        help="most open connections in all (more are answered 503)")
+    parser.add_argument("--max-connections-per-client", type=int, default=64,
+                        help="most open connections from one client address (a reverse "
+                             "proxy is one client)")
+    parser.add_argument("--shutdown-timeout", type=finite_float, default=10.0,
+                        help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request")
 
@@ -58,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serves until interrupted; returns the exit code (2 on a bad model folder/flag)."""
     from serving.runtime import ModelFolderError
-    from serving.server import ServerConfig, serve
+    from serving.server import ServerConfig, ServerConfigError, serve
 
     if args.threads < 0:
         logger.error("--threads must be >= 0, got %d", args.threads)
@@ -78,10 +101,17 @@ def run(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
             max_queue=args.max_queue, max_texts_per_request=args.max_texts,
             max_chars_per_text=args.max_chars,
-            max_body_bytes=int(args.max_body_mb * 1024 * 1024), model_name=args.model_name)
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            header_timeout_s=args.header_timeout, keepalive_timeout_s=args.keepalive_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_client=args.max_connections_per_client,
+            shutdown_timeout_s=args.shutdown_timeout, model_name=args.model_name)
         serve(args.model_dir, host=args.host, port=args.port, model_file=args.model_file,
               max_seq_len=args.max_seq_len, threads=args.threads or None, config=config,
               access_log=args.access_log)
+    except ServerConfigError as err:
+        logger.error("%s %s", CONFIG_FLAGS.get(err.field, err.field), err.reason)
+        return 2
     except (ModelFolderError, ValueError) as err:
         logger.error("%s", err)
         return 2

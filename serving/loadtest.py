@@ -8,7 +8,8 @@ At each concurrency level, that many client tasks send `POST /v1/embeddings` (or
 malformed (`MALFORMED_BODIES`); the result gives requests/s and latency percentiles of
 the good requests, counts errors by status, how the malformed ones were answered, and
 whether the server was healthy afterwards. Only loopback servers (127.0.0.1 / localhost) are accepted.
-`start_local_server` runs `python -m serving.cli_serve` on a free loopback port.
+`start_local_server` (and `local_server_process`, which also yields the process) runs
+`python -m serving.cli_serve` on a free loopback port.
 """
 
 from __future__ import annotations
@@ -236,6 +237,18 @@ def start_local_server(model_dir: str | os.PathLike[str], model_file: str = "mod
     Raises:
         RuntimeError: the server exited or did not answer /healthz within `timeout_s`.
     """
+    with local_server_process(model_dir, model_file, threads, max_queue, timeout_s,
+                              extra_args) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def local_server_process(model_dir: str | os.PathLike[str], model_file: str = "model.onnx",
+                         threads: int = 2, max_queue: int = 256, timeout_s: float = 60.0,
+                         extra_args: Sequence[str] = ()
+                         ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`start_local_server`, yielding the server's process too (its pid, to watch its file
+    descriptors and memory)."""
     port = free_loopback_port()
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
@@ -259,7 +272,7 @@ def start_local_server(model_dir: str | os.PathLike[str], model_file: str = "mod
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server on {url} did not start in {timeout_s} s") from None
                 time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)

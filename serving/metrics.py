@@ -34,6 +34,9 @@ class ServingMetrics:
         tokens: `<prefix>_tokens_total` tokens fed to the model.
         model_errors: `<prefix>_model_errors_total{kind}` requests the model failed on.
         queue_depth: `<prefix>_queue_depth` gauge, read at scrape time.
+        open_connections: `<prefix>_open_connections` gauge (set by the server's runner).
+        connections_refused: `<prefix>_connections_refused_total`, over a connection cap.
+        header_timeouts: `<prefix>_header_timeouts_total`, request heads not received in time.
 
     Example:
     >>> metrics = ServingMetrics()
@@ -67,6 +70,14 @@ class ServingMetrics:
         self.queue_depth = Gauge(f"{prefix}_queue_depth", "Requests waiting for the model.",
                                  registry=self.registry)
         self.queue_depth.set_function(queue_depth)
+        self.open_connections = Gauge(f"{prefix}_open_connections",
+                                      "Open client connections.", registry=self.registry)
+        self.connections_refused = Counter(
+            f"{prefix}_connections_refused", "Connections refused (503) over the total or "
+            "per-client cap.", registry=self.registry)
+        self.header_timeouts = Counter(
+            f"{prefix}_header_timeouts", "Connections closed (408) whose request line and "
+            "headers did not arrive in time.", registry=self.registry)
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """Counts one finished HTTP request."""

@@ -1,7 +1,9 @@
 """OpenAI-compatible HTTP server (aiohttp) over an `EmbeddingModel` or a `ClassifierModel`.
 
-Owns: the HTTP API (routes, request checks, responses). Imports: `serving.batching`,
-`serving.classify`, `serving.metrics`, `serving.runtime`, `tf_minilm.constants`.
+Owns: the HTTP API (routes, request checks, responses), the server's limits
+(`ServerConfig`) and its run until a signal. Imports: `serving.batching`,
+`serving.classify`, `serving.connections`, `serving.metrics`, `serving.runtime`,
+`tf_minilm.constants`.
 
 Endpoints:
 
@@ -21,13 +23,20 @@ Endpoints:
 every response reports. `dimensions` keeps the first N components and renormalises them
 (Matryoshka-style, as OpenAI clients expect). Unknown fields (e.g. `user`) are ignored.
 
-Errors are JSON `{"error": {"message": ..., "type": ...}}`: 400 for malformed or
-invalid bodies (lone surrogates, nesting too deep, a body cut short), 408 for a body not
-received within `read_timeout_s`, 413 for requests over the configured limits, 503 when
-the request queue is full, 500 when the model cannot embed or classify this request's
-texts (`model_error` for a non-finite output, which is never sent). Each request succeeds
-or fails on its own texts: the batcher re-runs a failed shared call request by request.
-Both endpoints share the batching, limits, metrics and error handling. No TensorFlow is
+Errors are JSON `{"error": {"message": ..., "type": ...}}`, every one counted in
+`/metrics`: 400 for malformed or invalid bodies (lone surrogates, nesting too deep, a body
+cut short) and for what aiohttp's HTTP parser refuses (a bad request line or
+Content-Length, oversized headers), 408 for a request head not received within
+`header_timeout_s` or a body not received within `read_timeout_s`, 413 for requests over
+the configured limits, 503 when the request queue is full or a connection cap is reached
+(`serving.connections`), 500 when the model cannot embed or classify this request's texts
+(`model_error` for a non-finite output, which is never sent). Each request succeeds or
+fails on its own texts: the batcher re-runs a failed shared call request by request.
+Both endpoints share the batching, limits, metrics and error handling.
+
+`serve` stops gracefully on SIGTERM or SIGINT: the listening socket closes (new
+connections are refused), idle connections close, in-flight requests are answered for up
+to `shutdown_timeout_s`, then the batcher stops and the process exits. No TensorFlow is
 imported.
 """
 
@@ -40,6 +49,7 @@ import json
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,6 +60,7 @@ from aiohttp import web
 
 from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.classify import Classifications, open_model
+from serving.connections import ERROR_KINDS, ConnectionGuard, GuardedAppRunner, error_body
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.runtime import Embeddings, NonFiniteOutputError
 from tf_minilm.constants import EXPORT_KINDS, ONNX_MODEL_FILE
@@ -96,6 +107,15 @@ class ServerConfig:
         max_chars_per_text: most characters in one text.
         max_body_bytes: largest request body in bytes.
         read_timeout_s: longest wait for a request body; a stalled client gets 408.
+        header_timeout_s: longest wait for a request's line and headers, from the
+            connection's start or from the first byte of a later request on it; a client
+            slower than that (e.g. one trickling a byte at a time) gets 408 and is closed.
+        keepalive_timeout_s: how long an idle kept-alive connection stays open.
+        max_connections: most open connections in all; more are answered 503 and closed.
+        max_connections_per_client: most open connections from one client address (a
+            reverse proxy is one client: raise it behind one).
+        shutdown_timeout_s: on SIGTERM/SIGINT, how long in-flight requests may take to
+            finish once new connections are refused.
         model_name: name reported in responses; default: the model's name.
 
     Example:
@@ -109,20 +129,40 @@ class ServerConfig:
     max_chars_per_text: int = 20_000
     max_body_bytes: int = 8 * 1024 * 1024
     read_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 15.0
+    max_connections: int = 512
+    max_connections_per_client: int = 64
+    shutdown_timeout_s: float = 10.0
     model_name: str | None = None
 
     def __post_init__(self) -> None:
         for field in ("max_batch_size", "max_queue", "max_texts_per_request",
-                      "max_chars_per_text", "max_body_bytes"):
+                      "max_chars_per_text", "max_body_bytes", "max_connections",
+                      "max_connections_per_client"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ServerConfig.{field} must be a positive integer, got {value!r}")
-        if not isinstance(self.max_wait_ms, int | float) or not 0 <= self.max_wait_ms < math.inf:
-            raise ValueError(f"ServerConfig.max_wait_ms must be a finite number >= 0, got "
-                             f"{self.max_wait_ms!r}")
-        if not isinstance(self.read_timeout_s, int | float) or not self.read_timeout_s > 0:
-            raise ValueError(
-                f"ServerConfig.read_timeout_s must be > 0, got {self.read_timeout_s!r}")
+                raise ServerConfigError(field, f"must be a positive integer, got {value!r}")
+        if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, int | float) \
+                or not 0 <= self.max_wait_ms < math.inf:
+            raise ServerConfigError("max_wait_ms", f"must be a finite number >= 0, got "
+                                                   f"{self.max_wait_ms!r}")
+        for field in ("read_timeout_s", "header_timeout_s", "keepalive_timeout_s",
+                      "shutdown_timeout_s"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not 0 < value < math.inf:
+                raise ServerConfigError(field, f"must be a finite number of seconds > 0, got "
+                                               f"{value!r}")
+
+
+class ServerConfigError(ValueError):
+    """A `ServerConfig` field out of range; `field` names it, so a CLI can name its flag."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"ServerConfig.{field} {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class RequestError(Exception):
@@ -141,15 +181,12 @@ METRICS_KEY = web.AppKey("metrics", ServingMetrics)
 BATCHER_KEY = web.AppKey("batcher", DynamicBatcher)
 NAME_KEY = web.AppKey("model_name", str)
 
-_STATUS_KINDS = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
-                 413: "request_too_large"}
-
 
 def error_response(status: int, message: str, kind: str,
                    headers: dict[str, str] | None = None) -> web.Response:
     """A JSON error body `{"error": {"message", "type"}}` with `status`."""
-    return web.json_response({"error": {"message": message, "type": kind}}, status=status,
-                             headers=headers)
+    return web.Response(body=error_body(message, kind), status=status,
+                        content_type="application/json", headers=headers)
 
 
 @dataclasses.dataclass
@@ -432,7 +469,7 @@ async def _observe(request: web.Request,
                 status = exc.status
                 raise
             response = error_response(exc.status, exc.reason,
-                                      _STATUS_KINDS.get(exc.status, "http_error"))
+                                      ERROR_KINDS.get(exc.status, "http_error"))
         except Exception:
             logger.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(500, "internal server error", "internal_error")
@@ -501,6 +538,19 @@ def create_app(model: Embedder | Classifier, config: ServerConfig | None = None)
     return app
 
 
+def make_runner(app: web.Application, access_log: logging.Logger | None = None
+                ) -> GuardedAppRunner:
+    """The runner of an application made by `create_app`, with its `ServerConfig`'s
+    connection caps, head deadline, keep-alive and shutdown bounds."""
+    config, metrics = app[CONFIG_KEY], app[METRICS_KEY]
+    guard = ConnectionGuard(config.max_connections, config.max_connections_per_client,
+                            config.header_timeout_s, metrics)
+    metrics.open_connections.set_function(lambda: guard.open)
+    return GuardedAppRunner(app, guard=guard, access_log=access_log,
+                            keepalive_timeout=config.keepalive_timeout_s,
+                            shutdown_timeout=config.shutdown_timeout_s)
+
+
 class BackgroundServer:
     """Runs an aiohttp application on 127.0.0.1 in a background thread.
 
@@ -522,7 +572,7 @@ class BackgroundServer:
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: GuardedAppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -539,7 +589,7 @@ class BackgroundServer:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = make_runner(self.app)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.port = int(self._runner.addresses[0][1])
@@ -567,7 +617,7 @@ def serve(model_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int 
           model_file: str = ONNX_MODEL_FILE, max_seq_len: int | None = None,
           threads: int | None = None, config: ServerConfig | None = None,
           access_log: bool = False) -> None:
-    """Loads the model folder and serves it until interrupted (SIGINT/SIGTERM).
+    """Loads the model folder and serves it until SIGTERM/SIGINT, then stops gracefully.
 
     Args:
         model_dir: exported model folder (or a `.onnx` file in it): an embedding
@@ -588,5 +638,26 @@ def serve(model_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int 
     logger.info("serving %s (%s %s, %s, %s) on http://%s:%d%s", app[NAME_KEY], model.kind,
                 model.model_path.name, model.precision, what, host, port,
                 CLASSIFY_PATH if model.kind == EXPORT_KINDS[1] else EMBEDDINGS_PATH)
-    web.run_app(app, host=host, port=port, print=None,
-                access_log=logging.getLogger("aiohttp.access") if access_log else None)
+    asyncio.run(_serve_until_signal(
+        app, host, port, logging.getLogger("aiohttp.access") if access_log else None))
+
+
+async def _serve_until_signal(app: web.Application, host: str, port: int,
+                              access_log: logging.Logger | None) -> None:
+    """Serves `app` until SIGTERM or SIGINT, then shuts down gracefully (see the module
+    docstring): aiohttp's runner cleanup refuses new connections first and waits at most
+    `shutdown_timeout_s` for in-flight requests."""
+    runner = make_runner(app, access_log)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        logger.info("stopping: new connections refused, in-flight requests answered "
+                    "(at most %g s)", app[CONFIG_KEY].shutdown_timeout_s)
+    finally:
+        await runner.cleanup()
+    logger.info("stopped")
