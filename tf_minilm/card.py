@@ -2,12 +2,16 @@
 
 Owns: turning a run's `config.json`, `result.json` and `versions.json` (and an export's
 `export_report.json`) into a Hugging Face Hub model card: YAML front matter
-(`library_name`, `pipeline_tag`, `base_model` and `license` when the teacher's card
-states them, `tags`) and a body with the teacher, objective, budget, corpus counts,
-held-out loss, fidelity, parameters and the command that made the model. Nothing is
-written that those files do not hold; `tf-minilm bench` adds its latency table to cards
-tf-minilm wrote (`replace_section`). Imports: `constants`, `fileio`, PyYAML (the
-teacher's front matter), the standard library; no TensorFlow, so the export uses it.
+(`library_name`, `pipeline_tag`, `base_model`: the teacher's Hub id when known,
+`datasets`: the corpus's Hub ids when known, `license` and `language` when the
+teacher's card states them, `tags`, and the fidelity figures as a `model-index`) and a
+body with the teacher, objective, budget, corpus, held-out loss, fidelity, parameters
+and the command that made the model. Local files are named by `provenance.describe`
+(a Hub id, or a file in a PyPI package), never by a path of the machine that made the
+card. Nothing is written that those files do not hold; `tf-minilm bench` adds its
+latency table to cards tf-minilm wrote (`replace_section`). Imports: `constants`,
+`fileio`, `provenance`, PyYAML (the teacher's front matter), the standard library; no
+TensorFlow, so the export uses it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from tf_minilm.constants import EXPORT_REPORT_FILE
 from tf_minilm.fileio import write_text_atomic
+from tf_minilm.provenance import describe, public_command
 
 CARD_FILE = "README.md"
 _FRONT = "---"
@@ -99,6 +104,27 @@ def _fidelity_rows(fidelity: dict[str, Any]) -> list[str]:
     return rows
 
 
+FIDELITY_METRICS = (("spearman", "Spearman of pairwise cosine similarities vs the teacher"),
+                    ("cka", "linear CKA vs the teacher"),
+                    ("knn@10", "share of the teacher's 10 nearest neighbours kept"))
+
+
+def _model_index(name: str, fidelity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fidelity figures in the Hub's `model-index` form (one result per text set)."""
+    results = []
+    for where, values in fidelity.items():
+        if not isinstance(values, dict) or "spearman" not in values:
+            continue
+        metrics = [{"type": key, "value": round(float(values[key]), 4), "name": label}
+                   for key, label in FIDELITY_METRICS if isinstance(values.get(key), int | float)]
+        results.append({"task": {"type": "sentence-similarity",
+                                 "name": "fidelity to the teacher"},
+                        "dataset": {"type": f"tf-minilm/{where}",
+                                    "name": str(values.get("texts", where))},
+                        "metrics": metrics})
+    return [{"name": name, "results": results}] if results else []
+
+
 def student_card(run_dir: str, command: list[str] | None = None) -> str:
     """The model card of `run_dir/student`, from the run's files.
 
@@ -114,31 +140,45 @@ def student_card(run_dir: str, command: list[str] | None = None) -> str:
     versions_path = os.path.join(run_dir, "versions.json")
     versions = _read_json(versions_path) if os.path.isfile(versions_path) else {}
     teacher_dir = config.get("teacher")
+    teacher = describe(teacher_dir) if teacher_dir else None
     teacher_front, teacher_title = _teacher_card(teacher_dir)
-    teacher_name = teacher_front.get("model_name") or teacher_title or \
-        os.path.basename(os.path.normpath(teacher_dir or "teacher"))
+    teacher_name = teacher_front.get("model_name") or teacher_title or (
+        teacher.hub_model.split("/")[-1] if teacher and teacher.hub_model else
+        os.path.basename(os.path.normpath(teacher_dir or "teacher")))
+    corpus_sources = [describe(path) for path in config.get("corpus") or []]
 
     front: dict[str, Any] = {"library_name": "sentence-transformers",
                              "pipeline_tag": "sentence-similarity"}
-    for key in ("base_model", "license", "language"):
+    if teacher and teacher.hub_model:
+        front["base_model"] = teacher.hub_model
+    datasets = sorted({source.hub_dataset for source in corpus_sources if source.hub_dataset})
+    if datasets:
+        front["datasets"] = datasets
+    for key in ("license", "language"):
         if teacher_front.get(key):
             front[key] = teacher_front[key]
     front["tags"] = ["sentence-transformers", "feature-extraction", "sentence-similarity",
                      "knowledge-distillation", "tf-minilm"]
+    title = (f"{teacher_name} student, {config.get('student_layers')} x "
+             f"{config.get('student_hidden')}")
+    model_index = _model_index(title, result.get("fidelity") or {})
+    if model_index:
+        front["model-index"] = model_index
 
     steps, batch, seq = result.get("step"), config.get("batch_size"), config.get("max_seq_len")
     corpus = result.get("corpus") or {}
     evaluation = result.get("eval") or {}
-    corpus_paths = ", ".join(f"`{path}`" for path in config.get("corpus") or []) or (
-        f"prepared directory `{config['data']}`" if config.get("data") else "not recorded")
-    lines = [f"# {teacher_name} student, {config.get('student_layers')} x "
-             f"{config.get('student_hidden')}", "",
+    corpus_names = ", ".join(source.name for source in corpus_sources) or (
+        f"a prepared directory ({describe(config['data']).name})" if config.get("data")
+        else "not recorded")
+    output = config.get("output") or run_dir
+    lines = [f"# {title}", "",
              f"A {config.get('student_layers')}-layer x {config.get('student_hidden')} student "
              f"distilled from {teacher_name} with tf-minilm. Load it with "
              "`SentenceTransformer(\"path/to/student\")` or `transformers.AutoModel`.", "",
              "## How it was made", "",
              "| | |", "|---|---|",
-             f"| teacher | {teacher_name} (`{teacher_dir}`) |",
+             f"| teacher | {teacher_name} ({teacher.name if teacher else 'not recorded'}) |",
              f"| objective | `{config.get('stages') or config.get('loss') or config.get('method')}` |",
              f"| student | {config.get('student_layers')} layers x {config.get('student_hidden')}, "
              f"{config.get('student_heads')} heads, FFN {config.get('student_intermediate')}; "
@@ -151,11 +191,11 @@ def student_card(run_dir: str, command: list[str] | None = None) -> str:
              f"({(steps or 0) * (batch or 0) * (seq or 0):,} positions seen), learning rate "
              f"{config.get('learning_rate')}, precision {result.get('precision')} |",
              f"| pooling | {_pooling_text(config.get('pooling'))} |",
-             f"| corpus | {corpus_paths}: {_count(corpus.get('files_read'))} files, "
+             f"| corpus | {corpus_names}: {_count(corpus.get('files_read'))} files, "
              f"{_count(corpus.get('documents'))} documents, {_count(corpus.get('tokens'))} "
              f"tokens; {_count(result.get('train_sequences'))} training / "
              f"{_count(result.get('eval_sequences'))} held-out sequences |",
-             f"| run folder | `{config.get('output') or run_dir}` |"]
+             f"| run folder | `{os.path.basename(os.path.normpath(output)) if os.path.isabs(output) else output}` |"]
     if evaluation.get("loss") is not None:
         lines.append(f"| held-out loss | {evaluation['loss']:.6f} "
                      f"({', '.join(f'{k} {v:.6f}' for k, v in evaluation.items() if k != 'loss')}) |")
@@ -167,7 +207,7 @@ def student_card(run_dir: str, command: list[str] | None = None) -> str:
                   "kept, on texts outside the training rows:", "",
                   "| texts | Spearman | CKA | kNN@10 |", "|---|---|---|---|", *fidelity]
     if command:
-        lines += ["", "## Command", "", "```bash", shlex.join(command), "```"]
+        lines += ["", "## Command", "", "```bash", shlex.join(public_command(command)), "```"]
     if versions:
         shown = {k: versions[k] for k in ("tf-minilm", "tensorflow-cpu", "tensorflow", "keras")
                  if k in versions}
