@@ -162,12 +162,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def budget(args: argparse.Namespace) -> dict[str, Any]:
     """The distillation budget of every distilled row: the distill defaults unless overridden."""
-    from tf_minilm.distill.config import DistillConfig
+    from tf_minilm.distill.config import DEFAULT_MAX_SEQ_LEN, DistillConfig
 
     defaults = DistillConfig()
     return {"steps": args.steps or defaults.steps,
             "batch_size": args.batch_size or defaults.batch_size,
-            "max_seq_len": args.max_seq_len or defaults.max_seq_len,
+            "max_seq_len": args.max_seq_len or DEFAULT_MAX_SEQ_LEN,
             "packing": args.packing or defaults.packing}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import WORDS, make_wordpiece_tokenizer
 from tf_minilm.cli import main
-from tf_minilm.distill.config import DistillConfig
+from tf_minilm.distill.config import DEFAULT_MAX_SEQ_LEN, DistillConfig
 from tf_minilm.distill.job import resolve
 from tf_minilm.hf.checkpoints import load_hf_checkpoint, save_hf_checkpoint
 from tf_minilm.model.config import ConfigError, EncoderConfig
@@ -326,7 +326,8 @@ def test_help_lists_units_and_defaults(capsys):
     for flag in ("--teacher", "--student-layers", "--relation-heads", "--precision", "--resume",
                  "--config", "1-based"):
         assert flag in text
-    assert "(default: 64)" in text  # --max-seq-len
+    assert "(default: 64; with --data, the length its rows were prepared at)" in " ".join(
+        text.split())  # --max-seq-len
 
 
 def test_unknown_config_error_type_is_config_error():
@@ -367,4 +368,4 @@ def test_embedded_default_is_the_measured_row_of_the_paper_table():
     assert all(table.DISTILLED[name]["steps"] == 400 for name in table.BBC_ROWS)
     assert table.budget(table.parse_args([])) == {
         "steps": defaults.steps, "batch_size": defaults.batch_size,
-        "max_seq_len": defaults.max_seq_len, "packing": defaults.packing}
+        "max_seq_len": DEFAULT_MAX_SEQ_LEN, "packing": defaults.packing}

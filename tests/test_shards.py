@@ -261,8 +261,10 @@ def test_prepare_command_then_distill_from_it_resumes_bit_identically(corpus, tm
     def distill(output, *extra):
         return main(["--log-level", "WARNING", "distill", "--teacher", str(teacher), "--data",
                      str(data), "--student-layers", "1", "--student-hidden", "16",
-                     "--student-heads", "4", "--max-seq-len", "24", "--batch-size", "8",
+                     "--student-heads", "4", "--batch-size", "8",
                      "--steps", "8", "--checkpoint-every", "4", "--output", str(output), *extra])
+
+    # No --max-seq-len: the run takes the prepared rows' length from the manifest.
 
     assert distill(tmp_path / "whole") == 0
     result = json.loads((tmp_path / "whole" / "result.json").read_text())
@@ -271,7 +273,8 @@ def test_prepare_command_then_distill_from_it_resumes_bit_identically(corpus, tm
     assert result["train_sequences"] + result["eval_sequences"] == manifest["rows"]
     assert not (tmp_path / "whole" / "cache").exists()  # nothing was prepared again
     card = (tmp_path / "whole" / "student" / "README.md").read_text()
-    assert f"prepared directory `{data}`" in card
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["max_seq_len"] == 24
+    assert "a prepared directory (`data`)" in card and str(data) not in card
 
     # Killed after its step-4 checkpoint: resume gives the same weights, bit for bit.
     import shutil
@@ -290,8 +293,10 @@ def test_prepare_command_then_distill_from_it_resumes_bit_identically(corpus, tm
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
     # Bad input is named before any work.
-    assert distill(tmp_path / "x", "--max-seq-len", "32") == 2
+    assert distill(tmp_path / "x", "--max-seq-len", "32") == 2  # a real conflict
     assert "--data" in caplog.text and "rows of 24 tokens" in caplog.text
+    assert "leave --max-seq-len out" in caplog.text
+    assert distill(tmp_path / "same", "--max-seq-len", "24", "--steps", "1") == 0
     assert distill(tmp_path / "y", "--corpus", str(corpus)) == 2
     assert "--data and --corpus are exclusive" in caplog.text
     assert main(["distill", "--data", str(tmp_path / "nothing"), "--output",

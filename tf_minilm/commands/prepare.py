@@ -100,5 +100,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"prepared {args.output}: {manifest['rows']:,} rows of {args.max_seq_len} tokens "
           f"({manifest['heldout']['rows']:,} held out), {manifest['tokens']:,} tokens in "
           f"{len(manifest['shards'])} shard(s); train with "
-          f"`tf-minilm distill --data {args.output} --max-seq-len {args.max_seq_len}`")
+          f"`tf-minilm distill --data {args.output}`")
     return 0

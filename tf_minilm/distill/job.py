@@ -28,7 +28,7 @@ import os
 from typing import Any
 
 from tf_minilm.constants import RUN_FILES
-from tf_minilm.distill.config import DistillConfig
+from tf_minilm.distill.config import DEFAULT_MAX_SEQ_LEN, DistillConfig
 from tf_minilm.fileio import (
     NotOurFolderError,
     atomic_path,
@@ -136,6 +136,28 @@ def _student_sizes(config: DistillConfig, teacher: EncoderConfig) -> EncoderConf
         raise ConfigError(f"student sizes: {err}") from err
 
 
+def _with_row_length(config: DistillConfig) -> DistillConfig:
+    """`config` with its `max_seq_len` filled in: the flag, else the rows of --data, else
+    the default. A flag that disagrees with the prepared rows is the one real conflict."""
+    from tf_minilm.data.corpus import CorpusError
+
+    prepared_len = None
+    if config.data is not None:
+        from tf_minilm.data.shards import read_manifest
+
+        try:
+            prepared_len = read_manifest(config.data)["settings"]["max_seq_len"]
+        except CorpusError as err:
+            raise ConfigError(f"--data: {err}") from err
+    if config.max_seq_len is None:
+        return dataclasses.replace(config, max_seq_len=prepared_len or DEFAULT_MAX_SEQ_LEN)
+    if prepared_len is not None and prepared_len != config.max_seq_len:
+        raise ConfigError(f"--max-seq-len {config.max_seq_len}: --data {config.data} holds "
+                          f"rows of {prepared_len} tokens; leave --max-seq-len out to train "
+                          f"on them, or prepare again with --max-seq-len {config.max_seq_len}")
+    return config
+
+
 def resolve(config: DistillConfig) -> ResolvedJob:
     """Fill in defaults and validate against the teacher's config.json (no weights loaded).
 
@@ -146,6 +168,7 @@ def resolve(config: DistillConfig) -> ResolvedJob:
     from tf_minilm.data.corpus import CorpusError, collect_files, default_corpus_paths
 
     config.validate()
+    config = _with_row_length(config)
     teacher_dir = config.teacher or default_teacher_dir()
     if not os.path.isdir(teacher_dir):
         raise ConfigError(f"--teacher {teacher_dir}: not a folder (expected an HF checkpoint folder)")
@@ -220,17 +243,6 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         raise ConfigError(f"--teacher {teacher_dir}: {err}") from err
 
     if config.data is not None:
-        from tf_minilm.data.shards import read_manifest
-
-        try:
-            manifest = read_manifest(config.data)
-        except CorpusError as err:
-            raise ConfigError(f"--data: {err}") from err
-        prepared_len = manifest["settings"]["max_seq_len"]
-        if prepared_len != config.max_seq_len:
-            raise ConfigError(f"--max-seq-len {config.max_seq_len}: --data {config.data} holds "
-                              f"rows of {prepared_len} tokens; pass --max-seq-len {prepared_len} "
-                              "or prepare again")
         corpus = []
     else:
         corpus = [os.fspath(p) for p in config.corpus] or default_corpus_paths()
@@ -296,6 +308,7 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
     `command` (the command line, when known) goes into the student's model card.
     """
     job = resolve(config)
+    config = job.config  # with the defaults the teacher and --data fill in
     check_output_folder(job)
     output = job.config.output
     try:
