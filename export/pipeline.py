@@ -506,8 +506,10 @@ def export_model(
     import onnx
 
     from export.fusion import expected_fusions, grouped_counts, optimize_onnx, unfused_operators
-    from export.quantize import choose_int8, timing_feeds
+    from export.quantize import choose_int8
     from export.validate import check_int8, int8_failure, reference_outputs, validate_export
+    from serving.runtime import INT8_PAYS_SPEEDUP, timing_feeds
+    from tf_minilm.versions import cpu_int8_kind
 
     with staged_folder(output_dir, "onnx-export") as staging:
         function = _graph_function(student, spec)
@@ -543,6 +545,14 @@ def export_model(
                 failure=int8_failure,
                 timing=timing_feeds(config.vocab_size, min(DEFAULT_MAX_SEQ_LEN, max_seq_len)))
             parity["int8"] = int8_choice.pop("figures")
+            int8_choice["cpu_int8_kind"] = cpu_int8_kind()
+            int8_choice["pays"] = int8_choice["speedup"] >= INT8_PAYS_SPEEDUP
+            if not int8_choice["pays"]:
+                logger.warning(
+                    "int8 is only %.2fx fp32 on this CPU (%s int8 kernels), under %.1fx: "
+                    "`tf-minilm serve --model-file auto` serves model.onnx (fp32) on CPUs of "
+                    "this kind and re-times int8 on others", int8_choice["speedup"],
+                    int8_choice["cpu_int8_kind"], INT8_PAYS_SPEEDUP)
         side_files = _write_side_files(staging, student, classifier)
         inputs, outputs = _graph_io(onnx.load(fp32_path))
         files = {name: os.path.getsize(os.path.join(staging, name))
@@ -569,6 +579,9 @@ def export_model(
             "optimized": bool(optimize),
             "quantize": quantize,
             "int8": int8_choice,
+            # What `tf-minilm serve --model-file auto` serves on a CPU of this kind.
+            "serve_default": ONNX_INT8_FILE if int8_choice and int8_choice["pays"]
+            else ONNX_MODEL_FILE,
             "inputs": inputs,
             "outputs": outputs,
             "input_names": list(INPUT_NAMES),

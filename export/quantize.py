@@ -28,13 +28,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from export.errors import ExportError, ParityError
 from export.logs import quiet
 from export.outliers import DEFAULT_CHANNELS
+from serving.runtime import speed_ratio
 
 logger = logging.getLogger(__name__)
 
@@ -167,50 +167,6 @@ def write_variant(fp32_path: str | os.PathLike, destination: str | os.PathLike,
         if os.path.exists(source):
             os.remove(source)
     return kept
-
-
-def timing_feeds(vocab_size: int, seq_len: int = 128, seed: int = 0) -> dict[str, Any]:
-    """A batch 1 x `seq_len` of random token ids (no padding), for the speed ratio."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    low = min(1000, max(vocab_size // 2, 1))
-    return {"input_ids": rng.integers(low, vocab_size, (1, seq_len)).astype(np.int64),
-            "attention_mask": np.ones((1, seq_len), np.int64),
-            "token_type_ids": np.zeros((1, seq_len), np.int64)}
-
-
-def speed_ratio(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
-                feeds: dict[str, Any], rounds: int = 9, per_round: int = 8) -> dict[str, float]:
-    """fp32 / int8 latency, from interleaved rounds in one process (median of the rounds'
-    ratios of median latencies), so machine load hits both alike."""
-    import statistics
-
-    from serving.runtime import make_session
-
-    sessions = [make_session(fp32_path), make_session(int8_path)]
-    names = [[output.name for output in s.get_outputs()][-1:] for s in sessions]
-    feeds_of = [{i.name: feeds[i.name] for i in s.get_inputs()} for s in sessions]
-    for session, out, feed in zip(sessions, names, feeds_of, strict=True):
-        for _ in range(3):
-            session.run(out, feed)
-    ratios, fp32_ms, int8_ms = [], [], []
-    for _ in range(rounds):
-        medians = []
-        for session, out, feed in zip(sessions, names, feeds_of, strict=True):
-            times = []
-            for _ in range(per_round):
-                start = time.perf_counter()
-                session.run(out, feed)
-                times.append(time.perf_counter() - start)
-            medians.append(statistics.median(times) * 1e3)
-        fp32_ms.append(medians[0])
-        int8_ms.append(medians[1])
-        ratios.append(medians[0] / medians[1])
-    return {"timing_shape": [int(n) for n in feeds["input_ids"].shape],
-            "fp32_ms": round(statistics.median(fp32_ms), 3),
-            "int8_ms": round(statistics.median(int8_ms), 3),
-            "speedup": round(statistics.median(ratios), 3)}
 
 
 def choose_int8(

@@ -1,9 +1,11 @@
 """onnxruntime inference for an exported tf-minilm model folder.
 
 Owns: reading an export folder, the onnxruntime session setup (`make_session`, used
-everywhere), what every served model shares (`OnnxTextModel`), the embedding model and
-the NumPy twin of the pooling (tested equal to `tf_minilm.model.pooling`). Imports: `tf_minilm.constants`, `tf_minilm.tokens` (no
-TensorFlow).
+everywhere), the fp32/int8 speed ratio and the rule of which file `--model-file auto`
+serves (`choose_served_file`), what every served model shares (`OnnxTextModel`), the
+embedding model and the NumPy twin of the pooling (tested equal to
+`tf_minilm.model.pooling`). Imports: `tf_minilm.constants`, `tf_minilm.tokens`,
+`tf_minilm.versions` (no TensorFlow).
 
 The exported folder (written by `tf-minilm export`) holds:
 
@@ -204,6 +206,94 @@ def make_session(onnx_file: str | os.PathLike[str], intra_op_threads: int | None
                                     providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types
         raise ModelFolderError(f"onnxruntime cannot load {str(onnx_file)!r}: {err}") from err
+
+
+def timing_feeds(vocab_size: int, seq_len: int = 128, seed: int = 0) -> dict[str, Any]:
+    """A batch 1 x `seq_len` of random token ids (no padding), for the speed ratio."""
+    rng = np.random.default_rng(seed)
+    low = min(1000, max(vocab_size // 2, 1))
+    return {"input_ids": rng.integers(low, vocab_size, (1, seq_len)).astype(np.int64),
+            "attention_mask": np.ones((1, seq_len), np.int64),
+            "token_type_ids": np.zeros((1, seq_len), np.int64)}
+
+
+def speed_ratio(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                feeds: dict[str, Any], rounds: int = 9, per_round: int = 8,
+                intra_op_threads: int | None = None) -> dict[str, Any]:
+    """fp32 / int8 latency, from interleaved rounds in one process (median of the rounds'
+    ratios of median latencies), so machine load hits both alike."""
+    import statistics
+    import time
+
+    sessions = [make_session(fp32_path, intra_op_threads),
+                make_session(int8_path, intra_op_threads)]
+    names = [[output.name for output in s.get_outputs()][-1:] for s in sessions]
+    feeds_of = [{i.name: feeds[i.name] for i in s.get_inputs()} for s in sessions]
+    for session, out, feed in zip(sessions, names, feeds_of, strict=True):
+        for _ in range(3):
+            session.run(out, feed)
+    ratios, fp32_ms, int8_ms = [], [], []
+    for _ in range(rounds):
+        medians = []
+        for session, out, feed in zip(sessions, names, feeds_of, strict=True):
+            times = []
+            for _ in range(per_round):
+                start = time.perf_counter()
+                session.run(out, feed)
+                times.append(time.perf_counter() - start)
+            medians.append(statistics.median(times) * 1e3)
+        fp32_ms.append(medians[0])
+        int8_ms.append(medians[1])
+        ratios.append(medians[0] / medians[1])
+    return {"timing_shape": [int(n) for n in feeds["input_ids"].shape],
+            "fp32_ms": round(statistics.median(fp32_ms), 3),
+            "int8_ms": round(statistics.median(int8_ms), 3),
+            "speedup": round(statistics.median(ratios), 3)}
+
+
+
+# int8 is served by default where it is at least this much faster than fp32: below it,
+# its small loss of fidelity buys too little (an AVX2-only CPU measured 1.01x).
+INT8_PAYS_SPEEDUP = 1.2
+AUTO_MODEL_FILE = "auto"
+
+
+def choose_served_file(folder: str | os.PathLike[str], intra_op_threads: int | None = None
+                       ) -> tuple[str, str]:
+    """The ONNX file `--model-file auto` serves from an export folder, and why.
+
+    int8 when the folder has it and it is at least `INT8_PAYS_SPEEDUP` times as fast as
+    fp32 on this machine's kind of CPU (`tf_minilm.versions.cpu_int8_kind`): the export's
+    own timing when it ran on the same kind, else a short timing here; fp32 otherwise.
+
+    Returns:
+        (file name in the folder, the reason, for the log).
+    """
+    from tf_minilm.constants import ONNX_INT8_FILE
+    from tf_minilm.versions import cpu_int8_kind
+
+    path = Path(folder)
+    if path.is_file():
+        return path.name, "a file was given"
+    if not (path / ONNX_INT8_FILE).is_file():
+        return ONNX_MODEL_FILE, f"the folder has no {ONNX_INT8_FILE}"
+    report = load_export_report(path)
+    measured = report.raw.get("int8") if isinstance(report.raw.get("int8"), dict) else {}
+    here = cpu_int8_kind()
+    speedup = measured.get("speedup")
+    if isinstance(speedup, int | float) and measured.get("cpu_int8_kind") == here:
+        where = f"the export's timing on a CPU of this kind ({here})"
+    else:
+        vocab = measured.get("vocab_size") if isinstance(measured.get("vocab_size"), int) else 1000
+        feeds = timing_feeds(vocab, min(DEFAULT_MAX_SEQ_LEN, report.max_seq_len))
+        speedup = speed_ratio(path / ONNX_MODEL_FILE, path / ONNX_INT8_FILE, feeds, rounds=3,
+                              per_round=4, intra_op_threads=intra_op_threads)["speedup"]
+        where = f"timed now on this {here} CPU (the export ran on " \
+                f"{measured.get('cpu_int8_kind') or 'an unrecorded kind'})"
+    if speedup >= INT8_PAYS_SPEEDUP:
+        return ONNX_INT8_FILE, f"int8 is {speedup:.2f}x fp32 by {where}"
+    return ONNX_MODEL_FILE, (f"int8 is only {speedup:.2f}x fp32 by {where}, under "
+                             f"{INT8_PAYS_SPEEDUP}x: fp32 is served")
 
 
 def pool_and_normalize(hidden: np.ndarray, attention_mask: np.ndarray,

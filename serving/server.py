@@ -62,7 +62,13 @@ from serving.batching import BatcherClosedError, DynamicBatcher, QueueFullError
 from serving.classify import Classifications, open_model
 from serving.connections import ERROR_KINDS, ConnectionGuard, GuardedAppRunner, error_body
 from serving.metrics import CONTENT_TYPE, ServingMetrics
-from serving.runtime import Embeddings, NonFiniteOutputError
+from serving.runtime import (
+    AUTO_MODEL_FILE,
+    Embeddings,
+    NonFiniteOutputError,
+    choose_served_file,
+    resolve_model_path,
+)
 from tf_minilm.constants import EXPORT_KINDS, ONNX_MODEL_FILE
 
 logger = logging.getLogger(__name__)
@@ -624,12 +630,17 @@ def serve(model_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int 
             export, served at `/v1/embeddings`, or a classifier, at `/v1/classify`.
         host: address to bind (loopback by default).
         port: TCP port.
-        model_file: ONNX file in the folder ("model.onnx" or "model.int8.onnx").
+        model_file: ONNX file in the folder ("model.onnx", "model.int8.onnx", or "auto":
+            `serving.runtime.choose_served_file`).
         max_seq_len: truncation length; default from `export_report.json`.
         threads: onnxruntime intra-op threads; None lets onnxruntime decide.
         config: limits and batching.
         access_log: log one line per request (logger `aiohttp.access`).
     """
+    if model_file == AUTO_MODEL_FILE:
+        resolve_model_path(model_dir)  # a missing folder is named before any timing
+        model_file, why = choose_served_file(model_dir, threads)
+        logger.info("--model-file auto: %s (%s)", model_file, why)
     model = open_model(model_dir, model_file=model_file, max_seq_len=max_seq_len,
                        intra_op_threads=threads)
     app = create_app(model, config)

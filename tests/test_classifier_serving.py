@@ -69,6 +69,13 @@ def test_export_writes_a_fused_checked_classifier_with_its_labels(exported, save
     int8 = report["parity"]["int8"]
     assert int8["passed"] and int8["max_abs_probability"] <= 0.05
     assert report["int8"]["variant"] and report["int8"]["speedup"] > 0
+    from serving.runtime import INT8_PAYS_SPEEDUP
+    from tf_minilm.versions import cpu_int8_kind
+
+    assert report["int8"]["cpu_int8_kind"] == cpu_int8_kind()
+    assert report["int8"]["pays"] == (report["int8"]["speedup"] >= INT8_PAYS_SPEEDUP)
+    assert report["serve_default"] == ("model.int8.onnx" if report["int8"]["pays"]
+                                       else "model.onnx")
     assert report["fine_tuning"] == {"task": "toy", "accuracy": 1.0, "macro_f1": 1.0}
     assert json.loads((out / "labels.json").read_text()) == {"labels": ["neg", "pos"]}
     config = json.loads((out / "config.json").read_text())

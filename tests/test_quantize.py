@@ -22,7 +22,6 @@ from export.quantize import (  # noqa: E402
     Int8Variant,
     choose_int8,
     quantize_int8,
-    timing_feeds,
     write_variant,
 )
 from export.smoothing import (  # noqa: E402
@@ -34,6 +33,7 @@ from export.smoothing import (  # noqa: E402
     smoothing_scales,
 )
 from export.validate import VALIDATION_SENTENCES, tokenize  # noqa: E402
+from serving.runtime import timing_feeds  # noqa: E402
 
 LAYERS = 2
 OUTLIER_CHANNEL = 5

@@ -236,3 +236,37 @@ def test_export_report_defaults_and_validation(tiny, tmp_path):
     (folder / "export_report.json").write_text("{not json")
     with pytest.raises(ModelFolderError, match="cannot read"):
         EmbeddingModel(folder)
+
+
+def test_model_file_auto_serves_int8_only_where_it_pays(tmp_path, monkeypatch):
+    import serving.runtime as runtime
+    from tf_minilm.versions import cpu_int8_kind
+
+    fp32_only = build_tiny_model_dir(tmp_path / "fp32", int8=False).folder
+    assert runtime.choose_served_file(fp32_only)[0] == "model.onnx"
+    folder = build_tiny_model_dir(tmp_path / "both", int8=True).folder
+    report_path = folder / "export_report.json"
+    report = json.loads(report_path.read_text())
+
+    def with_int8(**values):
+        report_path.write_text(json.dumps({**report, "int8": values}))
+        return runtime.choose_served_file(folder)
+
+    here = cpu_int8_kind()
+    file, why = with_int8(speedup=2.0, cpu_int8_kind=here)
+    assert file == "model.int8.onnx" and "2.00x" in why and "export's timing" in why
+    file, why = with_int8(speedup=1.01, cpu_int8_kind=here)
+    assert file == "model.onnx" and "only 1.01x" in why and "fp32 is served" in why
+
+    # Exported on another kind of CPU: the ratio is timed again here, not trusted.
+    timed = []
+
+    def fake_ratio(fp32, int8, feeds, **kwargs):
+        timed.append((fp32.name, int8.name, feeds["input_ids"].shape))
+        return {"speedup": 1.5}
+
+    monkeypatch.setattr(runtime, "speed_ratio", fake_ratio)
+    file, why = with_int8(speedup=0.5, cpu_int8_kind="not-" + here)
+    assert file == "model.int8.onnx" and "timed now" in why
+    assert timed == [("model.onnx", "model.int8.onnx", (1, report["max_seq_len"]))]
+    assert runtime.choose_served_file(folder / "model.onnx")[0] == "model.onnx"  # a file given

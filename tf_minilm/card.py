@@ -270,6 +270,10 @@ def export_card(export_dir: str, source_card: str | None) -> str:
                  "exported" if "speedup" in choice else "")
         lines.append(f"int8 variant: {choice['variant']} (the first of "
                      f"{len(choice.get('tried') or [])} tried that held{speed}).")
+        if choice.get("pays") is False:
+            lines.append(f"On the export's CPU ({choice.get('cpu_int8_kind')} int8 kernels) "
+                         "int8 did not pay: `tf-minilm serve` serves `model.onnx` on CPUs of "
+                         "that kind and times int8 again on others.")
     figures = [f"{name} {value:.4g}" for name, value in _flat_numbers(parity)]
     if figures:
         lines.append("Parity with Keras float32 on the validation sentences: "

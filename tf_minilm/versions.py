@@ -1,8 +1,8 @@
 """Exact versions of what produced a result: Python, the machine, the packages.
 
 Owns: the one version collector behind every `versions.json`, export report and bench
-table, and the one reading of the CPU's bfloat16 flags (they decide the distill
-precision). Imports: the standard library only (no TensorFlow), so serving uses it.
+table, and the one reading of the CPU's flags (bfloat16: they decide the distill
+precision; the int8 kind: it decides whether int8 pays, `serving.runtime`). Imports: the standard library only (no TensorFlow), so serving uses it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,20 @@ def environment(packages: Iterable[str] = DISTILL_PACKAGES) -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "cpu_native_bfloat16": cpu_has_native_bfloat16(),
+            "cpu_int8_kind": cpu_int8_kind(),
             **installed_versions(packages)}
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (Linux's /proc/cpuinfo `flags` line); empty when unknown."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[-1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -51,12 +64,20 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     Returns:
         False when the file is missing or has no flags line.
     """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[-1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        return False
-    return False
+    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+
+
+# The int8 matrix-multiply instructions, best first: onnxruntime's int8 kernels are chosen
+# by these (with neither VNNI nor AMX, u8 x s8 products take two instructions, not one).
+INT8_KINDS = (("amx_int8", "amx-int8"), ("avx512_vnni", "avx512-vnni"),
+              ("avx_vnni", "avx-vnni"), ("avx512bw", "avx512"), ("avx2", "avx2"))
+
+
+def cpu_int8_kind(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The best int8 instruction family the CPU has (`INT8_KINDS`), else "other".
+
+    Two machines of one kind run an int8 graph at the same speed ratio to fp32, to within
+    their load, so a ratio measured on one holds for the other.
+    """
+    flags = cpu_flags(cpuinfo)
+    return next((kind for flag, kind in INT8_KINDS if flag in flags), "other")
