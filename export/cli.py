@@ -1,7 +1,8 @@
 """`tf-minilm export`: a student to ONNX (fp32 + int8), fused for onnxruntime, checked.
 
 Owns: the command's flags and its summary; the work is `export.pipeline`'s. Imports:
-`export.convert`, `export.errors`, `export.pipeline` (inside `run`).
+`export.convert`, `export.errors`, `export.pipeline` (inside `run`),
+`tf_minilm.argtypes`.
 
 Imports nothing heavy at module level: TensorFlow, tf2onnx and onnxruntime are
 imported inside `run`.
@@ -97,6 +98,9 @@ def _print_summary(output: str, report: dict) -> None:
                     f"labels agree on {int8['label_agreement']:.0%}")
         speed = f", {choice['speedup']:.2f}x fp32 at batch 1" if "speedup" in choice else ""
         print(f"  int8 ({choice['variant']}): {held} (threshold {int8['threshold']}){speed}")
+    if report.get("serve_default"):
+        print(f"  `tf-minilm serve` serves {report['serve_default']} on CPUs of this kind "
+              f"({(report.get('int8') or {}).get('cpu_int8_kind', 'no int8 graph')})")
 
 
 def run(args: argparse.Namespace) -> int:

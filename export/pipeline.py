@@ -2,7 +2,9 @@
 
 Owns: the order of the export steps and the export folder's contents (report included).
 Imports: the other `export` modules, `tf_minilm.hf`, `tf_minilm.model.encoder`,
-`tf_minilm.constants`, `tf_minilm.fileio`, `tf_minilm.versions`.
+`tf_minilm.model.classifier`, `tf_minilm.model.pooling`, `tf_minilm.card`,
+`tf_minilm.constants`, `tf_minilm.fileio`, `tf_minilm.versions`, `serving.runtime` (the
+fp32/int8 timing and the rule of when int8 pays).
 
 Everything is written into a staging folder beside the output folder and moved into
 place only when every check passed, so a failed export leaves no half-written model

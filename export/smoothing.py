@@ -1,7 +1,7 @@
 """SmoothQuant-style rescaling of a fused float32 encoder graph before dynamic int8.
 
 Owns: smoothing sites, per-channel activation maxima on calibration feeds and the exact
-rescaling. Imports: `export.errors`, onnx, onnxruntime. Used by `export.quantize` as one
+rescaling. Imports: `export.errors`, onnx, onnxruntime. Used by the int8 ladder as one
 of the remedies it tries when plain dynamic int8 misses the floor (the LayerNorm-fed
 sites only: on all-MiniLM-L6-v2 smoothing the GELU-fed products made int8 worse,
 `benchmarks/int8_sweep.py`); written here because onnxruntime's dynamic quantizer has

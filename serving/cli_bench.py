@@ -2,7 +2,7 @@
 bounded loopback load test of the HTTP server.
 
 Owns: the command's flags. Imports: `serving.bench`, `serving.loadtest`,
-`serving.runtime` (inside `run`).
+`serving.runtime` (inside `run`), `tf_minilm.argtypes`.
 
 Imports nothing heavy at module level; TensorFlow is loaded only when a Keras model
 is benchmarked.

@@ -1,6 +1,6 @@
 """`tf-minilm serve`: OpenAI-compatible embedding server over an exported ONNX folder.
 
-Owns: the command's flags. Imports: `serving.server`, `serving.runtime` (inside `run`).
+Owns: the command's flags. Imports: `serving.server`, `serving.runtime` (inside `run`), `tf_minilm.argtypes`.
 
 Imports nothing heavy at module level (no TensorFlow ever; onnxruntime and aiohttp
 only inside `run`).

@@ -1,7 +1,7 @@
 """A bounded soak of a loopback server by good, slow and malformed clients at once.
 
-Owns: the hostile-client soak and its report. Imports: nothing from the project
-(standard library and aiohttp).
+Owns: the hostile-client soak and its report. Imports: aiohttp, NumPy and, to run a
+server from the command line, `serving.loadtest`.
 
 For `seconds`, three kinds of client run side by side against one server process:
 

@@ -1,7 +1,8 @@
 """`tf-minilm` command line: argument parsing and dispatch only.
 
 Owns: the command table and the process-level set-up (logging, allocator). Imports: the
-command modules, by name, when a command runs.
+command modules by name, when a command runs: `tf_minilm.commands`, `export.cli`,
+`serving.cli_serve`, `serving.cli_bench`.
 
 Each subcommand lives in its own module exposing `HELP`, `add_arguments(parser)` and
 `run(args) -> int`. Those modules import nothing heavy at import time, so

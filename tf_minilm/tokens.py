@@ -3,7 +3,8 @@
 Owns: the one tokenize -> truncate -> pad path used by evaluation, fidelity, the export's
 parity check and serving, and the pad id of a tokenizer. (Training rows are packed by
 `tf_minilm.data.packing` instead: fixed-length rows, no per-batch padding.)
-Imports: NumPy and `tokenizers` only (no TensorFlow), so the serving package uses it.
+Imports: NumPy, `tokenizers` and `constants` (no TensorFlow), so the serving package uses
+it.
 
 Example:
 >>> tokenizer = truncating_copy(load_tokenizer("teacher"), max_seq_len=128)  # doctest: +SKIP

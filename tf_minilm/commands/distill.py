@@ -2,7 +2,8 @@
 
 Owns: the distill command's argument parsing (one flag per `DistillConfig` field) and
 its printed summary. Imports: `distill.config`, `distill.job`, `model.config`,
-`data.corpus`.
+`data.corpus`, and for the exit code of a failed run `distill.callbacks`,
+`distill.runtime`, `distill.state`, `distill.trainer`, `hf.errors`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`tf-minilm evaluate`: fine-tune or probe encoders on MR / BBC News and report accuracy.
 
 Owns: the evaluate command's flags and dispatch to the fine-tune/probe or fidelity task.
-Imports: `evaluate`, `hf.errors`, `model.pooling`, `assets`.
+Imports: `evaluate`, `hf.errors`, `model.pooling`, `assets`, `argtypes`.
 
 Imports nothing heavy at module level: TensorFlow, NumPy and the task readers load
 inside `run`.

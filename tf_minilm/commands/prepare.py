@@ -2,7 +2,8 @@
 
 Owns: the prepare command's flags and its summary; the work is
 `tf_minilm.data.shards.prepare_directory`'s. Imports: `data.shards`, `data.corpus`,
-`hf.tokenizer`, `assets` (inside `run`; never TensorFlow).
+`hf.tokenizer`, `hf.errors`, `assets` (inside `run`; never TensorFlow), `argtypes`,
+`constants`.
 """
 
 from __future__ import annotations

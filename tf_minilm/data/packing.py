@@ -5,7 +5,7 @@ packings (`packed`: documents concatenated and cut into full rows; `per-document
 document starts a row, its last chunk padded), the `Sequences` rows and the
 deterministic train/eval split (`heldout_rows`). `pack_documents` packs in memory (the
 reference the prepared directories of `data.shards` are tested against). Imports: NumPy, `tokenizers`, `data.corpus`,
-`constants`; no TensorFlow.
+`data.schedule`, `constants`; no TensorFlow.
 """
 
 from __future__ import annotations

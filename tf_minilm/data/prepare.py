@@ -2,7 +2,7 @@
 
 Owns: the order of the data steps before training and `PreparedCorpus`, what they
 return. Imports: `data.corpus`, `data.cache` (the fingerprint), `data.packing`,
-`data.shards`.
+`data.shards`, `constants`.
 
 There is one data path: a corpus given to `tf-minilm distill --corpus` is prepared
 (`data.shards.prepare_directory`: tokenized, packed, written as memory-mapped shards)

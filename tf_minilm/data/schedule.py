@@ -2,7 +2,7 @@
 
 Owns: `BatchSchedule` (epoch permutations drawn from the seed, so a run resumed at step
 s sees exactly the batches a run from 0 would) and how a global batch splits over
-workers. Imports: NumPy only.
+workers. Imports: NumPy and `data.corpus` (its `CorpusError`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Owns: the prepared-directory format, `prepare_directory` (documents -> tokenized
 processes -> packed -> shards, resuming at the last complete shard), `open_prepared`
 (every check before training) and `ShardedRows` (random access by row through memory
 maps). Imports: NumPy, `tokenizers`, `data.corpus`, `data.packing`, `data.cache` (the
-corpus fingerprint), `data.schedule` (the seed rule), `fileio`; no TensorFlow.
+corpus fingerprint), `data.schedule` (the seed rule), `fileio`, `constants`; no
+TensorFlow.
 
 A prepared directory holds, for shard k:
 

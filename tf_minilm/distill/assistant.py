@@ -2,7 +2,7 @@
 
 Owns: sizing the assistant (the teacher's depth, the student's width) and chaining two
 `run_distillation` runs in sub-folders. Imports: `distill.trainer`, `distill.options`,
-`distill.objectives`, `model`.
+`distill.objectives`, `distill.runtime`, `model`.
 """
 
 from __future__ import annotations

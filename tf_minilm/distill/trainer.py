@@ -3,7 +3,7 @@
 Owns: `run_distillation` (read it top to bottom: 1 strategy/precision/resume plan,
 2 build in scope, 3 restore, 4 fit each stage, 5 last checkpoint and evaluation), the
 run fingerprint that a resume must match, and `DistillationResult`. Imports: the other
-`distill` modules, `model.encoder`, `fileio`; nothing above it (the `distill` command's
+`distill` modules, `model.encoder`, `schedules`, `fileio`; nothing above it (the `distill` command's
 job, the CLI) is imported here.
 
 `run_distillation` is the one call the `distill` job makes:

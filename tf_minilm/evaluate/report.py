@@ -2,7 +2,7 @@
 
 Owns: parameter counts, the exported ONNX folder's facts and `tf-minilm bench` latency
 rows (read, never measured here), display names, the fixed-width table, package
-versions and atomic report writing. Imports: NumPy, `constants`, `fileio`, `versions`.
+versions and atomic report writing. Imports: NumPy, `evaluate.settings`, `constants`, `fileio`, `versions`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Owns: `Encoder`, `copy_encoder` and `copy_weights` (the one weight copy), and
 `non_finite_weights` (the corrupt-weights check of models loaded from `.keras`). Imports:
-`model.config`, `model.layers`, `constants`.
+`model.config`, `model.layers`.
 """
 
 from __future__ import annotations
