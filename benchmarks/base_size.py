@@ -32,7 +32,7 @@ ratios hold on a shared machine).
 
 Budget: 120 steps of 32 x 64 tokens per distilled row (245,760 tokens, a sixth of the
 default corpus), about 2.2 s a step on 2 CPU cores with the 12 x 768 teacher in the loop
-(3.5 s with a 768-wide student): the eleven distillations of the README's table took
+(3.5 s with a 768-wide student): the eleven distillations of docs/base-size.md's table took
 about an hour and three quarters there beside other jobs, exports and timing 4 minutes,
 fine-tuning 1.5 minutes per 384-wide row (--finetune-rows limits it).
 Every finished row is saved under OUTPUT/rows/ (fine-tuning as NAME.finetune.json, the

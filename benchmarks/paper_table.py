@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto",
                         choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
-                        help="distillation precision (default: tf-minilm distill's; the README "
+                        help="distillation precision (default: tf-minilm distill's; the docs/ "
                              "table was measured in float32 before auto chose bfloat16 on "
                              "CPUs that have it)")
     return parser.parse_args(argv)

@@ -140,10 +140,14 @@ def test_a_card_names_no_local_path_and_its_front_matter_parses_on_the_hub(tmp_p
 
     export = tmp_path / "onnx"
     export.mkdir()
-    (export / "export_report.json").write_text(json.dumps({"opset": 17, "source": str(run)}))
+    (export / "export_report.json").write_text(json.dumps({
+        "opset": 17, "source": str(run), "quantize": "int8",
+        "pooling_source": str(run / "student" / "modules.json")}))
     write_card(str(run / "student"), text)
     exported = export_card(str(export), str(run / "student" / "README.md"))
-    assert not ABSOLUTE_PATH.findall(exported)
+    assert not ABSOLUTE_PATH.findall(exported), ABSOLUTE_PATH.findall(exported)
+    assert "(from `modules.json`)" in exported
+    assert "`model.onnx` (fp32) and `model.int8.onnx` (int8), opset 17" in exported
     assert ModelCard(exported).data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
 
 

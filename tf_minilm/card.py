@@ -241,8 +241,9 @@ def export_card(export_dir: str, source_card: str | None) -> str:
         body = f"\n# {os.path.basename(os.path.normpath(str(report.get('source', export_dir))))} (ONNX)\n"
     fused = report.get("fused_operator_groups") or {}
     parity = report.get("parity") or {}
-    files = (f"`model.onnx` (fp32{' and `model.int8.onnx` (int8)' if report.get('quantize') == 'int8' else ''}), "
-             f"opset {report.get('opset')}, inputs up to {report.get('max_seq_len')} tokens")
+    files = ("`model.onnx` (fp32)"
+             + (" and `model.int8.onnx` (int8)" if report.get("quantize") == "int8" else "")
+             + f", opset {report.get('opset')}, inputs up to {report.get('max_seq_len')} tokens")
     if classifier:
         tuning = report.get("fine_tuning") or {}
         lines = ["", "## ONNX export: text classifier", "",
@@ -259,7 +260,8 @@ def export_card(export_dir: str, source_card: str | None) -> str:
         normalised = "L2-normalised" if report.get("normalize", True) else "not normalised"
         lines = ["", "## ONNX export", "",
                  f"{files}, {report.get('pooling')} pooling (from "
-                 f"{report.get('pooling_source')}), sentence embeddings {normalised}; serve "
+                 f"{_short_source(report.get('pooling_source'))}), sentence embeddings "
+                 f"{normalised}; serve "
                  "with `tf-minilm serve`.", ""]
     if fused:
         lines.append("Fused operators: " + ", ".join(f"{k} {v}" for k, v in fused.items()) + ".")
@@ -279,6 +281,13 @@ def export_card(export_dir: str, source_card: str | None) -> str:
         lines.append("Parity with Keras float32 on the validation sentences: "
                      + ", ".join(figures) + ".")
     return _front_matter(front) + body.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+
+
+def _short_source(source: Any) -> str:
+    """Where the export's pooling came from, without the machine's folders: the file's
+    name for a path (the exported folder's `modules.json`), else the text as it is."""
+    text = str(source)
+    return f"`{os.path.basename(text)}`" if os.path.isabs(text) else text
 
 
 def _flat_numbers(values: Any, prefix: str = "") -> list[tuple[str, float]]:

@@ -55,7 +55,7 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when the CPU multiplies bfloat16 natively (x86 AVX512-BF16 or AMX-BF16 flags).
 
     oneDNN then runs TensorFlow's bfloat16 matmuls at about twice the float32 rate
-    (README "Step speed and relation memory"); without them bfloat16 is emulated and
+    (docs/benchmarks.md, "Step speed and relation memory"); without them bfloat16 is emulated and
     slower than float32.
 
     Args:

@@ -3,7 +3,7 @@
 Owns: the distill command's settings, their defaults (the measured default objective
 and learning rates), reading them from a YAML/JSON file, and the checks that need no
 teacher; each check calls the rule's owner (`objectives`, `options`) and re-raises
-naming the flag. Imports: `constants`, `model.config`, `data.schedule` (the seed rule, its error),
+naming the flag. Imports: `constants`, `model.config`, `data.schedule` (the seed rule), `data.corpus` (its error),
 `distill.objectives`, `distill.options` (all TF-free), so a bad flag fails before TensorFlow loads.
 """
 
@@ -30,13 +30,13 @@ from tf_minilm.distill.options import OptionError, check_warmup_steps, resolve_c
 from tf_minilm.model.config import ConfigError
 
 # ----------------------------------------------------------------------------- distill
-# Chosen by measurement (README, "Choosing the default student"): on texts outside the
+# Chosen by measurement (docs/paper-tables.md): on texts outside the
 # corpus this objective from spread teacher layers tracks the teacher more closely than
 # layer-dropping and than sentence-transformers' embedding-MSE recipe at the same budget.
 DEFAULT_LOSS = "10*embedding_mse + hidden_mse"
 
 
-ALIGNED_LEARNING_RATE = 6e-4  # best of 1e-4 / 3e-4 / 6e-4 for the alignment rows (README)
+ALIGNED_LEARNING_RATE = 6e-4  # best of 1e-4 / 3e-4 / 6e-4 for the alignment rows (docs/paper-tables.md)
 
 
 RELATION_LEARNING_RATE = 3e-4  # the papers' rate for 384-wide students

@@ -128,8 +128,8 @@ def resolve_precision(name: str = "auto", strategy: tf.distribute.Strategy | Non
         name: "float32", "mixed_float16", "mixed_bfloat16" or "auto": mixed_float16 on a
             CUDA GPU, mixed_bfloat16 under a TPU strategy and on CPUs that multiply
             bfloat16 natively (`cpu_has_native_bfloat16`: the embedded default run took
-            4:54 instead of 7:11 in float32 + XLA, same fidelity; README "Step speed and
-            relation memory"), float32 on other CPUs.
+            4:54 instead of 7:11 in float32 + XLA, same fidelity; docs/benchmarks.md, "Step speed
+            and relation memory"), float32 on other CPUs.
         strategy: the strategy in use (to recognise TPUs).
 
     Returns:
@@ -172,7 +172,7 @@ def resolve_jit_compile(jit_compile: bool | None, strategy: tf.distribute.Strate
     on with one replica, Keras' "auto" with several.
 
     XLA's CPU backend does not use the CPU's bfloat16 matmul kernels that oneDNN does
-    (README "Step speed and relation memory": at 32 x 128 the bfloat16 step is 1.7x
+    (docs/benchmarks.md, "Step speed and relation memory": at 32 x 128 the bfloat16 step is 1.7x
     faster without XLA); in
     float32 XLA stays on as before (within noise of oneDNN at the default 32 x 64).
     XLA with MirroredStrategy over logical CPU devices fails.
