@@ -3,7 +3,8 @@
 Owns: the distill job read top to bottom (resolve against the teacher, check the output
 folder, prepare the corpus, train, save the student, measure fidelity) and the output
 folder's layout. Imports: `distill` (config, options, objectives, trainer, assistant),
-`data`, `hf`, `model`, `evaluate.fidelity`, `constants`, `fileio`, `versions`, `assets`.
+`data`, `hf`, `model`, `evaluate.fidelity`, `card`, `constants`, `fileio`, `versions`,
+`assets`.
 
 Everything that can be checked without loading weights is checked first (sizes,
 layers, relation heads, corpus paths, the output folder), so a bad flag fails in a
