@@ -1,6 +1,6 @@
 """`tf-minilm export`: a student to ONNX (fp32 + int8), fused for onnxruntime, checked.
 
-Owns: the command's flags and its summary; the work is `export.pipeline`'s. Imports:
+Owns: the command's flags and its summary; the work is `export.pipeline`'s. Imports: `tf_minilm.rules`,
 `export.convert`, `export.errors`, `export.pipeline` (inside `run`),
 `tf_minilm.argtypes`.
 
@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from tf_minilm import rules
 from tf_minilm.argtypes import finite_float
 
 HELP = ("export a student (HF folder or .keras file) or a fine-tuned classifier (the .keras "
@@ -127,9 +128,12 @@ def run(args: argparse.Namespace) -> int:
         if not all(labels):
             print(f"error: --labels: empty label name in {args.labels!r}", file=sys.stderr)
             return 2
-    if args.max_seq_len is not None and args.max_seq_len < 2:
-        print(f"error: --max-seq-len must be >= 2, got {args.max_seq_len}", file=sys.stderr)
-        return 2
+    if args.max_seq_len is not None:
+        try:
+            rules.seq_len(args.max_seq_len, "--max-seq-len")
+        except rules.RuleError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     from export.pipeline import export_model
 
     output = args.output or default_output(args.student)

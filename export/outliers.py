@@ -2,7 +2,7 @@
 
 Owns: finding the input channels of a product whose activations reach far beyond the
 rest, and rewriting `y = x W` as `y = (x * m) W + x[:, :, J] W[J, :]` with `m` zero on
-the outlier channels `J`. Imports: `export.errors`, `export.smoothing` (its
+the outlier channels `J`. Imports: `tf_minilm.rules`, `export.errors`, `export.smoothing` (its
 activation maxima), onnx.
 
 onnxruntime's dynamic quantizer gives an activation tensor one scale; a few channels of
@@ -25,6 +25,7 @@ import numpy as np
 
 from export.errors import ExportError
 from export.smoothing import GELU_OPS, activation_channel_max
+from tf_minilm import rules
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ def split_outlier_channels(model: Any, feeds: Sequence[dict[str, np.ndarray]],
     import onnx
     from onnx import helper, numpy_helper
 
-    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ExportError(f"outlier channels must be a positive integer, got {channels!r}")
+    rules.positive_int(channels, "outlier channels", error=ExportError)
     sites = split_sites(model, kinds)
     if not sites:
         return []

@@ -1,7 +1,7 @@
 """The whole export: load, convert, fuse, quantize, validate, then move into place.
 
 Owns: the order of the export steps and the export folder's contents (report included).
-Imports: the other `export` modules, `tf_minilm.hf`, `tf_minilm.model.encoder`,
+Imports: `tf_minilm.rules`, the other `export` modules, `tf_minilm.hf`, `tf_minilm.model.encoder`,
 `tf_minilm.model.classifier`, `tf_minilm.model.pooling`, `tf_minilm.card`,
 `tf_minilm.constants`, `tf_minilm.fileio`, `tf_minilm.versions`, `serving.runtime` (the
 fp32/int8 timing and the rule of when int8 pays).
@@ -50,6 +50,7 @@ from export.validate import (
     INT8_MIN_COSINE,
     calibration_feeds,
 )
+from tf_minilm import rules
 from tf_minilm.card import CARD_FILE, export_card, write_card
 from tf_minilm.constants import (
     CLASSIFIER_OUTPUTS,
@@ -393,11 +394,10 @@ def _resolve_max_seq_len(student: Student, max_seq_len: int | None) -> int:
     by the model's position table."""
     if max_seq_len is None:
         max_seq_len = student.fine_tuning.get("max_seq_len", DEFAULT_MAX_SEQ_LEN)
-        if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
-            raise ExportError(f"{classifier_sidecar(student.source)}: field 'max_seq_len' must be "
-                              f"an integer >= 2, got {max_seq_len!r}")
-    elif isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 2:
-        raise ExportError(f"max_seq_len must be an integer >= 2, got {max_seq_len!r}")
+        rules.seq_len(max_seq_len, f"{classifier_sidecar(student.source)}: field 'max_seq_len'",
+                      error=ExportError)
+    else:
+        rules.seq_len(max_seq_len, "max_seq_len", error=ExportError)
     limit = student.encoder.config.max_sequence_length
     if max_seq_len > limit:
         logger.warning("max_seq_len %d capped to %d, the model's position table", max_seq_len,

@@ -1,7 +1,7 @@
 """`tf-minilm bench`: latency/throughput of ONNX (fp32, int8) and Keras models, and a
 bounded loopback load test of the HTTP server.
 
-Owns: the command's flags. Imports: `serving.bench`, `serving.loadtest`,
+Owns: the command's flags. Imports: `tf_minilm.rules`, `serving.bench`, `serving.loadtest`,
 `serving.runtime` (inside `run`), `tf_minilm.argtypes`.
 
 Imports nothing heavy at module level; TensorFlow is loaded only when a Keras model
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tf_minilm import rules
 from tf_minilm.argtypes import finite_float
 
 HELP = ("benchmark exported ONNX models (fp32/int8) against the Keras student: latency "
@@ -27,8 +28,10 @@ def _int_list(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    for value in values:
+        rules.positive_int(value, "each value", error=argparse.ArgumentTypeError)
     return values
 
 

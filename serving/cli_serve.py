@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
               max_seq_len=args.max_seq_len, threads=args.threads or None, config=config,
               access_log=args.access_log)
     except ServerConfigError as err:
-        logger.error("%s %s", CONFIG_FLAGS.get(err.field, err.field), err.reason)
+        logger.error("%s", err.naming(CONFIG_FLAGS.get(err.field, err.field)))
         return 2
     except (ModelFolderError, ValueError) as err:
         logger.error("%s", err)

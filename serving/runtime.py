@@ -4,7 +4,7 @@ Owns: reading an export folder, the onnxruntime session setup (`make_session`, u
 everywhere), the fp32/int8 speed ratio and the rule of which file `--model-file auto`
 serves (`choose_served_file`), what every served model shares (`OnnxTextModel`), the
 embedding model and the NumPy twin of the pooling (tested equal to
-`tf_minilm.model.pooling`). Imports: `tf_minilm.constants`, `tf_minilm.tokens`,
+`tf_minilm.model.pooling`). Imports: `tf_minilm.rules`, `tf_minilm.constants`, `tf_minilm.tokens`,
 `tf_minilm.versions` (no TensorFlow).
 
 The exported folder (written by `tf-minilm export`) holds:
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from tf_minilm import rules
 from tf_minilm.constants import (
     CLASSIFIER_POOLINGS,
     EMBEDDING_OUTPUTS,
@@ -152,18 +153,15 @@ def load_export_report(folder: str | os.PathLike[str]) -> ExportReport:
         raise ModelFolderError(
             f"{str(path)!r}: field 'kind' must be one of {EXPORT_KINDS}, got {kind!r}")
     max_seq_len = raw.get("max_seq_len", DEFAULT_MAX_SEQ_LEN)
-    if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len < 2:
-        raise ModelFolderError(
-            f"{str(path)!r}: field 'max_seq_len' must be an integer >= 2, got {max_seq_len!r}")
+    rules.seq_len(max_seq_len, f"{str(path)!r}: field 'max_seq_len'", error=ModelFolderError)
     poolings = CLASSIFIER_POOLINGS if kind == "classifier" else POOLING_MODES
     pooling = raw.get("pooling", "mean")
     if pooling not in poolings:
         raise ModelFolderError(
             f"{str(path)!r}: field 'pooling' must be one of {poolings}, got {pooling!r}")
     hidden_size = raw.get("hidden_size")
-    if hidden_size is not None and (not isinstance(hidden_size, int) or hidden_size < 1):
-        raise ModelFolderError(
-            f"{str(path)!r}: field 'hidden_size' must be a positive integer, got {hidden_size!r}")
+    rules.positive_int(hidden_size, f"{str(path)!r}: field 'hidden_size'",
+                       error=ModelFolderError, optional=True)
     normalize = raw.get("normalize")
     if normalize is None:
         normalize = True
@@ -375,8 +373,7 @@ class OnnxTextModel:
                 f"{type(self).__name__} serves {self.kind} exports (see `serving.open_model`)")
         if max_seq_len is None:
             max_seq_len = self.report.max_seq_len
-        if not isinstance(max_seq_len, int) or max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be an integer >= 2, got {max_seq_len!r}")
+        rules.seq_len(max_seq_len, "max_seq_len", error=ValueError)
         if max_seq_len > self.report.max_seq_len and "max_seq_len" in self.report.raw:
             logger.warning("max_seq_len=%d exceeds the exported max_seq_len=%d of %s",
                            max_seq_len, self.report.max_seq_len, self.folder)
@@ -489,8 +486,7 @@ class OnnxTextModel:
         Raises:
             NonFiniteOutputError: a row holds NaN or inf (no result is returned).
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        rules.positive_int(batch_size, "batch_size", error=ValueError)
         encodings = self._encodings(texts)
         counts = [len(e.ids) for e in encodings]
         rows = np.zeros((len(encodings), width), dtype=np.float32)

@@ -2,7 +2,7 @@
 
 Owns: the HTTP API (routes, request checks, responses), the server's limits
 (`ServerConfig`) and its run until a signal. Imports: `serving.batching`,
-`serving.classify`, `serving.connections`, `serving.metrics`, `serving.runtime`,
+`serving.classify`, `serving.connections`, `serving.metrics`, `serving.runtime`, `tf_minilm.rules`,
 `tf_minilm.constants`.
 
 Endpoints:
@@ -47,7 +47,6 @@ import base64
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import threading
@@ -69,6 +68,7 @@ from serving.runtime import (
     choose_served_file,
     resolve_model_path,
 )
+from tf_minilm import rules
 from tf_minilm.constants import EXPORT_KINDS, ONNX_MODEL_FILE
 
 logger = logging.getLogger(__name__)
@@ -143,32 +143,31 @@ class ServerConfig:
     model_name: str | None = None
 
     def __post_init__(self) -> None:
+        def error(field: str) -> Callable[[str], Exception]:
+            return lambda message: ServerConfigError(field, message)
+
         for field in ("max_batch_size", "max_queue", "max_texts_per_request",
                       "max_chars_per_text", "max_body_bytes", "max_connections",
                       "max_connections_per_client"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ServerConfigError(field, f"must be a positive integer, got {value!r}")
-        if isinstance(self.max_wait_ms, bool) or not isinstance(self.max_wait_ms, int | float) \
-                or not 0 <= self.max_wait_ms < math.inf:
-            raise ServerConfigError("max_wait_ms", f"must be a finite number >= 0, got "
-                                                   f"{self.max_wait_ms!r}")
+            rules.positive_int(getattr(self, field), f"ServerConfig.{field}", error=error(field))
+        rules.finite_number(self.max_wait_ms, "ServerConfig.max_wait_ms", at_least=0,
+                            error=error("max_wait_ms"))
         for field in ("read_timeout_s", "header_timeout_s", "keepalive_timeout_s",
                       "shutdown_timeout_s"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int | float) \
-                    or not 0 < value < math.inf:
-                raise ServerConfigError(field, f"must be a finite number of seconds > 0, got "
-                                               f"{value!r}")
+            rules.finite_number(getattr(self, field), f"ServerConfig.{field}", above=0,
+                                error=error(field))
 
 
 class ServerConfigError(ValueError):
     """A `ServerConfig` field out of range; `field` names it, so a CLI can name its flag."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"ServerConfig.{field} {reason}")
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
         self.field = field
-        self.reason = reason
+
+    def naming(self, flag: str) -> str:
+        """The message with `flag` in place of the field's name."""
+        return str(self).replace(f"ServerConfig.{self.field}", flag, 1)
 
 
 class RequestError(Exception):

@@ -30,6 +30,7 @@ LAYERS = (
     ("tf_minilm.versions", 0),
     ("tf_minilm.argtypes", 0),
     ("tf_minilm.provenance", 0),
+    ("tf_minilm.rules", 0),
     ("tf_minilm.model.config", 1),
     ("tf_minilm.card", 1),
     ("tf_minilm.tokens", 1),

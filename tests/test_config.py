@@ -40,7 +40,7 @@ def test_architecture_guessed_from_architectures_field():
         ({"model_type": "gpt2"}, r"x\.json: field 'model_type' is 'gpt2'"),
         ({"hidden_act": "relu"}, r"x\.json: field 'hidden_act' is 'relu'"),
         ({"position_embedding_type": "relative_key"}, "field 'position_embedding_type'"),
-        ({"num_attention_heads": 5}, r"'hidden_size' \(8\) is not divisible by 'num_attention_heads' \(5\)"),
+        ({"num_attention_heads": 5}, r"x\.json: field 'num_attention_heads' \(5\) does not divide field 'hidden_size' \(8\)"),
         ({"vocab_size": 0}, "field 'vocab_size' must be a positive integer, got 0"),
         ({"hidden_dropout_prob": 1.5}, "field 'hidden_dropout_prob' must be in"),
     ],

@@ -153,7 +153,7 @@ def test_tokenizer_truncation_and_padding_are_ignored(bert_tok):
 
 
 def test_pack_errors(bert_tok):
-    with pytest.raises(CorpusError, match="max_seq_len=2 leaves no room"):
+    with pytest.raises(CorpusError, match="max_seq_len must be an integer of at least 3"):
         pack_documents(["w1"], bert_tok, max_seq_len=2)
     with pytest.raises(CorpusError, match="packing='windowed' is not one of"):
         pack_documents(["w1"], bert_tok, packing="windowed")

@@ -175,12 +175,17 @@ def test_resume_refuses_changed_settings(teacher_dir, corpus_dir, tmp_path, capl
         (["--stages", "minilmv2", "hidden_mse"], r"--stages: stage 1 \('minilmv2'\) needs its length"),
         (["--stages", "minilmv2:30", "hidden_mse"], r"--stages: stage 2 .* at or after the run's end"),
         (["--stages", "minilmv2:8", "hidden_mse", "--loss", "hidden_mse"], r"--loss or --stages, not both"),
+        (["--stages", "minilmv2:12", "minilm"],
+         r"--stages: the stages mix relation methods \(stage 1 minilmv2, stage 2 minilm\)"),
+        (["--stages", "minilm:12", "hidden_mse + 0.1*minilmv2"],
+         r"--stages: the stages mix relation methods \(stage 1 minilm, stage 2 minilmv2\)"),
         (["--init-layers", "1,2", "--init", "random"], r"--init-layers copies teacher layers"),
         (["--stages", "minilmv2:8", "hidden_mse", "--assistant-hidden", "16"],
          r"--stages cannot go with --assistant-hidden"),
         (["--init-layers", "1,2"], r"--init teacher-layers needs a student of the teacher.s layout and width"),
         (["--relations", "qx"], r"--relations: bad relation name 'qx'"),
-        (["--assistant-hidden", "18"], r"--assistant-hidden \(18\) is not divisible"),
+        (["--assistant-hidden", "18"],
+         r"--student-heads \(the assistant's too\) \(4\) does not divide --assistant-hidden \(18\)"),
         (["--batch-size", "4096"], r"--batch-size 4096 is larger than the \d+ training sequences"),
     ],
 )
@@ -189,6 +194,7 @@ def test_invalid_combinations_name_the_flag(teacher_dir, corpus_dir, tmp_path, c
     assert main(tiny_args(teacher_dir, corpus_dir, output, *flags)) == 2
     assert caplog.records and re.search(message, caplog.text), caplog.text
     assert not (output / "checkpoints").exists()
+    assert not (output / "config.json").exists()  # refused before any work
 
 
 @pytest.mark.parametrize(

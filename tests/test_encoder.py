@@ -147,7 +147,7 @@ def test_mixed_bfloat16_runs_and_stays_close():
 
 
 def test_attention_heads_must_divide_hidden():
-    with pytest.raises(ValueError, match=r"hidden_size \(10\) is not divisible by num_heads \(4\)"):
+    with pytest.raises(ValueError, match=r"num_heads \(4\) does not divide hidden_size \(10\)"):
         SelfAttention(hidden_size=10, num_heads=4)
 
 

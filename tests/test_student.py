@@ -74,8 +74,8 @@ def test_teacher_layer_init_errors(teacher):
                       init="teacher-layers", teacher_layers=(1, 5))
     with pytest.raises(ConfigError, match="--init is 'copy'"):
         build_student(teacher, num_layers=2, hidden_size=32, num_heads=4, init="copy")
-    with pytest.raises(ConfigError, match=r"'hidden_size' \(30\) is not divisible by "
-                                          r"'num_attention_heads' \(4\)"):
+    with pytest.raises(ConfigError, match=r"'num_attention_heads' \(4\) does not divide "
+                                          r"field 'hidden_size' \(30\)"):
         build_student(teacher, num_layers=2, hidden_size=30, num_heads=4)
 
 

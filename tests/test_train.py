@@ -154,7 +154,8 @@ def test_relation_chunk_default_is_per_device():
     ("overrides", "message"),
     [({"steps": 0}, "steps must be a positive integer"),
      ({"warmup_steps": 30}, r"warmup_steps must be an integer in \[0, steps=30\)"),
-     ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+     ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0"),
+     ({"weight_decay": 1.0}, r"weight_decay must be a finite number >= 0 and < 1"),
      ({"strategy": "gpu"}, "strategy is 'gpu'"),
      ({"precision": "half"}, "precision is 'half'"),
      ({"method": "v3"}, "method is 'v3'"),
@@ -541,7 +542,8 @@ def test_mirrored_checkpoint_resume_matches_an_uninterrupted_mirrored_run(tmp_pa
 
 
 def test_teacher_assistant_argument_errors(tmp_path):
-    with pytest.raises(ValueError, match="assistant's hidden size 20 is not divisible by its 3"):
+    with pytest.raises(ValueError, match=r"the assistant's heads .*\(3\) does not divide its "
+                                         r"hidden size \(20\)"):
         distill_with_assistant(tiny_teacher, make_dataset, tmp_path, 1, 24, 3,
                                options=options(), assistant_hidden=20)
     with pytest.raises(ValueError, match="num_relation_heads=4 does not divide the assistant"):

@@ -1,6 +1,6 @@
 """Learning-rate schedule of the MiniLM recipe: linear warm-up, then linear decay to 0.
 
-Owns: `WarmupLinearDecay` (distillation and fine-tuning). Imports: Keras only.
+Owns: `WarmupLinearDecay` (distillation and fine-tuning). Imports: Keras and `rules`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from typing import Any
 
 import keras
 from keras import ops
+
+from tf_minilm import rules
 
 
 @keras.saving.register_keras_serializable(package="tf_minilm")
@@ -54,8 +56,7 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(f"peak learning rate must be > 0, got {peak_learning_rate!r}")
         if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-        if isinstance(total_steps, bool) or int(total_steps) != total_steps or total_steps < 1:
-            raise ValueError(f"total steps must be a positive integer, got {total_steps!r}")
+        rules.positive_int(total_steps, "total steps", error=ValueError)
         if warmup_steps >= total_steps:
             raise ValueError(
                 f"warmup_steps ({warmup_steps}) must be smaller than the total number of steps "

@@ -1,7 +1,7 @@
 """`tf-minilm evaluate`: fine-tune or probe encoders on MR / BBC News and report accuracy.
 
 Owns: the evaluate command's flags and dispatch to the fine-tune/probe or fidelity task.
-Imports: `evaluate`, `hf.errors`, `model.pooling`, `assets`, `argtypes`.
+Imports: `tf_minilm.rules`, `evaluate`, `hf.errors`, `model.pooling`, `assets`, `argtypes`.
 
 Imports nothing heavy at module level: TensorFlow, NumPy and the task readers load
 inside `run`.
@@ -16,6 +16,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from tf_minilm import rules
 from tf_minilm.argtypes import finite_float, finite_floats
 
 HELP = ("fine-tune (or --probe) one or more HF encoder folders on a downstream "
@@ -36,10 +37,9 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+        raise argparse.ArgumentTypeError(
+            rules.POSITIVE_INT.format(name="the value", value=text)) from None
+    return rules.positive_int(value, "the value", error=argparse.ArgumentTypeError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

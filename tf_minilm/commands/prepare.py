@@ -1,7 +1,7 @@
 """`tf-minilm prepare`: tokenize a corpus once into memory-mapped shards for `distill --data`.
 
 Owns: the prepare command's flags and its summary; the work is
-`tf_minilm.data.shards.prepare_directory`'s. Imports: `data.shards`, `data.corpus`,
+`tf_minilm.data.shards.prepare_directory`'s. Imports: `tf_minilm.rules`, `data.shards`, `data.corpus`,
 `hf.tokenizer`, `hf.errors`, `assets` (inside `run`; never TensorFlow), `argtypes`,
 `constants`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from tf_minilm import rules
 from tf_minilm.argtypes import finite_float
 from tf_minilm.constants import DOC_SEPARATORS, PACKING_MODES
 
@@ -70,11 +71,13 @@ def run(args: argparse.Namespace) -> int:
     from tf_minilm.hf.errors import CheckpointError
     from tf_minilm.hf.tokenizer import load_tokenizer
 
-    for flag, value in (("--workers", args.workers), ("--max-seq-len", args.max_seq_len),
-                        ("--shard-tokens", args.shard_tokens)):
-        if value < 1:
-            logger.error("%s must be a positive integer, got %d", flag, value)
-            return 2
+    try:
+        rules.positive_int(args.workers, "--workers")
+        rules.seq_len(args.max_seq_len, "--max-seq-len")
+        rules.positive_int(args.shard_tokens, "--shard-tokens")
+    except rules.RuleError as err:
+        logger.error("%s", err)
+        return 2
     try:
         if args.teacher is None:
             from tf_minilm.assets import default_teacher_dir

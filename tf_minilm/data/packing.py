@@ -4,7 +4,7 @@ Owns: the special tokens that frame a row ([CLS]/[SEP]/[PAD] or <s>/</s>/<pad>),
 packings (`packed`: documents concatenated and cut into full rows; `per-document`: each
 document starts a row, its last chunk padded), the `Sequences` rows and the
 deterministic train/eval split (`heldout_rows`). `pack_documents` packs in memory (the
-reference the prepared directories of `data.shards` are tested against). Imports: NumPy, `tokenizers`, `data.corpus`,
+reference the prepared directories of `data.shards` are tested against). Imports: `tf_minilm.rules`, NumPy, `tokenizers`, `data.corpus`,
 `data.schedule`, `constants`; no TensorFlow.
 """
 
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from tf_minilm import rules
 from tf_minilm.constants import PACKING_MODES
 from tf_minilm.data.corpus import (
     CorpusError,
@@ -265,8 +266,7 @@ def pack_documents(
     """
     if packing not in PACKING_MODES:
         raise CorpusError(f"packing={packing!r} is not one of {', '.join(PACKING_MODES)}")
-    if max_seq_len < 3:
-        raise CorpusError(f"max_seq_len={max_seq_len} leaves no room for text (minimum 3)")
+    rules.seq_len(max_seq_len, "max_seq_len", error=CorpusError)
     special = special_tokens(tokenizer)
     plain = plain_tokenizer(tokenizer)
     encode = getattr(plain, "encode_batch_fast", plain.encode_batch)

@@ -3,7 +3,7 @@
 Owns: the prepared-directory format, `prepare_directory` (documents -> tokenized in N
 processes -> packed -> shards, resuming at the last complete shard), `open_prepared`
 (every check before training) and `ShardedRows` (random access by row through memory
-maps). Imports: NumPy, `tokenizers`, `data.corpus`, `data.packing`, `data.cache` (the
+maps). Imports: `tf_minilm.rules`, NumPy, `tokenizers`, `data.corpus`, `data.packing`, `data.cache` (the
 corpus fingerprint), `data.schedule` (the seed rule), `fileio`, `constants`; no
 TensorFlow.
 
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tf_minilm import rules
 from tf_minilm.constants import PACKING_MODES
 from tf_minilm.data.cache import corpus_fingerprint, sha256_hex
 from tf_minilm.data.corpus import (
@@ -327,10 +328,8 @@ def prepare_directory(
 
     if packing not in PACKING_MODES:
         raise CorpusError(f"packing={packing!r} is not one of {', '.join(PACKING_MODES)}")
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 3:
-        raise CorpusError(f"max_seq_len={max_seq_len!r} leaves no room for text (minimum 3)")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise CorpusError(f"workers={workers!r} must be a positive integer")
+    rules.seq_len(max_seq_len, "max_seq_len", error=CorpusError)
+    rules.positive_int(workers, "workers", error=CorpusError)
     if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < max_seq_len:
         raise CorpusError(f"shard_tokens={shard_tokens!r} must be an integer >= max_seq_len "
                           f"({max_seq_len})")

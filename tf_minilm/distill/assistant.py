@@ -1,7 +1,7 @@
 """MiniLM's teacher assistant: teacher -> assistant -> student, two runs in one call.
 
 Owns: sizing the assistant (the teacher's depth, the student's width) and chaining two
-`run_distillation` runs in sub-folders. Imports: `distill.trainer`, `distill.options`,
+`run_distillation` runs in sub-folders. Imports: `distill.trainer`, `distill.options`, `rules`,
 `distill.objectives`, `distill.runtime`, `model`.
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from tf_minilm import rules
 from tf_minilm.distill import objectives as objectives_lib
 from tf_minilm.distill.options import TrainOptions
 from tf_minilm.distill.runtime import resolve_strategy
@@ -87,16 +88,11 @@ def distill_with_assistant(
         assistant_steps = max(1, options.steps // 2)
     hidden = assistant_hidden or student_hidden
     heads = assistant_heads or student_heads
-    if hidden % heads:
-        raise ValueError(
-            f"the assistant's hidden size {hidden} is not divisible by its {heads} heads "
-            "(default: the student's head count); set assistant_heads"
-        )
+    rules.divides(heads, hidden, "the assistant's heads (default: the student's; set "
+                  "assistant_heads)", "its hidden size", error=ValueError)
     if options.method == "minilmv2":
         objectives_lib.check_relation_heads(options.num_relation_heads, {"assistant": hidden})
-    if isinstance(assistant_steps, bool) or not isinstance(assistant_steps, int) \
-            or assistant_steps < 1:
-        raise ValueError(f"assistant_steps must be a positive integer, got {assistant_steps!r}")
+    rules.positive_int(assistant_steps, "assistant_steps", error=ValueError)
     stage_one, stage_two = stage_options(options, assistant_steps)
     if strategy is None:
         strategy = resolve_strategy(options.strategy)

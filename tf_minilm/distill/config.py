@@ -3,7 +3,8 @@
 Owns: the distill command's settings, their defaults (the measured default objective
 and learning rates), reading them from a YAML/JSON file, and the checks that need no
 teacher; each check calls the rule's owner (`objectives`, `options`) and re-raises
-naming the flag. Imports: `constants`, `model.config`, `data.schedule` (the seed rule), `data.corpus` (its error),
+naming the flag. Imports: `rules`, `constants`, `model.config`, `data.schedule` (the seed
+rule), `data.corpus` (its error),
 `distill.objectives`, `distill.options` (all TF-free), so a bad flag fails before TensorFlow loads.
 """
 
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
 
+from tf_minilm import rules
 from tf_minilm.constants import (
     DOC_SEPARATORS,
     INIT_CHOICES,
@@ -43,6 +44,11 @@ RELATION_LEARNING_RATE = 3e-4  # the papers' rate for 384-wide students
 
 
 DEFAULT_MAX_SEQ_LEN = 64  # tokens per row when neither --max-seq-len nor --data says
+
+
+def _flag(name: str) -> str:
+    """The flag of a field: `student_layers` -> `--student-layers`."""
+    return "--" + name.replace("_", "-")
 
 
 def _field(default: Any, help: str, choices: tuple[str, ...] | None = None,
@@ -256,23 +262,20 @@ class DistillConfig:
                                   f"{', '.join(choices)}")
         positive = ("student_layers", "student_hidden", "student_heads", "student_intermediate",
                     "relation_heads", "relation_chunk_mb", "assistant_hidden", "assistant_steps",
-                    "max_seq_len", "batch_size", "steps", "checkpoint_every", "keep_checkpoints",
+                    "batch_size", "steps", "checkpoint_every", "keep_checkpoints",
                     "log_every", "prepare_workers")
         for name in positive:
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        if self.max_seq_len is not None and self.max_seq_len < 3:
-            raise ConfigError(f"--max-seq-len must be at least 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
+            rules.positive_int(getattr(self, name), _flag(name), error=ConfigError, optional=True)
+        if self.max_seq_len is not None:
+            rules.seq_len(self.max_seq_len, "--max-seq-len", error=ConfigError)
         if self.data is not None and self.corpus:
             raise ConfigError("--data and --corpus are exclusive: a prepared directory already "
                               "holds its corpus")
         if self.teacher_layer is not None and self.teacher_layer < 1:
             raise ConfigError(f"--teacher-layer is 1-based; got {self.teacher_layer}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.weight_decay < 1:
-            raise ConfigError(f"--weight-decay must be in [0, 1), got {self.weight_decay}")
+        if self.learning_rate is not None:
+            rules.finite_number(self.learning_rate, "--learning-rate", above=0, error=ConfigError)
+        rules.weight_decay(self.weight_decay, "--weight-decay", error=ConfigError)
         try:
             check_seed(self.seed, "--seed")
         except CorpusError as err:
@@ -282,16 +285,12 @@ class DistillConfig:
             resolve_clipnorm(self.clipnorm, "--clipnorm")
         except OptionError as err:
             raise ConfigError(str(err)) from err
-        if not 0 < self.eval_fraction < 0.5:
-            raise ConfigError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
+        rules.finite_number(self.eval_fraction, "--eval-fraction", above=0, below=0.5,
+                            error=ConfigError)
         try:
             objectives.check_relations(self.relations)
         except objectives.ObjectiveError as err:
             raise ConfigError(f"--relations: {err}") from err
-        for name in ("learning_rate", "weight_decay", "clipnorm", "eval_fraction"):
-            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got "
-                                  f"{getattr(self, name)}")
         self.resolved_stages()  # raises ConfigError naming --loss / --stages / --method
         if self.stages is not None and self.assistant_hidden is not None:
             raise ConfigError("--stages cannot go with --assistant-hidden (the teacher-assistant "

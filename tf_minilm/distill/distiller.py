@@ -169,10 +169,7 @@ class Distiller(keras.Model):
         self.stage_objectives = tuple(
             objectives_lib.parse_objective(spec) for spec in stage_objectives
         )
-        relation_names = {objectives_lib.relation_term(o) for o in self.stage_objectives} - {None}
-        if len(relation_names) > 1:
-            raise ValueError("the stages mix minilm and minilmv2; use one relation method")
-        self.method = relation_names.pop() if relation_names else method
+        self.method = objectives_lib.relation_method(self.stage_objectives) or method
         if isinstance(pooling, dict):
             pooling = PoolingSpec(**pooling)
         self.pooling = pooling or PoolingSpec()

@@ -3,7 +3,7 @@
 Owns: the distill job read top to bottom (resolve against the teacher, check the output
 folder, prepare the corpus, train, save the student, measure fidelity) and the output
 folder's layout. Imports: `distill` (config, options, objectives, trainer, assistant),
-`data`, `hf`, `model`, `evaluate.fidelity`, `card`, `constants`, `fileio`, `versions`,
+`data`, `hf`, `model`, `evaluate.fidelity`, `card`, `rules`, `constants`, `fileio`, `versions`,
 `assets`.
 
 Everything that can be checked without loading weights is checked first (sizes,
@@ -28,6 +28,7 @@ import logging
 import os
 from typing import Any
 
+from tf_minilm import rules
 from tf_minilm.constants import RUN_FILES
 from tf_minilm.distill.config import DEFAULT_MAX_SEQ_LEN, DistillConfig
 from tf_minilm.fileio import (
@@ -128,8 +129,7 @@ def _student_sizes(config: DistillConfig, teacher: EncoderConfig) -> EncoderConf
         layers, hidden = given.num_hidden_layers, given.hidden_size
         heads, intermediate = given.num_attention_heads, given.intermediate_size
     heads = heads or teacher.num_attention_heads
-    if hidden % heads:
-        raise ConfigError(f"--student-heads ({heads}) does not divide --student-hidden ({hidden})")
+    rules.divides(heads, hidden, "--student-heads", "--student-hidden", error=ConfigError)
     try:
         return student_config(teacher, layers, hidden, heads, intermediate,
                               config.student_layout)
@@ -183,10 +183,10 @@ def resolve(config: DistillConfig) -> ResolvedJob:
                           f"{teacher.max_sequence_length} positions")
     sizes = {"teacher": teacher.hidden_size, "student": student.hidden_size}
     if config.assistant_hidden:
-        if config.assistant_hidden % student.num_attention_heads:
-            raise ConfigError(f"--assistant-hidden ({config.assistant_hidden}) is not divisible by "
-                              f"the student's {student.num_attention_heads} heads (the assistant "
-                              "uses the student's head count)")
+        # The assistant has the student's head count.
+        rules.divides(student.num_attention_heads, config.assistant_hidden,
+                      "--student-heads (the assistant's too)", "--assistant-hidden",
+                      error=ConfigError)
         sizes["assistant"] = config.assistant_hidden
     from tf_minilm.distill import objectives
 

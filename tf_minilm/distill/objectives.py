@@ -4,7 +4,7 @@ Owns: the names of the loss terms, the grammar of a loss spec and of a stage lis
 the rules the relation terms put on the models (relation names, relation heads that
 divide both widths, MiniLM v1's equal head counts). Every caller (`losses`, the
 `Distiller`, `DistillConfig`, the CLI) checks through the functions here and re-raises
-naming its own flag. Imports: `tf_minilm.constants` only; neither TensorFlow nor
+naming its own flag. Imports: `tf_minilm.constants` and `tf_minilm.rules` only; neither TensorFlow nor
 Keras, so configuration code can check a spec before anything heavy loads.
 
 Terms (see `tf_minilm.distill.losses` and `tf_minilm.distill.alignment` for the math):
@@ -38,6 +38,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 
+from tf_minilm import rules
 from tf_minilm.constants import ALIGNMENT_TERMS, METHODS, QKV_LETTERS
 
 RELATION_TERMS = METHODS
@@ -84,9 +85,9 @@ def check_relations(relations: Sequence[str]) -> tuple[str, ...]:
 
 def check_head_count(count: int, name: str) -> int:
     """`count` as a positive integer, or `ObjectiveError` naming `name`."""
-    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
-        raise ObjectiveError(f"{name} must be a positive integer, got {count!r}")
-    return int(count)
+    if isinstance(count, numbers.Integral) and not isinstance(count, bool):
+        count = int(count)  # NumPy integers too
+    return rules.positive_int(count, name, error=ObjectiveError)
 
 
 def check_relation_heads(num_relation_heads: int, hidden_sizes: Mapping[str, int],
@@ -202,6 +203,22 @@ def relation_term(objective: Objective) -> str | None:
     return next((name for name, _ in objective if name in RELATION_TERMS), None)
 
 
+def relation_method(objectives: Sequence[Objective]) -> str | None:
+    """The one relation method (`minilmv2` or `minilm`) a run's objectives use, or None.
+
+    Raises:
+        ObjectiveError: the objectives (stages) mix the two: the `Distiller` captures one
+            kind of relation for the whole run.
+    """
+    named = [(index, relation_term(objective)) for index, objective in enumerate(objectives)]
+    methods = {name for _, name in named if name}
+    if len(methods) > 1:
+        uses = ", ".join(f"stage {index + 1} {name}" for index, name in named if name)
+        raise ObjectiveError(f"the stages mix relation methods ({uses}); one run distils one "
+                             "kind of relation: use minilmv2 or minilm in every stage")
+    return methods.pop() if methods else None
+
+
 def needs_alignment(objective: Objective) -> bool:
     """True when a term compares outputs of the whole student (every weight is trained)."""
     return any(name in ALIGNMENT_TERMS for name, _ in objective)
@@ -234,8 +251,9 @@ def parse_stages(specs: Sequence[str], total_steps: int) -> tuple[Stage, ...]:
         The stages, with cumulative end steps; the last ends at `total_steps`.
 
     Raises:
-        ObjectiveError: a bad spec, a stage length that is not a positive integer, or
-            lengths that do not add up to `total_steps`.
+        ObjectiveError: a bad spec, a stage length that is not a positive integer,
+            lengths that do not add up to `total_steps`, or stages that mix relation
+            methods (`relation_method`).
     """
     if isinstance(specs, str) or not specs:
         raise ObjectiveError("give one or more stages, each SPEC:STEPS (the last may be SPEC)")
@@ -276,6 +294,7 @@ def parse_stages(specs: Sequence[str], total_steps: int) -> tuple[Stage, ...]:
         raise ObjectiveError(
             f"the stages last {start} steps in all, but the run has {total_steps} steps; make "
             "them add up, or leave the last stage's length out")
+    relation_method([stage.objective for stage in stages])
     return tuple(stages)
 
 

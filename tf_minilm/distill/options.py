@@ -3,7 +3,7 @@
 Owns: the fields of a run (steps, schedule, optimizer, objective, checkpoints, strategy
 and precision names), their defaults, and the rules shared with the CLI's
 `DistillConfig`: `check_warmup_steps` (the decay needs at least one step) and
-`resolve_clipnorm` (None or 0 is off, else a positive norm). Imports: `constants`,
+`resolve_clipnorm` (None or 0 is off, else a positive norm). Imports: `rules`, `constants`,
 `distill.objectives`, `model.pooling`, `data.schedule` (its seed rule); all TF-free.
 """
 
@@ -13,6 +13,7 @@ import dataclasses
 import math
 from typing import Any
 
+from tf_minilm import rules
 from tf_minilm.constants import METHODS, PRECISIONS, STRATEGIES
 from tf_minilm.data.schedule import check_seed
 from tf_minilm.distill import objectives as objectives_lib
@@ -143,28 +144,23 @@ class TrainOptions:
 
     def validate(self) -> None:
         """Raise ValueError naming the field for any out-of-range value."""
-        def positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainOptions.{name} must be a positive integer, got {value!r}")
+        def name(field: str) -> str:
+            return f"TrainOptions.{field}"
 
-        for name in ("steps", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "num_relation_heads"):
-            positive_int(name, getattr(self, name))
-        for name in ("eval_every", "eval_steps", "relation_chunk_mb"):
-            positive_int(name, getattr(self, name), allow_none=True)
+        for field in ("steps", "checkpoint_every", "keep_checkpoints", "log_every",
+                      "num_relation_heads"):
+            rules.positive_int(getattr(self, field), name(field), error=ValueError)
+        for field in ("eval_every", "eval_steps", "relation_chunk_mb"):
+            rules.positive_int(getattr(self, field), name(field), error=ValueError,
+                               optional=True)
         check_warmup_steps(self.warmup_steps, self.steps, "TrainOptions.warmup_steps")
         resolve_clipnorm(self.clipnorm, "TrainOptions.clipnorm")
-        if not self.learning_rate > 0:
-            raise ValueError(f"TrainOptions.learning_rate must be > 0, got {self.learning_rate!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"TrainOptions.weight_decay must be >= 0, got {self.weight_decay!r}")
-        for name in ("adam_beta_1", "adam_beta_2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"TrainOptions.{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not self.adam_epsilon > 0:
-            raise ValueError(f"TrainOptions.adam_epsilon must be > 0, got {self.adam_epsilon!r}")
+        rules.finite_number(self.learning_rate, name("learning_rate"), above=0, error=ValueError)
+        rules.weight_decay(self.weight_decay, name("weight_decay"), error=ValueError)
+        for field in ("adam_beta_1", "adam_beta_2"):
+            rules.finite_number(getattr(self, field), name(field), at_least=0, below=1,
+                                error=ValueError)
+        rules.finite_number(self.adam_epsilon, name("adam_epsilon"), above=0, error=ValueError)
         if self.method not in METHODS:
             raise ValueError(f"TrainOptions.method is {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.strategy not in STRATEGIES:

@@ -1,7 +1,7 @@
 """How a downstream evaluation runs: `EvalSettings` and `EvaluationError`.
 
 Owns: the evaluation's settings and their checks (the CLI re-raises naming its flags).
-Imports: `tf_minilm.constants` only.
+Imports: `tf_minilm.constants`, `tf_minilm.rules`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from tf_minilm import rules
 from tf_minilm.constants import CLASSIFIER_POOLINGS
 
 MODES = ("fine-tune", "probe")
@@ -75,12 +76,8 @@ class EvalSettings:
             raise EvaluationError(
                 f"pooling is {self.pooling!r}; choose one of {', '.join(CLASSIFIER_POOLINGS)}")
         for name in ("epochs", "batch_size", "probe_max_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise EvaluationError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) \
-                or self.max_seq_len < 2:
-            raise EvaluationError(f"max_seq_len must be an integer >= 2, got {self.max_seq_len!r}")
+            rules.positive_int(getattr(self, name), name, error=EvaluationError)
+        rules.seq_len(self.max_seq_len, "max_seq_len", error=EvaluationError)
         if not 0.0 < float(self.learning_rate) < math.inf:
             raise EvaluationError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.learning_rate_grid is not None:
@@ -100,7 +97,6 @@ class EvalSettings:
                 f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise EvaluationError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not 0.0 <= float(self.weight_decay) < math.inf:
-            raise EvaluationError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        rules.weight_decay(self.weight_decay, "weight_decay", error=EvaluationError)
         if self.probe_l2 is not None and not float(self.probe_l2) > 0.0:
             raise EvaluationError(f"probe_l2 must be > 0 (or None: chosen), got {self.probe_l2!r}")

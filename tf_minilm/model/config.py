@@ -2,7 +2,7 @@
 
 Owns: the fields of a Hugging Face BERT/RoBERTa/XLM-R/MPNet `config.json` (read and written
 without loss) and the checks on them, and `check_layer_number`, the one place that says
-what a 1-based layer number may be. Imports: the standard library only (no TensorFlow),
+what a 1-based layer number may be. Imports: `tf_minilm.rules`, the standard library only (no TensorFlow),
 so configuration and the CLI can check a teacher before anything heavy loads.
 """
 
@@ -12,6 +12,8 @@ import dataclasses
 import json
 import os
 from typing import Any
+
+from tf_minilm import rules
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "mpnet")
 ROBERTA_LIKE = ("roberta", "xlm-roberta")
@@ -113,14 +115,11 @@ class EncoderConfig:
             "max_position_embeddings",
         ) + (() if self.model_type == "mpnet" else ("type_vocab_size",))
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{source}: field '{name}' must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"{source}: field 'hidden_size' ({self.hidden_size}) is not divisible by "
-                f"'num_attention_heads' ({self.num_attention_heads})"
-            )
+            rules.positive_int(getattr(self, name), f"{source}: field '{name}'",
+                               error=ConfigError)
+        rules.divides(self.num_attention_heads, self.hidden_size,
+                      f"{source}: field 'num_attention_heads'", "field 'hidden_size'",
+                      error=ConfigError)
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
                 f"{source}: field 'model_type' is {self.model_type!r}; supported: "

@@ -1,7 +1,7 @@
 """Keras 3 layers of a BERT-family encoder, written to match Hugging Face numerics.
 
 Owns: the embedding, attention and transformer-block layers, and MPNet's relative
-position bias. Imports: Keras only.
+position bias. Imports: Keras and `tf_minilm.rules` only.
 
 The attention is spelled out as Dense -> reshape -> transpose -> matmul with a scale
 `Div` and an HF-style additive mask, which is both what `transformers` computes and
@@ -27,6 +27,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import ops
+
+from tf_minilm import rules
 
 MASK_VALUE = -10000.0
 """Additive mask for padded keys: finite in float16/bfloat16, zero probability after softmax."""
@@ -294,10 +296,7 @@ class SelfAttention(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if hidden_size % num_heads:
-            raise ValueError(
-                f"hidden_size ({hidden_size}) is not divisible by num_heads ({num_heads})"
-            )
+        rules.divides(num_heads, hidden_size, "num_heads", "hidden_size", error=ValueError)
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.head_size = hidden_size // num_heads
