@@ -332,6 +332,9 @@ def test_mpnet_parts_are_joined_into_the_model_folder_or_named_when_missing(
     folder = assets.mpnet_teacher_dir(str(tmp_path / "share" / "mpnet"))
     for name, text in files.items():
         assert (tmp_path / "share" / "mpnet" / name).read_text() == text
+    from tf_minilm.provenance import describe
+
+    assert describe(folder).hub_model == "sentence-transformers/all-mpnet-base-v2"
     assert not (tmp_path / "share" / "mpnet" / "desktop.ini").exists()
     assert assets.mpnet_teacher_dir(folder) == folder  # assembled once, then reused
 

