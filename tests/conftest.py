@@ -78,3 +78,10 @@ def tiny_model_dir(tmp_path_factory):
                                     intermediate_size=64, max_position_embeddings=64))
     root = tmp_path_factory.mktemp("run")
     return save_hf_checkpoint(encoder, tokenizer, root / "student")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `slow` tests first (stable order otherwise): with parallel workers
+    (`./dev test` runs pytest-xdist) the long ones start at once instead of ending last
+    on one worker while the other is idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

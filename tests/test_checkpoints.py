@@ -205,8 +205,8 @@ def test_tokenizer_larger_than_vocab(tiny_folder):
 
 def test_hidden_not_divisible_by_heads(tiny_folder):
     _edit_config(tiny_folder, num_attention_heads=3)
-    with pytest.raises(CheckpointError, match=r"config\.json: field 'hidden_size' \(16\) is not "
-                                              r"divisible by 'num_attention_heads' \(3\)"):
+    with pytest.raises(CheckpointError, match=r"config\.json: field 'num_attention_heads' \(3\) "
+                                              r"does not divide field 'hidden_size' \(16\)"):
         load_hf_checkpoint(tiny_folder)
 
 

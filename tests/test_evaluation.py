@@ -264,6 +264,7 @@ def test_fine_tune_separates_the_toy_task_and_saves(tiny_model_dir, tmp_path):
     assert sidecar["tokenizer_dir"] == os.path.abspath(tiny_model_dir)
 
 
+@pytest.mark.slow
 def test_learning_rate_is_chosen_on_the_training_split_only(tiny_model_dir):
     """A rate too small to learn loses to one that learns. The test labels are inverted:
     the choice never looks at them (it still picks the rate that learns) and the final

@@ -58,6 +58,7 @@ def corrupt(path: str, how: str) -> None:
 
 
 # ----------------------------------------------------------------- training checkpoints
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "empty", "zeroed"])
 def test_a_corrupt_latest_checkpoint_resumes_from_the_previous_one(tmp_path, caplog, how):
     straight = run_distillation(build, make_dataset, tmp_path / "a", options(), verbose=0)

@@ -91,23 +91,22 @@ def test_distill_flags_get_their_message_from_the_owner(monkeypatch, name):
     assert str(owned.value) == f"{marker} {flag}"
 
 
-@pytest.mark.parametrize("name", sorted(n for n, v in TRAIN_FIELDS.items()
-                                        if isinstance(v, tuple)))
-def test_train_options_get_their_message_from_the_owner(monkeypatch, name):
-    rule, bad = TRAIN_FIELDS[name]
-    marker = _sentinel(monkeypatch, rule)
-    with pytest.raises(ValueError) as owned:
-        TrainOptions(**{name: bad})
-    assert str(owned.value) == f"{marker} TrainOptions.{name}"
+SETTINGS = [(TrainOptions, ValueError, "TrainOptions.{}", TRAIN_FIELDS),
+            (EvalSettings, EvaluationError, "{}", EVAL_FIELDS)]
 
 
-@pytest.mark.parametrize("name", sorted(EVAL_FIELDS))
-def test_eval_settings_get_their_message_from_the_owner(monkeypatch, name):
-    rule, bad = EVAL_FIELDS[name]
+@pytest.mark.parametrize("kind, error, form, name", [
+    (kind, error, form, name) for kind, error, form, fields in SETTINGS
+    for name, value in sorted(fields.items()) if isinstance(value, tuple)],
+    ids=lambda value: getattr(value, "__name__", value))
+def test_settings_objects_get_their_message_from_the_owner(monkeypatch, kind, error, form,
+                                                           name):
+    fields = next(fields for cls, _, _, fields in SETTINGS if cls is kind)
+    rule, bad = fields[name]
     marker = _sentinel(monkeypatch, rule)
-    with pytest.raises(EvaluationError) as owned:
-        EvalSettings(**{name: bad})
-    assert str(owned.value) == f"{marker} {name}"
+    with pytest.raises(error) as owned:
+        kind(**{name: bad})
+    assert str(owned.value) == f"{marker} {form.format(name)}"
 
 
 @pytest.mark.parametrize("field, bad, rule", [

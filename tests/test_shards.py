@@ -241,6 +241,7 @@ def test_parquet_and_arrow_corpora_read_their_text_column(tmp_path, tokenizer):
 
 
 # ----------------------------------------------------------- the command and --data
+@pytest.mark.slow
 def test_prepare_command_then_distill_from_it_resumes_bit_identically(corpus, tmp_path, caplog,
                                                                      capsys):
     import keras

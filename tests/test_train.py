@@ -217,6 +217,7 @@ def test_checkpoint_manager_rotates_atomically_and_refuses_nan(tmp_path):
 
 
 # ------------------------------------------------------------------------------- runs
+@pytest.mark.slow
 def test_run_writes_metrics_tensorboard_checkpoints_and_eval(tmp_path):
     result = run_distillation(
         build_tiny(), make_dataset, tmp_path,
@@ -560,6 +561,7 @@ def staged(**overrides) -> TrainOptions:
                    stages=("minilmv2:6", "embedding_mse + hidden_mse"), **overrides)
 
 
+@pytest.mark.slow
 def test_two_stage_run_killed_at_the_boundary_resumes_bit_identically(tmp_path):
     straight = run_distillation(build_tiny(), make_dataset, tmp_path / "a", staged(), verbose=0)
     records = read_jsonl(str(tmp_path / "a" / "metrics.jsonl"))
