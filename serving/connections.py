@@ -36,6 +36,12 @@ from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
 
+# How long a connection answered below the routes stays open for the client to read the
+# answer: closing at once with the client's bytes still arriving makes the kernel send a
+# reset, which can destroy the answer before the client reads it. A client that closes on
+# the answer (as HTTP clients do) ends it sooner.
+LINGER_S = 1.0
+
 # The `endpoint` label of what is answered below the routes (no request reached the app).
 CONNECTION_ENDPOINT = "connection"
 REQUEST_HEAD_ENDPOINT = "request_head"
@@ -118,6 +124,7 @@ class GuardedRequestHandler(RequestHandler):
         self._client: str | None = None  # set once admitted
         self._head_timer: asyncio.TimerHandle | None = None
         self._heads_at_arming = 0
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -127,9 +134,8 @@ class GuardedRequestHandler(RequestHandler):
             self._guard.metrics.connections_refused.inc()
             self._guard.count(CONNECTION_ENDPOINT, 503)
             logger.info("refused a connection: %s", refused)
-            transport.write(_raw_response(503, f"{refused}; retry later", "server_overloaded",
-                                          "Retry-After: 1\r\n"))
-            transport.close()
+            self._answer_and_close(transport, _raw_response(
+                503, f"{refused}; retry later", "server_overloaded", "Retry-After: 1\r\n"))
             return
         self._client = client
         super().connection_made(transport)
@@ -144,6 +150,8 @@ class GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._client is None or self._lingering:
+            return  # refused, or answered and closing: what the client still sends is dropped
         waiting_for_head = self._waiter is not None and not self._waiter.done()
         heads = self._request_count
         super().data_received(data)
@@ -170,10 +178,18 @@ class GuardedRequestHandler(RequestHandler):
             return
         self._guard.count(REQUEST_HEAD_ENDPOINT, 408)
         self._guard.metrics.header_timeouts.inc()
-        self.transport.write(_raw_response(
+        self._answer_and_close(self.transport, _raw_response(
             408, f"request line and headers not received within "
                  f"{self._guard.header_timeout_s:g} s", "request_timeout"))
-        self.force_close()
+
+    def _answer_and_close(self, transport: Any, answer: bytes) -> None:
+        """Send `answer`, half-close (FIN after it), drop what else arrives, and close after
+        `LINGER_S` at the latest (at once when the client closes its side)."""
+        self._lingering = True
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER_S, transport.close)
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
