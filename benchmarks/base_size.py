@@ -11,6 +11,9 @@ Rows, for each student depth D in 6 and 3 (every distilled row at the same budge
                       layers, lr 1e-4, D x 768 (the outside peer)
     best-D            the objective chosen on the small teacher (10 x embedding MSE +
                       hidden-state MSE, lr 6e-4), D x 384 from random initialisation
+    pruned-D          the same objective and rate, D x 384 (6 heads of 64, FFN 1536) from a
+                      pruned start: the strongest channels, heads and neurons of D spread
+                      teacher layers (`--init prune`), MPNet layout
     minilmv2-D        MiniLMv2 (Q-Q/K-K/V-V relations, 48 relation heads, lr 3e-4), D x 384
     minilm-D          MiniLM v1 (attention distributions + value relation), D x 384
     assistant         MiniLMv2 teacher assistant, 12 x 384 (the teacher's depth), trained
@@ -64,6 +67,7 @@ BEST_LOSS = "10*embedding_mse + hidden_mse"
 DISTILLED_SPECS: dict[str, dict[str, Any]] = {
     "st": {"loss": "embedding_mse", "learning_rate": 1e-4, "wide": True},
     "best": {"loss": BEST_LOSS, "learning_rate": 6e-4},
+    "pruned": {"loss": BEST_LOSS, "learning_rate": 6e-4, "pruned": True},
     "minilmv2": {"method": "minilmv2", "learning_rate": 3e-4},
     "minilm": {"method": "minilm", "learning_rate": 3e-4},
     "minilmv2-ta": {"method": "minilmv2", "learning_rate": 3e-4, "from_assistant": True},
@@ -162,7 +166,13 @@ def build_row(name: str, args: argparse.Namespace, context: dict[str, Any]
     teacher_dir = context["teacher_dir"]
     if spec.pop("from_assistant", False):
         teacher_dir = context["assistant_dir"]()
-    if spec.pop("wide", False):
+    if spec.pop("pruned", False):
+        layers = ",".join(map(str, spread_layers(12, depth)))
+        shape = {"student_hidden": STUDENT_HIDDEN, "student_heads": STUDENT_HIDDEN // 64,
+                 "student_intermediate": 4 * STUDENT_HIDDEN, "init": "prune",
+                 "init_layers": layers}
+        init = f"prune {layers}"
+    elif spec.pop("wide", False):
         layers = spread_layers(12, depth)
         shape = {"student_hidden": 768, "student_heads": 12, "student_intermediate": 3072,
                  "init_layers": ",".join(map(str, layers))}

@@ -71,6 +71,7 @@ def student_inputs():
             "token_type_ids": np.zeros_like(ids)}
 
 
+@pytest.mark.slow
 def test_end_to_end_outputs_and_resume(teacher_dir, corpus_dir, tmp_path, caplog):
     output = tmp_path / "run"
     assert main(tiny_args(teacher_dir, corpus_dir, output)) == 0
@@ -227,6 +228,36 @@ def test_bad_teacher_pooling_files_name_the_file(teacher_dir, corpus_dir, tmp_pa
                      "max pooling", caplog.text), caplog.text
 
 
+@pytest.mark.slow
+def test_a_pruned_start_is_the_teachers_strongest_slices_and_trains(teacher_dir, corpus_dir,
+                                                                    tmp_path):
+    """--init prune: a 16-wide student of the 32-wide teacher (head size 8, so 2 heads)
+    starts from the teacher's strongest channels, heads and neurons of its spread layers."""
+    output = tmp_path / "run"
+    args = aligned_args(teacher_dir, corpus_dir, output, "--init", "prune", "--steps", "8",
+                        "--student-heads", "2", "--student-intermediate", "64",
+                        "--checkpoint-every", "4")
+    assert main(args) == 0
+    config = json.loads((output / "config.json").read_text())
+    assert config["init"] == "prune" and config["init_layers"] == "1,3"
+    plan = json.loads((output / "pruning.json").read_text())
+    assert plan["teacher_layers"] == [1, 3] and plan["hidden"] == 16
+    assert [len(heads) for heads in plan["heads"]] == [2, 2] and plan["intermediate"] == [64, 64]
+    student = load_hf_checkpoint(output / "student")[0]
+    assert (student.config.hidden_size, student.config.num_attention_heads) == (16, 2)
+    # Refused before any work, naming the flags to change.
+    for extra, message in (
+            (["--student-heads", "4"], r"--init prune: width pruning keeps whole heads of 8 "
+                                       r".* needs 2 heads, not 4"),
+            (["--student-heads", "2", "--student-layers", "4"], r"--init prune needs a student "
+                                                                r"with at most the teacher's 3"),
+            (["--student-heads", "2", "--init-layers", "3,1"], r"--init-layers: .* strictly")):
+        bad = tmp_path / "bad"
+        assert main(aligned_args(teacher_dir, corpus_dir, bad, "--init", "prune", *extra)) == 2
+        assert not (bad / "config.json").exists()
+
+
+@pytest.mark.slow
 def test_default_objective_trains_aligned_student_without_projection_and_extends(
         teacher_dir, corpus_dir, tmp_path, caplog):
     output = tmp_path / "run"

@@ -34,7 +34,7 @@ QKV_LETTERS = "qkv"
 """Letters of a MiniLMv2 relation (`qq`, `kk`, `vv`, or a mix like `qk`)."""
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STUDENT_INITS = ("random", "teacher-layers")
+STUDENT_INITS = ("random", "teacher-layers", "prune")
 """How a student's weights start: random, or copied from chosen teacher layers."""
 INIT_CHOICES = ("auto", *STUDENT_INITS)
 """`--init`: a student init, or auto (teacher layers when the widths allow)."""

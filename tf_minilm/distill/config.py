@@ -136,12 +136,16 @@ class DistillConfig:
     assistant_steps: int | None = _field(
         None, "steps for the teacher -> assistant stage (default: half of --steps)")
     init: str = _field("auto", "student initialisation: random (as in the papers), teacher-layers "
-                               "(copy teacher layers, see --init-layers; needs equal widths), or "
-                               "auto (teacher-layers when widths match, else random)", INIT_CHOICES)
+                               "(copy teacher layers, see --init-layers; needs equal widths), "
+                               "prune (a narrower student: the strongest hidden channels, heads "
+                               "and FFN neurons of those layers on calibration rows, keeping the "
+                               "teacher's head size), or auto (teacher-layers when widths match, "
+                               "else random)", INIT_CHOICES)
     init_layers: str | None = _field(
-        None, "teacher layers copied into the student, 1-based, comma-separated, in order "
-              "(e.g. 1,3,6; implies --init teacher-layers); default: spread over the teacher, "
-              "first and last kept", joins_list=True)
+        None, "teacher layers copied (or, with --init prune, pruned) into the student, "
+              "1-based, comma-separated, in order (e.g. 1,3,6; implies --init teacher-layers "
+              "unless --init prune); default: spread over the teacher, first and last kept",
+        joins_list=True)
     max_seq_len: int | None = _field(
         None, f"tokens per training sequence, [CLS]/[SEP] included (default: "
               f"{DEFAULT_MAX_SEQ_LEN}; with --data, the length its rows were prepared at)")

@@ -35,7 +35,9 @@ class Encoder(keras.Model):
     (tanh dense on the first token, as in HF). With `qkv_layers` (1-based) it also
     returns `qkv`: one (q, k, v) tuple per requested layer, each [batch, seq, hidden]
     with heads concatenated. With `stop_after_qkv=True` nothing runs past the last
-    requested layer's Q/K/V projections and only `qkv` is returned.
+    requested layer's Q/K/V projections and only `qkv` is returned. `capture` (a list)
+    receives the embeddings' output, then each block's inner activations
+    (`TransformerBlock.finish`), for width pruning.
 
     Args:
         config: an `EncoderConfig` (or its dict form, as stored by `get_config`).
@@ -122,6 +124,7 @@ class Encoder(keras.Model):
         training: bool | None = None,
         qkv_layers: Sequence[int] | None = None,
         stop_after_qkv: bool = False,
+        capture: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         input_ids = inputs["input_ids"]
         attention_mask = inputs.get("attention_mask")
@@ -134,6 +137,8 @@ class Encoder(keras.Model):
         last_needed = max(requested) if stop_after_qkv else self.config.num_hidden_layers
 
         hidden = self.embeddings(input_ids, token_type_ids, training=training)
+        if capture is not None:
+            capture.append({"embeddings": hidden})
         mask = additive_attention_mask(attention_mask, self.compute_dtype)
         if self.relative_position_bias is not None:  # [B, 1, 1, S] + [1, heads, S, S]
             mask = mask + self.relative_position_bias(input_ids)
@@ -144,7 +149,10 @@ class Encoder(keras.Model):
                 captured[number] = qkv
             if number == last_needed and stop_after_qkv:
                 break
-            hidden = block.finish(hidden, qkv, mask, training)
+            inner = None if capture is None else {}
+            hidden = block.finish(hidden, qkv, mask, training, capture=inner)
+            if capture is not None:
+                capture.append(inner)
 
         outputs: dict[str, Any] = {}
         if not stop_after_qkv:

@@ -422,15 +422,25 @@ class TransformerBlock(keras.layers.Layer):
         return self.attention.project_qkv(hidden)
 
     def finish(
-        self, hidden: Any, qkv: tuple[Any, Any, Any], additive_mask: Any, training: bool | None
+        self, hidden: Any, qkv: tuple[Any, Any, Any], additive_mask: Any, training: bool | None,
+        capture: dict[str, Any] | None = None,
     ) -> Any:
-        """The rest of the block after the Q/K/V projections."""
+        """The rest of the block after the Q/K/V projections.
+
+        `capture`, when given, receives the block's inner activations (`context`: the
+        attention heads' outputs concatenated, `attention_norm`, `inner`: the FFN's after
+        GELU, `output_norm`), which width pruning ranks (`model.prune`).
+        """
         context = self.attention.attend(qkv, additive_mask, training)
         attended = self.dropout(dense_tokens(self.attention_output, context), training=training)
         hidden = layer_norm(self.attention_layer_norm, attended + hidden)
         inner = gelu_erf(dense_tokens(self.intermediate, hidden))
         out = self.dropout(dense_tokens(self.output_dense, inner), training=training)
-        return layer_norm(self.output_layer_norm, out + hidden)
+        output = layer_norm(self.output_layer_norm, out + hidden)
+        if capture is not None:
+            capture.update(context=context, attention_norm=hidden, inner=inner,
+                           output_norm=output)
+        return output
 
     def call(self, hidden: Any, additive_mask: Any, training: bool | None = None) -> Any:
         return self.finish(hidden, self.project_qkv(hidden), additive_mask, training)

@@ -1,13 +1,13 @@
 """Student construction: a smaller encoder sharing the teacher's vocabulary and tokenizer.
 
-Owns: the student's sizes and initialisation, including which teacher layers it copies.
-Imports: `model.config`, `model.encoder`, `constants`.
+Owns: the student's sizes and initialisation, including which teacher layers it copies
+or prunes. Imports: `model.config`, `model.encoder`, `model.prune`, `constants`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
@@ -153,8 +153,9 @@ def build_student(
     seed: int | None = None,
     dtype: Any = None,
     layout: str = "teacher",
+    calibration: Iterable[dict[str, Any]] | None = None,
 ) -> Encoder:
-    """A student encoder for `teacher`, randomly initialised or from teacher layers.
+    """A student encoder for `teacher`: random, copied teacher layers, or pruned ones.
 
     Args:
         teacher: the teacher encoder (its vocabulary and embedding layout are reused).
@@ -163,15 +164,19 @@ def build_student(
         num_heads: student attention heads (must divide `hidden_size`).
         intermediate_size: FFN width; default 4 x `hidden_size`.
         init: "random" (BERT initialisation: normal(0, initializer_range) weights,
-            zero biases, unit LayerNorm) or "teacher-layers" (copy embeddings, pooler and
-            the blocks `teacher_layers`; needs equal widths).
-        teacher_layers: 1-based teacher blocks for "teacher-layers", strictly
-            increasing; default the first `num_layers` (`spread_layers` keeps the
-            teacher's last layer instead).
+            zero biases, unit LayerNorm), "teacher-layers" (copy embeddings, pooler and
+            the blocks `teacher_layers`; needs equal widths) or "prune" (the strongest
+            channels, heads and neurons of those blocks on `calibration`, for a narrower
+            student: `model.prune`; the chosen plan is kept as `student.pruning_plan`).
+        teacher_layers: 1-based teacher blocks for "teacher-layers" and "prune", strictly
+            increasing; default the first `num_layers` for "teacher-layers"
+            (`spread_layers` keeps the teacher's last layer instead), spread for "prune".
         seed: seed for the random initialisation.
         dtype: Keras dtype policy for the student (default: the global policy).
         layout: "teacher" or "bert" (see `student_config`); "bert" from a non-BERT
             teacher needs init "random".
+        calibration: batches (dicts of `input_ids`, `attention_mask`) the "prune" init
+            ranks the teacher's activations on.
 
     Returns:
         The student `Encoder`.
@@ -190,4 +195,17 @@ def build_student(
     student = Encoder(config, name="student", **kwargs)
     if init == "teacher-layers":
         copy_teacher_layers(student, teacher, teacher_layers or range(1, num_layers + 1))
+    elif init == "prune":
+        from tf_minilm.model.prune import measure_importance, plan_pruning, prune_into
+
+        if calibration is None:
+            raise ConfigError("--init prune needs calibration rows to rank the teacher's "
+                              "channels, heads and neurons on")
+        depth = teacher.config.num_hidden_layers
+        layers = check_layer_choice(teacher_layers or spread_layers(depth, num_layers), depth,
+                                    num_layers)
+        plan = plan_pruning(config, teacher.config, layers,
+                            measure_importance(teacher, calibration))
+        prune_into(student, teacher, plan)
+        student.pruning_plan = plan
     return student
