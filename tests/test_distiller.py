@@ -16,6 +16,7 @@ from _multiworker_worker import (
     tiny_teacher,
 )
 
+from tests.keras_harness import run_serialization_test
 from tf_minilm.distill import losses
 from tf_minilm.distill.distiller import Distiller
 
@@ -274,7 +275,7 @@ def test_adamw_first_step_is_bounded_by_the_learning_rate_for_embeddings(teacher
 def test_get_config_from_config_round_trip(teacher, student):
     distiller = Distiller(teacher, student, method="minilmv2", teacher_layer=1,
                           num_relation_heads=8, relations=("kk", "vq"), clipnorm=0.5)
-    clone = Distiller.from_config(distiller.get_config())
+    clone = run_serialization_test(distiller)  # the shared harness: config round trip
     for name in ("method", "teacher_layer", "student_layer", "num_relation_heads",
                  "relations", "relation_chunk_bytes", "clipnorm", "term_names"):
         assert getattr(clone, name) == getattr(distiller, name), name
