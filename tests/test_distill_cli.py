@@ -230,7 +230,7 @@ def test_bad_teacher_pooling_files_name_the_file(teacher_dir, corpus_dir, tmp_pa
 
 @pytest.mark.slow
 def test_a_pruned_start_is_the_teachers_strongest_slices_and_trains(teacher_dir, corpus_dir,
-                                                                    tmp_path):
+                                                                    tmp_path, caplog):
     """--init prune: a 16-wide student of the 32-wide teacher (head size 8, so 2 heads)
     starts from the teacher's strongest channels, heads and neurons of its spread layers."""
     output = tmp_path / "run"
@@ -253,8 +253,16 @@ def test_a_pruned_start_is_the_teachers_strongest_slices_and_trains(teacher_dir,
                                                                 r"with at most the teacher's 3"),
             (["--student-heads", "2", "--init-layers", "3,1"], r"--init-layers: .* strictly")):
         bad = tmp_path / "bad"
+        caplog.clear()
         assert main(aligned_args(teacher_dir, corpus_dir, bad, "--init", "prune", *extra)) == 2
+        assert re.search(message, caplog.text), caplog.text
         assert not (bad / "config.json").exists()
+    # a pruned start is asked for, not the default (docs/base-size.md, "Pruned starts")
+    from tf_minilm.distill.job import resolve
+
+    auto = DistillConfig(teacher=str(teacher_dir), corpus=[str(corpus_dir)], student_layers=2,
+                         student_hidden=16, student_heads=2, output=str(tmp_path / "auto"))
+    assert resolve(auto).init == "random"
 
 
 @pytest.mark.slow
