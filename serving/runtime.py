@@ -282,7 +282,11 @@ def choose_served_file(folder: str | os.PathLike[str], intra_op_threads: int | N
     if isinstance(speedup, int | float) and measured.get("cpu_int8_kind") == here:
         where = f"the export's timing on a CPU of this kind ({here})"
     else:
-        vocab = measured.get("vocab_size") if isinstance(measured.get("vocab_size"), int) else 1000
+        vocab = report.raw.get("vocab_size")
+        if not isinstance(vocab, int) or isinstance(vocab, bool):  # an older report
+            from tokenizers import Tokenizer
+
+            vocab = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab_size()
         feeds = timing_feeds(vocab, min(DEFAULT_MAX_SEQ_LEN, report.max_seq_len))
         speedup = speed_ratio(path / ONNX_MODEL_FILE, path / ONNX_INT8_FILE, feeds, rounds=3,
                               per_round=4, intra_op_threads=intra_op_threads)["speedup"]

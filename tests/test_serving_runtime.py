@@ -263,6 +263,8 @@ def test_model_file_auto_serves_int8_only_where_it_pays(tmp_path, monkeypatch):
 
     def fake_ratio(fp32, int8, feeds, **kwargs):
         timed.append((fp32.name, int8.name, feeds["input_ids"].shape))
+        vocab = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
+        assert feeds["input_ids"].max() < report.get("vocab_size", vocab)  # ids the model has
         return {"speedup": 1.5}
 
     monkeypatch.setattr(runtime, "speed_ratio", fake_ratio)
