@@ -40,6 +40,7 @@ from tf_minilm.constants import (
     EXPORT_KINDS,
     EXPORT_REPORT_FILE,
     INPUT_NAMES,
+    ONNX_INT8_FILE,
     ONNX_MODEL_FILE,
     POOLING_MODES,
 )
@@ -249,7 +250,6 @@ def speed_ratio(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
             "speedup": round(statistics.median(ratios), 3)}
 
 
-
 # int8 is served by default where it is at least this much faster than fp32: below it,
 # its small loss of fidelity buys too little (an AVX2-only CPU measured 1.01x).
 INT8_PAYS_SPEEDUP = 1.2
@@ -267,7 +267,6 @@ def choose_served_file(folder: str | os.PathLike[str], intra_op_threads: int | N
     Returns:
         (file name in the folder, the reason, for the log).
     """
-    from tf_minilm.constants import ONNX_INT8_FILE
     from tf_minilm.versions import cpu_int8_kind
 
     path = Path(folder)
