@@ -175,3 +175,19 @@ def test_hub_cache_corpus_files_become_the_cards_datasets(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     front = read_front_matter(write_card(str(run / "student"), student_card(str(run))))
     assert front["datasets"] == ["org/texts"]
+
+
+def test_export_card_says_when_int8_did_not_pay(tmp_path):
+    export = tmp_path / "onnx"
+    export.mkdir()
+    choice = {"variant": "dynamic", "tried": [{"variant": "dynamic"}], "speedup": 1.01,
+              "timing_shape": [1, 128], "pays": False, "cpu_int8_kind": "avx2"}
+    (export / "export_report.json").write_text(json.dumps({"opset": 17, "quantize": "int8",
+                                                           "int8": choice}))
+    card = export_card(str(export), None)
+    assert "1.01x the fp32 graph's speed" in card
+    assert "On the export's CPU (avx2 int8 kernels) int8 did not pay" in card
+    choice["pays"] = True
+    (export / "export_report.json").write_text(json.dumps({"opset": 17, "quantize": "int8",
+                                                           "int8": choice}))
+    assert "did not pay" not in export_card(str(export), None)
