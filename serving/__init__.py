@@ -24,7 +24,7 @@ _LAZY = {
     "ClassifierModel": "serving.classify",
     "Classifications": "serving.classify",
     "open_model": "serving.classify",
-    "ServerConfig": "serving.server",
+    "ServerConfig": "serving.limits",
     "create_app": "serving.server",
     "serve": "serving.server",
     "BackgroundServer": "serving.server",

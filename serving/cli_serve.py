@@ -1,6 +1,7 @@
 """`tf-minilm serve`: OpenAI-compatible embedding server over an exported ONNX folder.
 
-Owns: the command's flags. Imports: `serving.server`, `serving.runtime` (inside `run`), `tf_minilm.argtypes`.
+Owns: the command's flags (the limits' defaults are `ServerConfig`'s). Imports:
+`serving.limits`, `serving.server`, `serving.runtime` (inside `run`), `tf_minilm.argtypes`.
 
 Imports nothing heavy at module level (no TensorFlow ever; onnxruntime and aiohttp
 only inside `run`).
@@ -12,6 +13,7 @@ import argparse
 import ipaddress
 import logging
 
+from serving.limits import ServerConfig, ServerConfigError
 from tf_minilm.argtypes import finite_float
 
 HELP = ("serve an exported ONNX model folder over HTTP (POST /v1/embeddings for an encoder, "
@@ -20,16 +22,29 @@ HELP = ("serve an exported ONNX model folder over HTTP (POST /v1/embeddings for 
 
 logger = logging.getLogger(__name__)
 
-# The flag of each `ServerConfig` field, for its errors (--max-body-mb is given in MiB).
-CONFIG_FLAGS = {
-    "max_batch_size": "--max-batch-size", "max_wait_ms": "--max-wait-ms",
-    "max_queue": "--max-queue", "max_texts_per_request": "--max-texts",
-    "max_chars_per_text": "--max-chars", "max_body_bytes": "--max-body-mb (in bytes)",
-    "header_timeout_s": "--header-timeout", "keepalive_timeout_s": "--keepalive-timeout",
-    "max_connections": "--max-connections",
-    "max_connections_per_client": "--max-connections-per-client",
-    "shutdown_timeout_s": "--shutdown-timeout",
-}
+# The flags of the `ServerConfig` limits: (flag, field, type, help); their defaults are
+# ServerConfig's own. --max-body-mb (MiB) is the one whose unit differs from its field's.
+LIMIT_FLAGS = (
+    ("--max-batch-size", "max_batch_size", int, "most texts per model call (dynamic batch)"),
+    ("--max-wait-ms", "max_wait_ms", finite_float,
+     "how long a request waits for others to share its batch, in ms"),
+    ("--max-queue", "max_queue", int,
+     "most requests waiting for the model; more are answered 503"),
+    ("--max-texts", "max_texts_per_request", int, "most texts per request"),
+    ("--max-chars", "max_chars_per_text", int, "most characters per text"),
+    ("--header-timeout", "header_timeout_s", finite_float,
+     "seconds a client has to send a request line and headers (a slower one gets 408 and is "
+     "closed)"),
+    ("--keepalive-timeout", "keepalive_timeout_s", finite_float,
+     "seconds an idle kept-alive connection stays open"),
+    ("--max-connections", "max_connections", int,
+     "most open connections in all (more are answered 503)"),
+    ("--max-connections-per-client", "max_connections_per_client", int,
+     "most open connections from one client address (a reverse proxy is one client)"),
+    ("--shutdown-timeout", "shutdown_timeout_s", finite_float,
+     "on SIGTERM/SIGINT, seconds in-flight requests may take to finish"),
+)
+MIB = 1024 * 1024
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,30 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "max_seq_len, else 128)%(default).0s")
     parser.add_argument("--threads", type=int, default=0,
                         help="onnxruntime intra-op threads (0: one per physical core)")
-    parser.add_argument("--max-batch-size", type=int, default=32,
-                        help="most texts per model call (dynamic batch)")
-    parser.add_argument("--max-wait-ms", type=finite_float, default=2.0,
-                        help="how long a request waits for others to share its batch, in ms")
-    parser.add_argument("--max-queue", type=int, default=64,
-                        help="most requests waiting for the model; more are answered 503")
-    parser.add_argument("--max-texts", type=int, default=256,
-                        help="most texts per request")
-    parser.add_argument("--max-chars", type=int, default=20_000,
-                        help="most characters per text")
-    parser.add_argument("--max-body-mb", type=finite_float, default=8.0,
+    defaults = ServerConfig()
+    for flag, field, kind, help_text in LIMIT_FLAGS:
+        parser.add_argument(flag, type=kind, default=getattr(defaults, field), help=help_text)
+    parser.add_argument("--max-body-mb", type=finite_float, default=defaults.max_body_bytes / MIB,
                         help="largest request body, in MiB")
-    parser.add_argument("--header-timeout", type=finite_float, default=10.0,
-                        help="seconds a client has to send a request line and headers (a "
-                             "slower one gets 408 and is closed)")
-    parser.add_argument("--keepalive-timeout", type=finite_float, default=15.0,
-                        help="seconds an idle kept-alive connection stays open")
-    parser.add_argument("--max-connections", type=int, default=512,
-                        help="most open connections in all (more are answered 503)")
-    parser.add_argument("--max-connections-per-client", type=int, default=64,
-                        help="most open connections from one client address (a reverse "
-                             "proxy is one client)")
-    parser.add_argument("--shutdown-timeout", type=finite_float, default=10.0,
-                        help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish")
     parser.add_argument("--access-log", action="store_true",
                         help="log one line per request")
 
@@ -83,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serves until interrupted; returns the exit code (2 on a bad model folder/flag)."""
     from serving.runtime import ModelFolderError
-    from serving.server import ServerConfig, ServerConfigError, serve
+    from serving.server import serve
 
     if args.threads < 0:
         logger.error("--threads must be >= 0, got %d", args.threads)
@@ -99,20 +95,17 @@ def run(args: argparse.Namespace) -> int:
             logger.warning("binding %s: the server may be reachable from other machines",
                            args.host)
     try:
-        config = ServerConfig(
-            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-            max_queue=args.max_queue, max_texts_per_request=args.max_texts,
-            max_chars_per_text=args.max_chars,
-            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-            header_timeout_s=args.header_timeout, keepalive_timeout_s=args.keepalive_timeout,
-            max_connections=args.max_connections,
-            max_connections_per_client=args.max_connections_per_client,
-            shutdown_timeout_s=args.shutdown_timeout, model_name=args.model_name)
+        limits = {field: getattr(args, flag[2:].replace("-", "_"))
+                  for flag, field, _, _ in LIMIT_FLAGS}
+        config = ServerConfig(**limits, max_body_bytes=int(args.max_body_mb * MIB),
+                              model_name=args.model_name)
         serve(args.model_dir, host=args.host, port=args.port, model_file=args.model_file,
               max_seq_len=args.max_seq_len, threads=args.threads or None, config=config,
               access_log=args.access_log)
     except ServerConfigError as err:
-        logger.error("%s", err.naming(CONFIG_FLAGS.get(err.field, err.field)))
+        flags = {field: flag for flag, field, _, _ in LIMIT_FLAGS}
+        flags["max_body_bytes"] = "--max-body-mb (in bytes)"
+        logger.error("%s", err.naming(flags.get(err.field, err.field)))
         return 2
     except (ModelFolderError, ValueError) as err:
         logger.error("%s", err)

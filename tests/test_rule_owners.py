@@ -114,7 +114,7 @@ def test_settings_objects_get_their_message_from_the_owner(monkeypatch, kind, er
     ("max_wait_ms", -1.0, "finite"), ("header_timeout_s", float("nan"), "finite"),
 ])
 def test_server_limits_get_their_message_from_the_owner(monkeypatch, field, bad, rule):
-    from serving.server import ServerConfig, ServerConfigError
+    from serving.limits import ServerConfig, ServerConfigError
 
     marker = _sentinel(monkeypatch, rule)
     with pytest.raises(ServerConfigError) as owned:

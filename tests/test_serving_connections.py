@@ -13,9 +13,10 @@ import time
 
 import pytest
 
+from serving.limits import ServerConfigError
 from serving.loadtest import local_server_process
 from serving.runtime import EmbeddingModel
-from serving.server import BackgroundServer, ServerConfig, ServerConfigError, create_app
+from serving.server import BackgroundServer, ServerConfig, create_app
 from serving.soak import run_soak
 from tests.serving_model import build_tiny_model_dir
 from tests.test_serving_server import metric_values, request, subprocess_env

@@ -23,7 +23,7 @@ from typing import Any
 
 from tf_minilm.constants import EXPORT_REPORT_FILE
 from tf_minilm.fileio import write_text_atomic
-from tf_minilm.provenance import describe, public_command
+from tf_minilm.provenance import describe, public_command, public_path
 
 CARD_FILE = "README.md"
 _FRONT = "---"
@@ -195,7 +195,7 @@ def student_card(run_dir: str, command: list[str] | None = None) -> str:
              f"{_count(corpus.get('documents'))} documents, {_count(corpus.get('tokens'))} "
              f"tokens; {_count(result.get('train_sequences'))} training / "
              f"{_count(result.get('eval_sequences'))} held-out sequences |",
-             f"| run folder | `{os.path.basename(os.path.normpath(output)) if os.path.isabs(output) else output}` |"]
+             f"| run folder | `{public_path(str(output))}` |"]
     if evaluation.get("loss") is not None:
         lines.append(f"| held-out loss | {evaluation['loss']:.6f} "
                      f"({', '.join(f'{k} {v:.6f}' for k, v in evaluation.items() if k != 'loss')}) |")
@@ -287,7 +287,7 @@ def _short_source(source: Any) -> str:
     """Where the export's pooling came from, without the machine's folders: the file's
     name for a path (the exported folder's `modules.json`), else the text as it is."""
     text = str(source)
-    return f"`{os.path.basename(text)}`" if os.path.isabs(text) else text
+    return f"`{public_path(text)}`" if os.path.isabs(text) else text
 
 
 def _flat_numbers(values: Any, prefix: str = "") -> list[tuple[str, float]]:

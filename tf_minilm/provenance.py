@@ -96,15 +96,19 @@ def describe(path: str | os.PathLike[str]) -> Source:
     return Source(f"`{os.path.basename(os.path.normpath(text)) or text}`")
 
 
+def public_path(text: str) -> str:
+    """A path as a card may show it: a relative one as it is, an absolute one by its last
+    component (nothing of this machine's layout)."""
+    if not os.path.isabs(text):
+        return text
+    return os.path.basename(os.path.normpath(text)) or text
+
+
 def public_command(command: list[str]) -> list[str]:
-    """`command` with every absolute path (alone or after `--flag=`) replaced by the last
-    component of its public name's path: what a reader can type after fetching the same
-    files, and nothing of this machine's layout."""
+    """`command` with every absolute path (alone or after `--flag=`) as `public_path`
+    shows it: what a reader can type after fetching the same files."""
     def clean(token: str) -> str:
         flag, equals, value = token.partition("=") if token.startswith("--") else ("", "", token)
-        if not os.path.isabs(value):
-            return token
-        short = os.path.basename(os.path.normpath(value)) or value
-        return f"{flag}{equals}{short}" if equals else short
+        return f"{flag}{equals}{public_path(value)}" if equals else public_path(token)
 
     return [clean(token) for token in command]
