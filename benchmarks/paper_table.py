@@ -312,7 +312,8 @@ def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dic
         from tf_minilm.model.student import spread_layers
 
         defaults = DistillConfig()
-        spec.update(loss=defaults.resolved_loss(), learning_rate=defaults.resolved_learning_rate(),
+        train = defaults.validate()
+        spec.update(loss=train.objective.loss, learning_rate=train.optimizer.learning_rate,
                     init_layers=",".join(map(str, spread_layers(6, defaults.student_layers))))
     stages = row_settings(name, args)[1].get("stages", []) if name in DISTILLED else []
     row: dict[str, Any] = {

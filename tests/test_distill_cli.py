@@ -20,6 +20,7 @@ from tf_minilm.distill.job import resolve
 from tf_minilm.hf.checkpoints import load_hf_checkpoint, save_hf_checkpoint
 from tf_minilm.model.config import ConfigError, EncoderConfig
 from tf_minilm.model.encoder import Encoder
+from tf_minilm.model.pooling import PoolingSpec
 
 TEACHER = EncoderConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3,
                         num_attention_heads=4, intermediate_size=128, max_position_embeddings=64)
@@ -84,6 +85,13 @@ def test_end_to_end_outputs_and_resume(teacher_dir, corpus_dir, tmp_path, caplog
     config = json.loads((output / "config.json").read_text())
     assert config["teacher"] == str(teacher_dir) and config["student_intermediate"] == 64
     assert config["init"] == "random" and config["teacher_layer"] == 3
+    # one fingerprint: config.json's is the checkpoints' (which add the trainer's own)
+    from tf_minilm.distill.state import CheckpointManager
+
+    _, header = CheckpointManager(str(output / "checkpoints"), 3).newest_readable()
+    assert {key: header["fingerprint"][key] for key in config["fingerprint"]} == \
+        config["fingerprint"]
+    assert config["fingerprint"]["batch_size"] == 8
     assert "tensorflow-cpu" in json.loads((output / "versions.json").read_text())
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if "loss_qq" in r]
@@ -359,9 +367,9 @@ def test_embedded_default_resolves_to_packaged_teacher_and_corpus(real_teacher_d
             student.intermediate_size) == (3, 384, 12, 1536)
     assert job.init == "teacher-layers" and job.teacher_layer == 6
     assert job.init_layers == (1, 3, 6)  # spread, the teacher's last layer kept
-    assert job.config.resolved_loss() == "10*embedding_mse + hidden_mse"
-    assert job.config.resolved_method() == "minilmv2" and 384 % job.config.relation_heads == 0
-    assert job.pooling == {"mode": "mean", "normalize": True}
+    assert job.train.objective.loss == "10*embedding_mse + hidden_mse"
+    assert job.train.objective.method == "minilmv2" and 384 % job.config.relation_heads == 0
+    assert job.pooling == PoolingSpec("mean", normalize=True)
 
 
 def test_help_lists_units_and_defaults(capsys):
@@ -404,8 +412,9 @@ def test_embedded_default_is_the_measured_row_of_the_paper_table():
     best = table.DISTILLED["emb10-hidden-136-lr6e-4"]  # the first table's best row
     defaults = DistillConfig()
     assert defaults.corpus == [] and best["corpus"] == "bbc"
-    assert defaults.resolved_loss() == best["loss"]
-    assert defaults.resolved_learning_rate() == best["learning_rate"]
+    spec = defaults.validate()
+    assert spec.objective.loss == best["loss"]
+    assert spec.optimizer.learning_rate == best["learning_rate"]
     from tf_minilm.model.student import spread_layers
 
     assert ",".join(map(str, spread_layers(6, defaults.student_layers))) == best["init_layers"]

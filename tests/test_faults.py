@@ -39,7 +39,7 @@ def build():
 
 def options(**overrides) -> TrainOptions:
     values = {"steps": 30, "learning_rate": 3e-3, "checkpoint_every": 10, "log_every": 10,
-              "num_relation_heads": 4, "strategy": "default", "precision": "float32",
+              "relation_heads": 4, "loss": "minilmv2", "resume": True, "strategy": "default", "precision": "float32",
               "jit_compile": False}
     return TrainOptions(**{**values, **overrides})
 

@@ -38,24 +38,25 @@ DISTILL_FIELDS = {
     **{name: "paths and names, checked against the files (distill.job.resolve)" for name in (
         "teacher", "corpus", "data", "student_config", "output", "cache_dir", "text_column")},
     "loss": "distill.objectives", "stages": "distill.objectives",
-    "relations": "distill.objectives", "teacher_layer": "model.config.check_layer_number",
+    "relations": "distill.objectives",
+    "teacher_layer": "TrainOptions.resolve (1-based), model.config.check_layer_number (depth)",
     "init_layers": "model.student", "warmup_steps": "distill.options",
     "clipnorm": "distill.options", "seed": "data.schedule.check_seed", "resume": "a switch",
 }
 
 TRAIN_FIELDS = {
     **{name: ("positive", 0) for name in (
-        "steps", "checkpoint_every", "keep_checkpoints", "log_every", "num_relation_heads",
+        "steps", "checkpoint_every", "keep_checkpoints", "log_every", "relation_heads",
         "eval_every", "eval_steps", "relation_chunk_mb")},
     "learning_rate": ("finite", 0.0), "weight_decay": ("finite", -0.1),
     "adam_beta_1": ("finite", 1.0), "adam_beta_2": ("finite", float("inf")),
     "adam_epsilon": ("finite", 0.0),
     "warmup_steps": "distill.options", "clipnorm": "distill.options",
     "method": "choices", "strategy": "choices", "precision": "choices",
-    "jit_compile": "a switch", "objective": "distill.objectives",
+    "jit_compile": "a switch", "loss": "distill.objectives",
     "stages": "distill.objectives", "relations": "distill.objectives",
-    "teacher_layer": "the Distiller (model.config.check_layer_number)",
-    "student_layer": "the Distiller (model.config.check_layer_number)",
+    "teacher_layer": "TrainOptions.resolve (1-based), the Distiller (its depth)",
+    "student_layer": "TrainOptions.resolve (1-based), the Distiller (its depth)",
     "seed": "data.schedule.check_seed", "resume": "a switch", "pooling": "model.pooling",
 }
 
@@ -91,7 +92,11 @@ def test_distill_flags_get_their_message_from_the_owner(monkeypatch, name):
     assert str(owned.value) == f"{marker} {flag}"
 
 
-SETTINGS = [(TrainOptions, ValueError, "TrainOptions.{}", TRAIN_FIELDS),
+def _train_spec(**values):
+    return TrainOptions(**values).resolve()
+
+
+SETTINGS = [(_train_spec, ValueError, "TrainOptions.{}", TRAIN_FIELDS),
             (EvalSettings, EvaluationError, "{}", EVAL_FIELDS)]
 
 

@@ -48,7 +48,7 @@ def options(**overrides) -> TrainOptions:
     # XLA off: compiling each tiny run costs more than the run (the default, XLA on for
     # one replica, is exercised by the metrics test and the SIGKILL test).
     values = {"steps": 30, "learning_rate": 3e-3, "checkpoint_every": 10, "log_every": 10,
-              "num_relation_heads": 4, "strategy": "default", "precision": "float32",
+              "relation_heads": 4, "loss": "minilmv2", "resume": True, "strategy": "default", "precision": "float32",
               "jit_compile": False}
     values.update(overrides)
     return TrainOptions(**values)
@@ -153,7 +153,7 @@ def test_relation_chunk_default_is_per_device():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [({"steps": 0}, "steps must be a positive integer"),
-     ({"warmup_steps": 30}, r"warmup_steps must be an integer in \[0, steps=30\)"),
+     ({"warmup_steps": 30}, r"warmup_steps must be an integer in \[0, TrainOptions.steps=30\)"),
      ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0"),
      ({"weight_decay": 1.0}, r"weight_decay must be a finite number >= 0 and < 1"),
      ({"strategy": "gpu"}, "strategy is 'gpu'"),
@@ -165,13 +165,14 @@ def test_relation_chunk_default_is_per_device():
 )
 def test_train_options_errors_name_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):
-        options(**overrides)
+        options(**overrides).resolve()
 
 
 def test_default_warmup_is_ten_percent_and_clipnorm_zero_is_off():
-    assert options(steps=200).resolved_warmup_steps == 20
-    assert options(clipnorm=0.0).resolved_clipnorm is None
-    assert learning_rate_at(options(steps=100, warmup_steps=10), 10) == pytest.approx(3e-3)
+    assert options(steps=200).resolve().warmup_steps == 20
+    assert options(clipnorm=0.0).resolve().optimizer.clipnorm is None
+    assert learning_rate_at(options(steps=100, warmup_steps=10).resolve(), 10) == \
+        pytest.approx(3e-3)
 
 
 # ------------------------------------------------------------------------ checkpoints
@@ -243,7 +244,7 @@ def test_run_writes_metrics_tensorboard_checkpoints_and_eval(tmp_path):
     assert result.eval_metrics["loss"] == pytest.approx(evals[-1]["eval_loss"])
     assert result.train_metrics == train[-1]
     saved = json.loads((tmp_path / "train_options.json").read_text())
-    assert saved["resolved"]["warmup_steps"] == 3
+    assert saved["fingerprint"]["warmup_steps"] == 3
     # TensorBoard scalars are readable with TensorFlow alone
     tags = {}
     for path in glob.glob(str(tmp_path / "tensorboard" / "events.*")):
@@ -435,7 +436,7 @@ def _free_port() -> int:
 def test_multi_worker_two_processes_match_a_single_process(tmp_path):
     # XLA off on both sides: this compares distribution, not compilers
     run_options = {"steps": 6, "learning_rate": 3e-3, "checkpoint_every": 3, "log_every": 3,
-                   "num_relation_heads": 4, "precision": "float32", "jit_compile": False}
+                   "relation_heads": 4, "loss": "minilmv2", "resume": True, "precision": "float32", "jit_compile": False}
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     args = {"output_dir": str(tmp_path / "mw"), "dropout": 0.0, "weights_out": str(tmp_path / "mw.npz"),
@@ -475,7 +476,7 @@ def test_multi_worker_two_processes_match_a_single_process(tmp_path):
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
     # default jit_compile: XLA on (one replica), so exact resume is checked under XLA
     run_options = {"steps": 40, "learning_rate": 3e-3, "checkpoint_every": 10, "log_every": 5,
-                   "num_relation_heads": 4, "strategy": "default", "precision": "float32"}
+                   "relation_heads": 4, "loss": "minilmv2", "resume": True, "strategy": "default", "precision": "float32"}
     straight = _run_worker("train", {"output_dir": str(tmp_path / "a"), "options": run_options,
                                      "weights_out": str(tmp_path / "a.npz")})
     assert straight["step"] == 40
@@ -522,7 +523,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
 @pytest.mark.slow
 def test_mirrored_checkpoint_resume_matches_an_uninterrupted_mirrored_run(tmp_path):
     run_options = {"steps": 12, "learning_rate": 3e-3, "checkpoint_every": 4, "log_every": 4,
-                   "num_relation_heads": 4, "strategy": "mirrored", "precision": "float32"}
+                   "relation_heads": 4, "loss": "minilmv2", "resume": True, "strategy": "mirrored", "precision": "float32"}
     common = {"options": run_options, "logical_cpus": 2}  # dropout on (0.1)
     straight = _run_worker("train", {**common, "output_dir": str(tmp_path / "a"),
                                      "weights_out": str(tmp_path / "a.npz")})
@@ -557,7 +558,7 @@ def test_teacher_assistant_argument_errors(tmp_path):
 
 # ------------------------------------------------------------------ stages and extension
 def staged(**overrides) -> TrainOptions:
-    return options(steps=12, checkpoint_every=3, log_every=3,
+    return options(steps=12, checkpoint_every=3, log_every=3, loss=None,
                    stages=("minilmv2:6", "embedding_mse + hidden_mse"), **overrides)
 
 
@@ -601,7 +602,7 @@ def test_two_stage_run_killed_at_the_boundary_resumes_bit_identically(tmp_path):
         np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
     with pytest.raises(TrainingCheckpointError, match="stages="):
         run_distillation(build_tiny(), make_dataset, tmp_path / "b",
-                         options(steps=12, checkpoint_every=3, log_every=3,
+                         options(steps=12, checkpoint_every=3, log_every=3, loss=None,
                                  stages=("minilmv2:3", "embedding_mse")), verbose=0)
 
 
@@ -613,7 +614,7 @@ def test_resume_with_more_steps_extends_the_run_and_replans_the_decay(tmp_path):
         steps=20, checkpoint_every=5, log_every=5), verbose=0)
     assert longer.step == 20
     saved = json.loads((tmp_path / "train_options.json").read_text())
-    assert saved["resolved"]["warmup_steps"] == 1  # the 10-step run's warm-up, kept
+    assert saved["fingerprint"]["warmup_steps"] == 1  # the 10-step run's warm-up, kept
     assert saved["extensions"] == [{"at_step": 10, "to_steps": 20}]
     records = read_jsonl(str(tmp_path / "metrics.jsonl"))
     assert {"step": 10, "event": "extended", "from_steps": 10, "to_steps": 20} in records
@@ -652,14 +653,14 @@ def test_alignment_raises_fidelity_and_a_zero_weight_term_does_not(tmp_path):
     teacher, before = build_same_width()
     start = fidelity.pairwise_spearman(embeddings(teacher), embeddings(before))
     aligned = run_distillation(build_same_width, make_dataset, tmp_path / "aligned",
-                               options(steps=60, objective="embedding_mse + hidden_mse"),
+                               options(steps=60, loss="embedding_mse + hidden_mse"),
                                verbose=0)
     zero = run_distillation(build_same_width, make_dataset, tmp_path / "zero",
                             options(steps=60,
-                                    objective="minilmv2 + 0*embedding_mse + 0*hidden_mse"),
+                                    loss="minilmv2 + 0*embedding_mse + 0*hidden_mse"),
                             verbose=0)
     plain = run_distillation(build_same_width, make_dataset, tmp_path / "plain",
-                             options(steps=60, objective="minilmv2"), verbose=0)
+                             options(steps=60, loss="minilmv2"), verbose=0)
     gained = fidelity.pairwise_spearman(embeddings(teacher), embeddings(aligned.student))
     flat = fidelity.pairwise_spearman(embeddings(teacher), embeddings(zero.student))
     assert gained > start + 0.2, (start, gained)

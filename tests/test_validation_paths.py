@@ -7,7 +7,7 @@ and widths and layers, relation heads and sizes, the teacher assistant) take a g
 For every case the flag-level validation and the teacher-level resolution run, as
 `tf-minilm distill` runs them before reading the corpus. A rejected case must raise a
 `ConfigError` (or the corpus's `CorpusError`) whose message names a flag; an accepted
-case must then be accepted by everything the run builds from it (`TrainOptions`, the
+case must then be accepted by everything the run builds from it (`TrainSpec`, the
 student, the `Distiller` of each stage, the learning-rate schedule), so no setting can
 pass the flags and fail later on an internal field, as `--warmup-steps 300 --steps 300`
 once did.
@@ -28,7 +28,7 @@ from tests.conftest import make_wordpiece_tokenizer
 from tf_minilm.constants import INIT_CHOICES, METHODS
 from tf_minilm.data.corpus import CorpusError
 from tf_minilm.distill import job
-from tf_minilm.distill.assistant import build_assistant, stage_options
+from tf_minilm.distill.assistant import build_assistant, stage_specs
 from tf_minilm.distill.config import DistillConfig
 from tf_minilm.distill.trainer import make_distiller
 from tf_minilm.hf.checkpoints import load_hf_checkpoint, save_hf_checkpoint
@@ -165,19 +165,19 @@ def built_student(resolved: job.ResolvedJob, teacher: Encoder) -> Encoder:
 
 def check_runs(resolved: job.ResolvedJob, teacher: Encoder) -> None:
     """Build what the run builds from an accepted configuration (no training step)."""
-    options = resolved.train_options()
+    spec = resolved.train
     config = resolved.config
-    WarmupLinearDecay(options.learning_rate, options.resolved_warmup_steps, options.steps)
+    WarmupLinearDecay(spec.optimizer.learning_rate, spec.warmup_steps, spec.steps)
     if config.assistant_hidden:
-        steps = config.assistant_steps or max(1, options.steps // 2)
-        first, second = stage_options(options, steps)
+        steps = config.assistant_steps or max(1, spec.steps // 2)
+        first, second = stage_specs(spec, steps)
         sizes = resolved.student_config
         assistant = build_assistant(teacher, config.assistant_hidden,
                                     sizes.num_attention_heads, config.seed)
         make_distiller(teacher, assistant, first)
         make_distiller(assistant, resolved.build_student(assistant), second)
     else:
-        make_distiller(teacher, built_student(resolved, teacher), options)
+        make_distiller(teacher, built_student(resolved, teacher), spec)
 
 
 def test_the_enumeration_is_large_and_covers_every_field():

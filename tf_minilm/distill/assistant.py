@@ -1,8 +1,9 @@
 """MiniLM's teacher assistant: teacher -> assistant -> student, two runs in one call.
 
 Owns: sizing the assistant (the teacher's depth, the student's width) and chaining two
-`run_distillation` runs in sub-folders. Imports: `distill.trainer`, `distill.options`, `rules`,
-`distill.objectives`, `distill.runtime`, `model`.
+`run_distillation` runs in sub-folders, each on its part of one `TrainSpec`. Imports:
+`distill.trainer`, `distill.options`, `distill.spec`, `rules`, `distill.objectives`,
+`distill.runtime`, `model`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tf_minilm import rules
 from tf_minilm.distill import objectives as objectives_lib
 from tf_minilm.distill.options import TrainOptions
 from tf_minilm.distill.runtime import resolve_strategy
+from tf_minilm.distill.spec import TrainSpec
 from tf_minilm.distill.trainer import DistillationResult, run_distillation
 from tf_minilm.model.encoder import Encoder, copy_encoder
 from tf_minilm.model.student import build_student
@@ -42,7 +44,7 @@ def distill_with_assistant(
     student_hidden: int,
     student_heads: int,
     student_intermediate: int | None = None,
-    options: TrainOptions | None = None,
+    options: TrainSpec | TrainOptions | None = None,
     *,
     assistant_steps: int | None = None,
     assistant_hidden: int | None = None,
@@ -70,7 +72,8 @@ def distill_with_assistant(
         output_dir: parent folder of the two stage folders.
         student_layers, student_hidden, student_heads, student_intermediate: student
             sizes (FFN default 4 x hidden).
-        options: `TrainOptions` of both stages; `options.steps` is the student stage.
+        options: the resolved `TrainSpec` (or `TrainOptions`, resolved here) of both
+            stages; its `steps` are the student stage's.
         assistant_steps: steps of the teacher -> assistant stage; default half of
             `options.steps` (at least 1).
         assistant_hidden, assistant_heads: assistant width/heads; default the student's.
@@ -83,23 +86,27 @@ def distill_with_assistant(
     Returns:
         An `AssistantResult` with both encoders and both stage results.
     """
-    options = options or TrainOptions()
+    spec = options if isinstance(options, TrainSpec) else (options or TrainOptions()).resolve()
     if assistant_steps is None:
-        assistant_steps = max(1, options.steps // 2)
+        assistant_steps = max(1, spec.steps // 2)
     hidden = assistant_hidden or student_hidden
     heads = assistant_heads or student_heads
     rules.divides(heads, hidden, "the assistant's heads (default: the student's; set "
                   "assistant_heads)", "its hidden size", error=ValueError)
-    if options.method == "minilmv2":
-        objectives_lib.check_relation_heads(options.num_relation_heads, {"assistant": hidden})
+    if spec.objective.method == "minilmv2" and spec.objective.uses_relations:
+        objectives_lib.check_relation_heads(spec.objective.relation_heads, {"assistant": hidden})
     rules.positive_int(assistant_steps, "assistant_steps", error=ValueError)
-    stage_one, stage_two = stage_options(options, assistant_steps)
+    if len(spec.objective.stages) > 1:
+        raise ValueError("a teacher-assistant run has two stages of its own; give it one "
+                         "loss, not stages")
+    stage_one, stage_two = stage_specs(spec, assistant_steps)
+    seed = spec.runtime.seed
     if strategy is None:
-        strategy = resolve_strategy(options.strategy)
+        strategy = resolve_strategy(spec.runtime.strategy)
 
     def build_stage_one() -> tuple[Encoder, Encoder]:
         teacher = build_teacher()
-        return teacher, build_assistant(teacher, hidden, heads, options.seed)
+        return teacher, build_assistant(teacher, hidden, heads, seed)
 
     output_dir = os.fspath(output_dir)
     first = run_distillation(
@@ -111,7 +118,7 @@ def distill_with_assistant(
         assistant = copy_encoder(first.student, first.student.dtype_policy, name="assistant")
         student = build_student(
             assistant, student_layers, student_hidden, student_heads, student_intermediate,
-            init=student_init, seed=options.seed, layout=student_layout,
+            init=student_init, seed=seed, layout=student_layout,
         )
         return assistant, student
 
@@ -125,17 +132,14 @@ def distill_with_assistant(
     )
 
 
-def stage_options(options: TrainOptions, assistant_steps: int) -> tuple[TrainOptions, TrainOptions]:
-    """The two stages' options: teacher -> assistant (`assistant_steps`, the teacher layer
-    of `options`, the warm-up clipped to the stage), then assistant -> student (its last
-    layer)."""
-    stage_one = dataclasses.replace(
-        options, steps=assistant_steps,
-        warmup_steps=None if options.warmup_steps is None
-        else min(options.warmup_steps, assistant_steps - 1),
-        teacher_layer=options.teacher_layer, student_layer=None,
-    )
-    return stage_one, dataclasses.replace(options, teacher_layer=None)
+def stage_specs(spec: TrainSpec, assistant_steps: int) -> tuple[TrainSpec, TrainSpec]:
+    """The two stages' specs: teacher -> assistant (`assistant_steps`, the teacher layer of
+    `spec`, a given warm-up clipped to the stage, else 10% of it), then assistant ->
+    student (its last layer)."""
+    warmup = min(spec.warmup_steps, assistant_steps - 1) if spec.optimizer.warmup_explicit \
+        else assistant_steps // 10
+    stage_one = spec.with_steps(assistant_steps, warmup).replace(student_layer=None)
+    return stage_one, spec.replace(teacher_layer=None)
 
 
 def build_assistant(teacher: Encoder, hidden: int, heads: int, seed: int) -> Encoder:

@@ -1,11 +1,12 @@
 """`DistillConfig`: every setting of `tf-minilm distill`, as flags and config-file keys.
 
-Owns: the distill command's settings, their defaults (the measured default objective
-and learning rates), reading them from a YAML/JSON file, and the checks that need no
-teacher; each check calls the rule's owner (`objectives`, `options`) and re-raises
-naming the flag. Imports: `rules`, `constants`, `model.config`, `data.schedule` (the seed
-rule), `data.corpus` (its error),
-`distill.objectives`, `distill.options` (all TF-free), so a bad flag fails before TensorFlow loads.
+Owns: the distill command's settings as given (defaults < config file < flags), reading
+them from a YAML/JSON file, and the checks that need no teacher. The training fields
+carry `TrainOptions`' names and defaults (one set of defaults for the CLI and Python
+users) and are checked by `TrainOptions.resolve` once, naming the flag, which also gives
+the run's `TrainSpec`; the other fields call `rules` with their flag. Imports: `rules`,
+`constants`, `model.config`, `distill.options`, `distill.spec` (all TF-free), so a bad flag
+fails before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -24,24 +25,18 @@ from tf_minilm.constants import (
     STRATEGIES,
     STUDENT_LAYOUTS,
 )
-from tf_minilm.data.corpus import CorpusError
-from tf_minilm.data.schedule import check_seed
-from tf_minilm.distill import objectives
-from tf_minilm.distill.options import OptionError, check_warmup_steps, resolve_clipnorm
+from tf_minilm.distill.options import DEFAULT_LOSS, TrainOptions
+from tf_minilm.distill.spec import TrainSpec
 from tf_minilm.model.config import ConfigError
 
-# ----------------------------------------------------------------------------- distill
-# Chosen by measurement (docs/paper-tables.md): on texts outside the
-# corpus this objective from spread teacher layers tracks the teacher more closely than
-# layer-dropping and than sentence-transformers' embedding-MSE recipe at the same budget.
-DEFAULT_LOSS = "10*embedding_mse + hidden_mse"
+# The training settings' defaults, shared with Python users of `TrainOptions`.
+_TRAIN = TrainOptions()
 
-
-ALIGNED_LEARNING_RATE = 6e-4  # best of 1e-4 / 3e-4 / 6e-4 for the alignment rows (docs/paper-tables.md)
-
-
-RELATION_LEARNING_RATE = 3e-4  # the papers' rate for 384-wide students
-
+# The fields `TrainOptions` checks and resolves, under the same names.
+TRAIN_FIELDS = ("method", "loss", "stages", "teacher_layer", "relation_heads", "relations",
+                "relation_chunk_mb", "steps", "learning_rate", "warmup_steps", "weight_decay",
+                "clipnorm", "precision", "strategy", "resume", "seed", "checkpoint_every",
+                "keep_checkpoints", "log_every")
 
 DEFAULT_MAX_SEQ_LEN = 64  # tokens per row when neither --max-seq-len nor --data says
 
@@ -122,9 +117,9 @@ class DistillConfig:
     teacher_layer: int | None = _field(
         None, "teacher layer to distil from, 1-based (default: the last; the papers use 21 of 24 "
               "for BERT-large, 19 of 24 for RoBERTa-/XLM-R-large)")
-    relation_heads: int = _field(48, "MiniLMv2 relation heads A_r (48 for base-size teachers, 64 "
+    relation_heads: int = _field(_TRAIN.relation_heads, "MiniLMv2 relation heads A_r (48 for base-size teachers, 64 "
                                      "for large); must divide teacher and student hidden sizes")
-    relations: list[str] = _field(["qq", "kk", "vv"], "MiniLMv2 relations (pairs of q, k, v)",
+    relations: list[str] = _field(list(_TRAIN.relations), "MiniLMv2 relations (pairs of q, k, v)",
                                   nargs="+")
     relation_chunk_mb: int | None = _field(
         None, "memory budget in MiB of one chunk of relation scores (the relation loss walks "
@@ -152,26 +147,26 @@ class DistillConfig:
     batch_size: int = _field(32, "global batch size in sequences (split over replicas/workers)")
     # 400 steps of 32 x 64 tokens keep the embedded default (set-up included) under 10
     # minutes on 2 CPU cores: ~0.8 s a step measured there.
-    steps: int = _field(500, "optimizer steps (per stage when a teacher assistant is used, "
+    steps: int = _field(_TRAIN.steps, "optimizer steps (per stage when a teacher assistant is used, "
                              "see --assistant-steps)")
     learning_rate: float | None = _field(
         None, "peak learning rate of AdamW (default: 6e-4 when the loss has an alignment "
               "term, else 3e-4, the papers' rate for 384-wide students)")
     warmup_steps: int | None = _field(None, "linear warm-up steps (default: 10%% of --steps)")
-    weight_decay: float = _field(0.01, "AdamW weight decay (not on LayerNorm and biases)")
-    clipnorm: float = _field(1.0, "global gradient-norm clipping (0 disables)")
-    precision: str = _field("auto", "float32, mixed_float16, mixed_bfloat16, or auto (float16 "
+    weight_decay: float = _field(_TRAIN.weight_decay, "AdamW weight decay (not on LayerNorm and biases)")
+    clipnorm: float = _field(_TRAIN.clipnorm, "global gradient-norm clipping (0 disables)")
+    precision: str = _field(_TRAIN.precision, "float32, mixed_float16, mixed_bfloat16, or auto (float16 "
                                     "on a CUDA GPU; bfloat16 on TPU and on CPUs with "
                                     "AVX512-BF16/AMX; float32 on other CPUs)", PRECISIONS)
-    strategy: str = _field("auto", "tf.distribute strategy; multi-worker reads TF_CONFIG; auto "
+    strategy: str = _field(_TRAIN.strategy, "tf.distribute strategy; multi-worker reads TF_CONFIG; auto "
                                    "picks multi-worker/mirrored/default from the hardware",
                            STRATEGIES)
     output: str = _field("runs/distill", "output folder")
-    resume: bool = _field(False, "continue the run in --output from its last checkpoint")
-    seed: int = _field(0, "random seed (initialisation, data order, dropout)")
-    checkpoint_every: int = _field(100, "steps between checkpoints")
-    keep_checkpoints: int = _field(3, "checkpoints kept on disk")
-    log_every: int = _field(10, "steps between log lines / metrics.jsonl records")
+    resume: bool = _field(_TRAIN.resume, "continue the run in --output from its last checkpoint")
+    seed: int = _field(_TRAIN.seed, "random seed (initialisation, data order, dropout)")
+    checkpoint_every: int = _field(_TRAIN.checkpoint_every, "steps between checkpoints")
+    keep_checkpoints: int = _field(_TRAIN.keep_checkpoints, "checkpoints kept on disk")
+    log_every: int = _field(_TRAIN.log_every, "steps between log lines / metrics.jsonl records")
     eval_fraction: float = _field(0.01, "fraction of sequences held out for the relation loss")
     cache_dir: str | None = _field(None, "tokenized-corpus cache (default: OUTPUT/cache)")
 
@@ -256,18 +251,34 @@ class DistillConfig:
             setattr(self, field.name, value)
 
     # ---------------------------------------------------------------- validation
-    def validate(self) -> None:
-        """Checks that need no teacher: ranges and choices. Errors name the flag."""
+    def train_options(self, **resolved: Any) -> TrainOptions:
+        """The training fields as `TrainOptions` (same names), with `resolved` values (the
+        teacher's pooling, its layer) added."""
+        values = {name: getattr(self, name) for name in TRAIN_FIELDS}
+        values["stages"] = tuple(self.stages) if self.stages is not None else None
+        values["relations"] = tuple(self.relations)
+        values["eval_every"] = self.checkpoint_every  # the CLI evaluates at every checkpoint
+        return TrainOptions(**values, **resolved)
+
+    def validate(self, **resolved: Any) -> TrainSpec:
+        """Every check that needs no teacher, once; errors name the flag.
+
+        Args:
+            **resolved: training values found outside the flags (`pooling`,
+                `teacher_layer`), passed on to `TrainOptions`.
+
+        Returns:
+            The run's `TrainSpec` (its training fields resolved).
+        """
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
             value = getattr(self, field.name)
-            if choices and value is not None and value not in choices:
+            if field.name not in TRAIN_FIELDS and choices and value is not None \
+                    and value not in choices:
                 raise ConfigError(f"--{field.name.replace('_', '-')} is {value!r}; choose one of "
                                   f"{', '.join(choices)}")
         positive = ("student_layers", "student_hidden", "student_heads", "student_intermediate",
-                    "relation_heads", "relation_chunk_mb", "assistant_hidden", "assistant_steps",
-                    "batch_size", "steps", "checkpoint_every", "keep_checkpoints",
-                    "log_every", "prepare_workers")
+                    "assistant_hidden", "assistant_steps", "batch_size", "prepare_workers")
         for name in positive:
             rules.positive_int(getattr(self, name), _flag(name), error=ConfigError, optional=True)
         if self.max_seq_len is not None:
@@ -275,84 +286,16 @@ class DistillConfig:
         if self.data is not None and self.corpus:
             raise ConfigError("--data and --corpus are exclusive: a prepared directory already "
                               "holds its corpus")
-        if self.teacher_layer is not None and self.teacher_layer < 1:
-            raise ConfigError(f"--teacher-layer is 1-based; got {self.teacher_layer}")
-        if self.learning_rate is not None:
-            rules.finite_number(self.learning_rate, "--learning-rate", above=0, error=ConfigError)
-        rules.weight_decay(self.weight_decay, "--weight-decay", error=ConfigError)
-        try:
-            check_seed(self.seed, "--seed")
-        except CorpusError as err:
-            raise ConfigError(str(err)) from err
-        try:
-            check_warmup_steps(self.warmup_steps, self.steps, "--warmup-steps", "--steps")
-            resolve_clipnorm(self.clipnorm, "--clipnorm")
-        except OptionError as err:
-            raise ConfigError(str(err)) from err
         rules.finite_number(self.eval_fraction, "--eval-fraction", above=0, below=0.5,
                             error=ConfigError)
-        try:
-            objectives.check_relations(self.relations)
-        except objectives.ObjectiveError as err:
-            raise ConfigError(f"--relations: {err}") from err
-        self.resolved_stages()  # raises ConfigError naming --loss / --stages / --method
+        spec = self.train_options(**resolved).resolve(name=_flag, error=ConfigError)
         if self.stages is not None and self.assistant_hidden is not None:
             raise ConfigError("--stages cannot go with --assistant-hidden (the teacher-assistant "
                               "run has two stages of its own); use --loss")
         if self.assistant_steps is not None and self.assistant_hidden is None:
             raise ConfigError("--assistant-steps needs --assistant-hidden (no teacher assistant "
                               "is trained without it)")
-
-    def resolved_warmup_steps(self) -> int:
-        """--warmup-steps, or 10% of --steps."""
-        return check_warmup_steps(self.warmup_steps, self.steps)
-
-    def resolved_clipnorm(self) -> float | None:
-        """--clipnorm as the training loop takes it (0 is off: None)."""
-        return resolve_clipnorm(self.clipnorm)
-
-    def resolved_learning_rate(self) -> float:
-        """--learning-rate, or the measured default for the run's objective."""
-        if self.learning_rate is not None:
-            return self.learning_rate
-        aligned = any(objectives.needs_alignment(stage.objective)
-                      for stage in self.resolved_stages())
-        return ALIGNED_LEARNING_RATE if aligned else RELATION_LEARNING_RATE
-
-    def resolved_loss(self) -> str | None:
-        """The single-stage loss spec (None when --stages is given)."""
-        if self.stages is not None:
-            return None
-        return self.loss or self.method or DEFAULT_LOSS
-
-    def resolved_stages(self) -> tuple[Any, ...]:
-        """The run's stages (`tf_minilm.distill.objectives.Stage`), checked; errors name the flag."""
-        if self.stages is not None and self.loss is not None:
-            raise ConfigError("give --loss or --stages, not both")
-        try:
-            if self.stages is not None:
-                stages = objectives.parse_stages(self.stages, self.steps)
-            else:
-                stages = (objectives.Stage(objectives.parse_objective(self.resolved_loss()),
-                                           self.steps),)
-        except objectives.ObjectiveError as err:
-            flag = "--stages" if self.stages is not None else "--loss" if self.loss else "--method"
-            raise ConfigError(f"{flag}: {err}") from err
-        relation = {objectives.relation_term(stage.objective) for stage in stages} - {None}
-        given = "--stages" if self.stages is not None else "--loss" if self.loss else None
-        if self.method is not None and given and relation != {self.method}:
-            raise ConfigError(f"--method {self.method} disagrees with {given} (its relation "
-                              f"term: {', '.join(relation) or 'none'}); put the method in "
-                              f"{given} or leave --method out")
-        return stages
-
-    def resolved_method(self) -> str:
-        """The relation method of the run: its loss's relation term, --method, or minilmv2."""
-        for stage in self.resolved_stages():
-            term = objectives.relation_term(stage.objective)
-            if term:
-                return term
-        return self.method or "minilmv2"
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,8 +2,8 @@
 
 Owns: the distillation step (forward of both models, the objective's terms, float32
 losses, gradient clipping across replicas) and the training-only projection. Imports:
-`distill.losses`, `distill.alignment`, `distill.objectives`, `distill.options`, `model`,
-`constants`.
+`distill.losses`, `distill.alignment`, `distill.objectives`, `distill.options`,
+`distill.spec`, `model`, `constants`.
 
 The objective (`tf_minilm.distill.objectives`) sums weighted terms: the MiniLM / MiniLMv2
 self-attention relations of `tf_minilm.distill.losses` and the output alignments of
@@ -39,6 +39,7 @@ from tf_minilm.distill import alignment
 from tf_minilm.distill import losses as losses_lib
 from tf_minilm.distill import objectives as objectives_lib
 from tf_minilm.distill.options import resolve_clipnorm
+from tf_minilm.distill.spec import ObjectiveSpec
 from tf_minilm.model.config import check_layer_number
 from tf_minilm.model.encoder import Encoder
 from tf_minilm.model.pooling import PoolingSpec, sentence_embedding
@@ -217,6 +218,27 @@ class Distiller(keras.Model):
         self._all_trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.set_stage(0)
         self.built = True
+
+    @classmethod
+    def from_spec(cls, teacher: Encoder, student: Encoder, objective: ObjectiveSpec, *,
+                  clipnorm: float | None = None,
+                  relation_chunk_bytes: int = losses_lib.CHUNK_BYTES,
+                  **kwargs: Any) -> Distiller:
+        """The `Distiller` of a resolved objective (`distill.spec.ObjectiveSpec`): its parsed
+        stages, layers, relation heads and pooling object, passed as they are.
+
+        Example:
+        >>> from tf_minilm.distill.options import TrainOptions
+        >>> spec = TrainOptions(loss="minilmv2", relation_heads=4).resolve()
+        >>> sorted(Distiller.from_spec(teacher, student, spec.objective)(batch))
+        ['loss', 'loss_kk', 'loss_qq', 'loss_vv']
+        """
+        return cls(teacher, student, method=objective.method,
+                   teacher_layer=objective.teacher_layer, student_layer=objective.student_layer,
+                   num_relation_heads=objective.relation_heads, relations=objective.relations,
+                   relation_chunk_bytes=relation_chunk_bytes, clipnorm=clipnorm,
+                   stage_objectives=[stage.objective for stage in objective.stages],
+                   pooling=objective.pooling, **kwargs)
 
     # ---------------------------------------------------------------- stages
     @property

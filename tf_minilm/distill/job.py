@@ -31,6 +31,7 @@ from typing import Any
 from tf_minilm import rules
 from tf_minilm.constants import RUN_FILES
 from tf_minilm.distill.config import DEFAULT_MAX_SEQ_LEN, DistillConfig
+from tf_minilm.distill.spec import TrainSpec, continue_run, fingerprint_differences
 from tf_minilm.fileio import (
     NotOurFolderError,
     atomic_path,
@@ -45,9 +46,28 @@ logger = logging.getLogger(__name__)
 
 
 
-@dataclasses.dataclass
+# DistillConfig fields outside the training spec that change the weights: with the
+# spec's own fingerprint they decide whether --resume continues the same run.
+IDENTITY_FIELDS = ("teacher", "corpus", "data", "text_column", "doc_separator", "packing",
+                   "max_seq_len", "eval_fraction", "batch_size", "student_layout",
+                   "student_layers", "student_hidden", "student_heads", "student_intermediate",
+                   "init", "init_layers", "assistant_hidden", "assistant_steps", "strategy")
+
+
+@dataclasses.dataclass(frozen=True)
 class ResolvedJob:
-    """A `DistillConfig` with every default filled in from the teacher and the packages."""
+    """A `DistillConfig` resolved once against the teacher and the prepared data.
+
+    Attributes:
+        config: the settings as given, with `max_seq_len` filled in.
+        teacher_dir: the teacher's folder.
+        corpus: the corpus paths (empty with --data).
+        teacher_config, student_config: the two encoders' sizes.
+        init: the student's initialisation (`auto` resolved).
+        init_layers: the teacher layers copied or pruned into the student, if any.
+        train: the run's `TrainSpec` (stages, pooling, teacher layer, identity).
+        extensions: the run's earlier extensions (`--resume` with more `--steps`).
+    """
 
     config: DistillConfig
     teacher_dir: str
@@ -55,27 +75,43 @@ class ResolvedJob:
     teacher_config: EncoderConfig
     student_config: EncoderConfig
     init: str
-    teacher_layer: int
-    init_layers: tuple[int, ...] | None = None
-    pooling: dict[str, Any] | None = None
-    extensions: list[dict[str, int]] = dataclasses.field(default_factory=list)
+    init_layers: tuple[int, ...] | None
+    train: TrainSpec
+    extensions: tuple[dict[str, int], ...] = ()
+
+    @property
+    def pooling(self) -> Any:
+        """The teacher's `PoolingSpec`: the embedding terms', the written student's."""
+        return self.train.objective.pooling
+
+    @property
+    def teacher_layer(self) -> int:
+        return self.train.objective.teacher_layer
 
     def to_dict(self) -> dict[str, Any]:
+        """config.json: every setting as run, and the fingerprint a resume must match."""
         values = self.config.to_dict()
-        values.update(teacher=self.teacher_dir, corpus=self.corpus, init=self.init,
-                      teacher_layer=self.teacher_layer, method=self.config.resolved_method(),
-                      loss=self.config.resolved_loss(),
-                      init_layers=",".join(map(str, self.init_layers)) if self.init_layers
-                      else None, pooling=self.pooling,
-                      student_layers=self.student_config.num_hidden_layers,
-                      student_hidden=self.student_config.hidden_size,
-                      student_heads=self.student_config.num_attention_heads,
-                      student_intermediate=self.student_config.intermediate_size,
-                      warmup_steps=self.config.resolved_warmup_steps(),
-                      learning_rate=self.config.resolved_learning_rate(),
-                      cache_dir=self.cache_dir)
+        values.update(self.identity())
+        objective = self.train.objective
+        values.update(method=objective.method, loss=objective.loss,
+                      teacher_layer=objective.teacher_layer, pooling=objective.pooling.to_dict(),
+                      warmup_steps=self.train.warmup_steps,
+                      learning_rate=self.train.optimizer.learning_rate,
+                      cache_dir=self.cache_dir, fingerprint=self.train.fingerprint())
         if self.extensions:
             values["extensions"] = list(self.extensions)
+        return values
+
+    def identity(self) -> dict[str, Any]:
+        """The resolved values of `IDENTITY_FIELDS`, as JSON values."""
+        sizes = self.student_config
+        values = {name: getattr(self.config, name) for name in IDENTITY_FIELDS}
+        values.update(teacher=self.teacher_dir, corpus=list(self.corpus), init=self.init,
+                      init_layers=",".join(map(str, self.init_layers)) if self.init_layers
+                      else None,
+                      student_layers=sizes.num_hidden_layers, student_hidden=sizes.hidden_size,
+                      student_heads=sizes.num_attention_heads,
+                      student_intermediate=sizes.intermediate_size)
         return values
 
     def build_student(self, teacher: Any, calibration: Any = None) -> Any:
@@ -89,29 +125,6 @@ class ResolvedJob:
                              init=self.init, teacher_layers=self.init_layers,
                              seed=self.config.seed, layout=self.config.student_layout,
                              calibration=calibration)
-
-    def train_options(self) -> Any:
-        """The `TrainOptions` of this job: the resolved flags under the trainer's names.
-
-        The names differ where the trainer's are the papers' (`num_relation_heads` for
-        `--relation-heads`, `objective` for `--loss`); evaluation runs at every checkpoint.
-        """
-        from tf_minilm.distill.options import TrainOptions
-
-        config = self.config
-        return TrainOptions(
-            steps=config.steps, learning_rate=config.resolved_learning_rate(),
-            warmup_steps=config.resolved_warmup_steps(), weight_decay=config.weight_decay,
-            clipnorm=config.resolved_clipnorm(), method=config.resolved_method(),
-            teacher_layer=self.teacher_layer, objective=config.resolved_loss(),
-            stages=tuple(config.stages) if config.stages is not None else None,
-            pooling=self.pooling, num_relation_heads=config.relation_heads,
-            relations=tuple(config.relations), relation_chunk_mb=config.relation_chunk_mb,
-            seed=config.seed,
-            checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
-            log_every=config.log_every, eval_every=config.checkpoint_every,
-            resume=config.resume, strategy=config.strategy, precision=config.precision,
-        )
 
     @property
     def cache_dir(self) -> str:
@@ -170,7 +183,7 @@ def resolve(config: DistillConfig) -> ResolvedJob:
     from tf_minilm.assets import default_teacher_dir
     from tf_minilm.data.corpus import CorpusError, collect_files, default_corpus_paths
 
-    config.validate()
+    train = config.validate()
     config = _with_row_length(config)
     teacher_dir = config.teacher or default_teacher_dir()
     if not os.path.isdir(teacher_dir):
@@ -193,7 +206,7 @@ def resolve(config: DistillConfig) -> ResolvedJob:
     from tf_minilm.distill import objectives
 
     relation = {objectives.relation_term(stage.objective)
-                for stage in config.resolved_stages()} - {None}
+                for stage in train.objective.stages} - {None}
     try:
         if "minilmv2" in relation:
             objectives.check_relation_heads(config.relation_heads, sizes, "--relation-heads")
@@ -253,7 +266,7 @@ def resolve(config: DistillConfig) -> ResolvedJob:
     from tf_minilm.model.pooling import PoolingError, read_pooling
 
     try:
-        pooling = read_pooling(teacher_dir).to_dict()
+        pooling = read_pooling(teacher_dir)
     except PoolingError as err:
         raise ConfigError(f"--teacher {teacher_dir}: {err}") from err
 
@@ -265,13 +278,23 @@ def resolve(config: DistillConfig) -> ResolvedJob:
             collect_files(corpus)
         except CorpusError as err:
             raise ConfigError(f"--corpus: {err}") from err
-    return ResolvedJob(config, teacher_dir, corpus, teacher, student, init, teacher_layer,
-                       init_layers, pooling)
+    job = ResolvedJob(config, teacher_dir, corpus, teacher, student, init, init_layers,
+                      train.replace(teacher_layer=teacher_layer, pooling=pooling))
+    return dataclasses.replace(job, train=job.train.replace(
+        identity=tuple(job.identity().items())))
 
 
 # ----------------------------------------------------------------------------- output
-def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
-    """Refuse to overwrite a run; on --resume return the saved config (must match)."""
+def check_output_folder(job: ResolvedJob) -> ResolvedJob:
+    """Refuse to overwrite a run; on --resume, the job continuing the run in --output.
+
+    The run's fingerprint in its config.json must match this job's
+    (`spec.fingerprint_differences`, the comparison the trainer makes with each
+    checkpoint); more --steps extend the run, keeping its warm-up unless one is given.
+
+    Returns:
+        `job`, or on --resume the job with the run's warm-up and extensions.
+    """
     output = job.config.output
     existing = [name for name in RUN_FILES if os.path.exists(os.path.join(output, name))]
     if not job.config.resume:
@@ -284,37 +307,35 @@ def check_output_folder(job: ResolvedJob) -> dict[str, Any] | None:
             check_replaceable(output)
         except NotOurFolderError as err:
             raise ConfigError(f"--output: {err}") from err
-        return None
+        return job
 
     saved_path = os.path.join(output, "config.json")
     if not os.path.exists(saved_path):
         raise ConfigError(f"--resume: {saved_path} not found; there is no run to resume in {output}")
-    with open(saved_path, encoding="utf-8") as handle:
-        saved = json.load(handle)
-    saved_steps = saved.get("steps")
-    if isinstance(saved_steps, int) and job.config.steps > saved_steps:
-        # A longer run: keep the warm-up of the run, record the extension.
-        if job.config.warmup_steps is None:
-            job.config.warmup_steps = saved.get("warmup_steps")
-        job.extensions = list(saved.get("extensions", [])) + [
-            {"from_steps": saved_steps, "to_steps": job.config.steps}]
-        logger.info("--resume --steps %d: extending the run in %s from %d steps", job.config.steps,
-                    output, saved_steps)
-    else:
-        job.extensions = list(saved.get("extensions", []))
-    current = job.to_dict()
-    # relation_chunk_mb changes memory and speed only (the loss differs by float rounding).
-    ignored = {"resume", "output", "cache_dir", "log_every", "keep_checkpoints",
-               "relation_chunk_mb"}
-    if job.extensions and job.extensions[-1]["to_steps"] == job.config.steps:
-        ignored |= {"steps", "extensions"}
-    differences = [f"--{key.replace('_', '-')} (run: {saved.get(key)!r}, now: {value!r})"
-                   for key, value in current.items()
-                   if key not in ignored and saved.get(key) != value]
+    try:
+        with open(saved_path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        fingerprint = saved["fingerprint"]
+        if not isinstance(fingerprint, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"--resume: {saved_path} holds no run fingerprint ({err!r}); it was "
+                          "not written by this version of tf-minilm distill, so the run cannot "
+                          "be continued safely; start a new --output") from err
+    train, extended_from = continue_run(job.train, fingerprint)
+    extensions = tuple(saved.get("extensions", []))
+    if extended_from is not None:
+        extensions += ({"from_steps": extended_from, "to_steps": train.steps},)
+        logger.info("--resume --steps %d: extending the run in %s from %d steps", train.steps,
+                    output, extended_from)
+    names = {f.name for f in dataclasses.fields(DistillConfig)}
+    differences = [f"{'--' + key.replace('_', '-') if key in names else key} (run: {was!r}, "
+                   f"now: {now!r})" for key, was, now in
+                   fingerprint_differences(fingerprint, train.fingerprint(), extended_from)]
     if differences:
         raise ConfigError(f"--resume: settings differ from the run in {output}: "
                           f"{'; '.join(differences)}")
-    return saved
+    return dataclasses.replace(job, train=train, extensions=extensions)
 
 
 def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, Any]:
@@ -322,9 +343,8 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
 
     `command` (the command line, when known) goes into the student's model card.
     """
-    job = resolve(config)
+    job = check_output_folder(resolve(config))
     config = job.config  # with the defaults the teacher and --data fill in
-    check_output_folder(job)
     output = job.config.output
     try:
         claim_folder(output, "distill-run")
@@ -343,7 +363,7 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
                 job.teacher_config.hidden_size, job.student_config.num_hidden_layers,
                 job.student_config.hidden_size, job.student_config.num_attention_heads,
                 job.student_config.intermediate_size, job.init,
-                config.resolved_loss() or " then ".join(config.stages or []))
+                job.train.objective.loss or " then ".join(config.stages or []))
 
     from tf_minilm.data.corpus import DEFAULT_CORPUS_TEXT_COLUMN, CorpusError, ReadOptions
     from tf_minilm.data.pipeline import make_dataset, make_eval_dataset
@@ -382,7 +402,6 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
                             start_step=start_step)
 
     eval_dataset = make_eval_dataset(prepared.eval, config.batch_size)
-    options = job.train_options()
     student_config = job.student_config
     log_dir = os.path.join(output, "logs")
     if config.assistant_hidden:
@@ -394,7 +413,7 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
             lambda: load_hf_checkpoint(job.teacher_dir)[0], make_train_dataset,
             os.path.join(output, "stages"),
             student_config.num_hidden_layers, student_config.hidden_size,
-            student_config.num_attention_heads, student_config.intermediate_size, options,
+            student_config.num_attention_heads, student_config.intermediate_size, job.train,
             assistant_steps=config.assistant_steps, assistant_hidden=config.assistant_hidden,
             student_init="random", student_layout=config.student_layout,
             eval_dataset=eval_dataset,
@@ -414,17 +433,15 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
                 write_json_atomic(os.path.join(output, PRUNING_FILE), plan.summary())
             return teacher, student
 
-        final = run_distillation(build_models, make_train_dataset, output, options,
+        final = run_distillation(build_models, make_train_dataset, output, job.train,
                                  eval_dataset=eval_dataset, log_dir=log_dir)
         student = final.student
 
     student = save_student(student, tokenizer, output, job)
     from tf_minilm.evaluate.fidelity import run_fidelity
-    from tf_minilm.model.pooling import PoolingSpec
 
-    teacher = final.teacher if not config.assistant_hidden \
-        else load_hf_checkpoint(job.teacher_dir)[0]
-    fidelity = run_fidelity(teacher, student, tokenizer, PoolingSpec(**job.pooling),
+    teacher = result.assistant_stage.teacher if config.assistant_hidden else final.teacher
+    fidelity = run_fidelity(teacher, student, tokenizer, job.pooling,
                             prepared.eval, seed=config.seed)
     logger.info("fidelity to the teacher: %s", "; ".join(
         f"{where}: " + " ".join(f"{k}={v:.4f}" for k, v in values.items()
@@ -476,11 +493,10 @@ def save_student(student: Any, tokenizer: Any, output: str, job: ResolvedJob) ->
     """
     from tf_minilm.hf.checkpoints import save_hf_checkpoint
     from tf_minilm.model.encoder import copy_encoder
-    from tf_minilm.model.pooling import PoolingSpec
 
     float32 = copy_encoder(student, "float32", name="student")
     save_hf_checkpoint(float32, tokenizer, os.path.join(output, "student"),
-                       pooling=PoolingSpec(**job.pooling), teacher_folder=job.teacher_dir)
+                       pooling=job.pooling, teacher_folder=job.teacher_dir)
     with atomic_path(os.path.join(output, "student.keras")) as partial:
         float32.save(partial)
     return float32

@@ -6,7 +6,7 @@ every student variable (weights and dropout seed states), every optimizer variab
 fingerprint, elapsed time). Files are written to a temporary name in the same folder,
 fsync'ed and renamed with `os.replace`, so a checkpoint under its final name is always
 complete (`fileio.atomic_path`, durable); states with a non-finite value are refused.
-Imports: Keras, NumPy, `fileio`.
+Imports: Keras, NumPy, `fileio`, `rules`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tf_minilm import rules
 from tf_minilm.fileio import PARTIAL, atomic_path
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,7 @@ class CheckpointManager:
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, is_chief: bool = True) -> None:
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep_checkpoints must be an integer >= 1, got {keep!r}")
+        rules.positive_int(keep, "keep_checkpoints", error=ValueError)
         self.directory = os.fspath(directory)
         self.keep = keep
         self.is_chief = is_chief

@@ -2,9 +2,11 @@
 
 Owns: `run_distillation` (read it top to bottom: 1 strategy/precision/resume plan,
 2 build in scope, 3 restore, 4 fit each stage, 5 last checkpoint and evaluation), the
-run fingerprint that a resume must match, and `DistillationResult`. Imports: the other
-`distill` modules, `model.encoder`, `schedules`, `fileio`; nothing above it (the `distill` command's
-job, the CLI) is imported here.
+resume plan (the run's fingerprint, `distill.spec`, compared with the checkpoint's) and
+`DistillationResult`. It takes a resolved `TrainSpec` (or `TrainOptions`, resolved once
+on entry) and checks nothing again. Imports: the other `distill` modules,
+`model.encoder`, `schedules`, `fileio`; nothing above it (the `distill` command's job, the
+CLI) is imported here.
 
 `run_distillation` is the one call the `distill` job makes:
 
@@ -12,7 +14,7 @@ job, the CLI) is imported here.
         build_models=lambda: (teacher_encoder(), student_encoder()),   # called in scope
         make_train_dataset=lambda start_step: batches_from(start_step),
         output_dir="runs/x",
-        options=TrainOptions(steps=1000, learning_rate=1e-4),
+        options=TrainOptions(steps=1000, learning_rate=1e-4),   # or its resolved TrainSpec
     )
 
 It resolves the tf.distribute strategy and the Keras precision policy, builds the
@@ -22,9 +24,9 @@ models inside `strategy.scope()` (hence the builder callable), wraps them in a
     checkpoints/ckpt-<step>.npz   every `checkpoint_every` steps (last `keep_checkpoints`)
     metrics.jsonl                 one JSON line per `log_every` steps (+ eval lines)
     tensorboard/                  the same scalars for TensorBoard
-    train_options.json            the resolved options
+    train_options.json            the resolved spec and its fingerprint
 
-Stages (`TrainOptions.stages`) run one after the other in the same `Distiller`, the
+Stages (`TrainSpec.objective.stages`) run one after the other in the same `Distiller`, the
 same optimizer and one global step counter; each stage boundary is checkpointed. A run
 resumed with a larger `steps` is extended: the warm-up is kept and the linear decay is
 re-planned from the resume step (`WarmupLinearDecay.replans`).
@@ -70,6 +72,7 @@ from tf_minilm.distill.runtime import (
     resolve_relation_chunk_bytes,
     resolve_strategy,
 )
+from tf_minilm.distill.spec import TrainSpec, continue_run, fingerprint_differences
 from tf_minilm.distill.state import CheckpointManager, TrainingCheckpointError
 from tf_minilm.fileio import write_json_atomic
 from tf_minilm.model.encoder import Encoder
@@ -116,68 +119,46 @@ class DistillationResult:
 class _ResumePlan:
     """What the newest checkpoint (if any) means for this run: where to start, what changed."""
 
+    spec: TrainSpec
     checkpoint: str | None
     header: dict[str, Any] | None
-    warmup_steps: int
     base_steps: int
     replans: list[tuple[int, int]]
     extended_from: int | None
 
 
-def _plan_resume(manager: CheckpointManager, options: TrainOptions) -> _ResumePlan:
-    """Read the newest checkpoint's header; a larger `steps` extends the run.
-
-    Extending keeps the warm-up of the run (unless `warmup_steps` is given) and
-    re-plans the linear decay from the checkpoint's step to the new total.
-    """
+def _plan_resume(manager: CheckpointManager, spec: TrainSpec) -> _ResumePlan:
+    """Read the newest checkpoint's header; `spec.continue_run` keeps the run's warm-up
+    and lets a larger `steps` extend it, the linear decay re-planned from the checkpoint's
+    step to the new total."""
     existing = manager.checkpoints()
-    if existing and not options.resume:
+    if existing and not spec.checkpoints.resume:
         raise TrainingCheckpointError(
             f"{manager.directory} already holds checkpoints of a run (latest: step "
             f"{existing[-1][0]}); resume it (resume=True) or use a new output folder"
         )
-    warmup = options.resolved_warmup_steps
     newest = manager.newest_readable() if existing else None
     if newest is None:
-        return _ResumePlan(None, None, warmup, options.steps, [], None)
+        return _ResumePlan(spec, None, None, spec.steps, [], None)
     path, header = newest
     saved = header.get("fingerprint", {})
     replans = [(int(a), int(b)) for a, b in saved.get("replans", [])]
-    saved_steps = saved.get("steps")
-    base_steps = int(saved.get("base_steps", saved_steps or options.steps))
-    extended_from = None
-    if isinstance(saved_steps, int) and options.steps > saved_steps:
-        extended_from = saved_steps
-        replans.append((int(header["step"]), options.steps))
-        if options.warmup_steps is None and isinstance(saved.get("warmup_steps"), int):
-            warmup = saved["warmup_steps"]
+    base_steps = int(saved.get("base_steps", saved.get("steps") or spec.steps))
+    spec, extended_from = continue_run(spec, saved)
+    if extended_from is not None:
+        replans.append((int(header["step"]), spec.steps))
         logger.info("extending the run from %d to %d steps at step %d (warm-up %d kept, decay "
-                    "re-planned)", saved_steps, options.steps, header["step"], warmup)
-    return _ResumePlan(path, header, warmup, base_steps, replans, extended_from)
+                    "re-planned)", extended_from, spec.steps, header["step"], spec.warmup_steps)
+    return _ResumePlan(spec, path, header, base_steps, replans, extended_from)
 
 
-def _fingerprint(options: TrainOptions, distiller: Distiller, policy: str,
-                 plan: _ResumePlan) -> dict[str, Any]:
-    """The settings that determine the training trajectory (must match on resume)."""
+def _fingerprint(plan: _ResumePlan, distiller: Distiller, policy: str) -> dict[str, Any]:
+    """The run's fingerprint (`TrainSpec.fingerprint`) with what the trainer adds: the
+    student's sizes, the precision policy it resolved, and the decay's re-plans."""
     return {
-        "steps": options.steps,
-        "learning_rate": options.learning_rate,
-        "warmup_steps": plan.warmup_steps,
-        "weight_decay": options.weight_decay,
-        "clipnorm": options.resolved_clipnorm,
-        "adam_beta_1": options.adam_beta_1,
-        "adam_beta_2": options.adam_beta_2,
-        "adam_epsilon": options.adam_epsilon,
-        "method": distiller.method,
-        "teacher_layer": distiller.teacher_layer,
-        "student_layer": distiller.student_layer,
-        "num_relation_heads": distiller.num_relation_heads,
-        "relations": list(distiller.relations),
-        "seed": options.seed,
-        "precision": policy,
+        **plan.spec.fingerprint(),
         "student_config": distiller.student.config.to_dict(),
-        "stages": [stage.to_dict() for stage in options.resolved_stages()],
-        "pooling": distiller.pooling.to_dict(),
+        "precision_policy": policy,
         "base_steps": plan.base_steps,
         "replans": [list(pair) for pair in plan.replans],
     }
@@ -185,20 +166,8 @@ def _fingerprint(options: TrainOptions, distiller: Distiller, policy: str,
 
 def _check_fingerprint(path: str, saved: dict[str, Any], current: dict[str, Any],
                        extended_from: int | None = None) -> None:
-    expected = dict(saved)
-    if extended_from is not None:
-        # A longer run: only the total, the last stage's end and the new re-plan differ.
-        expected["steps"] = current["steps"]
-        stages = [dict(stage) for stage in saved.get("stages") or []]
-        if stages:
-            stages[-1]["end_step"] = current["steps"]
-        expected["stages"] = stages
-        expected["replans"] = current["replans"]
-    differences = [
-        f"{key}={expected.get(key)!r} in the checkpoint, {value!r} now"
-        for key, value in current.items()
-        if expected.get(key) != value
-    ]
+    differences = [f"{key}={was!r} in the checkpoint, {now!r} now"
+                   for key, was, now in fingerprint_differences(saved, current, extended_from)]
     if differences:
         raise TrainingCheckpointError(
             f"{path}: cannot resume, the run settings differ ({'; '.join(differences)}). "
@@ -236,7 +205,7 @@ def run_distillation(
     build_models: Callable[[], tuple[Encoder, Encoder]],
     make_train_dataset: Callable[[int], tf.data.Dataset],
     output_dir: str | os.PathLike,
-    options: TrainOptions | None = None,
+    options: TrainSpec | TrainOptions | None = None,
     *,
     eval_dataset: tf.data.Dataset | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -255,13 +224,14 @@ def run_distillation(
             int32 [global_batch, seq] `input_ids`, `attention_mask`, `token_type_ids`),
             the first being the batch of global step `start_step`. It must be a pure
             function of the step (and the seed) and yield at least
-            `options.steps - start_step` batches.
+            `steps - start_step` batches.
         output_dir: run folder (checkpoints, metrics.jsonl, tensorboard, options).
-        options: `TrainOptions` (default: `TrainOptions()`).
+        options: the run's resolved `TrainSpec`, or `TrainOptions` (resolved here, once;
+            default `TrainOptions()`).
         eval_dataset: finite dataset of held-out batches; its relation losses are
-            logged as "eval_*" every `options.eval_every` steps and at the end.
+            logged as "eval_*" every `eval_every` steps and at the end.
         callbacks: extra Keras callbacks, run after the built-in ones.
-        strategy: an existing strategy (overrides `options.strategy`), e.g. to run
+        strategy: an existing strategy (overrides the spec's strategy), e.g. to run
             several stages in one process.
         checkpoint_dir: default `output_dir/checkpoints` (must be shared by workers).
         log_dir: TensorBoard folder, default `output_dir/tensorboard`.
@@ -288,8 +258,7 @@ def run_distillation(
             reached is written first).
         StrategyError: impossible strategy/precision for this machine.
     """
-    options = options or TrainOptions()
-    options.validate()
+    spec = options if isinstance(options, TrainSpec) else (options or TrainOptions()).resolve()
     output_dir = os.fspath(output_dir)
     checkpoint_dir = os.fspath(checkpoint_dir or os.path.join(output_dir, "checkpoints"))
     log_dir = os.fspath(log_dir or os.path.join(output_dir, "tensorboard"))
@@ -297,23 +266,25 @@ def run_distillation(
 
     # 1. Where and how: strategy, precision, and what the newest checkpoint means.
     if strategy is None:
-        strategy = resolve_strategy(options.strategy)
-    policy = resolve_precision(options.precision, strategy)
+        strategy = resolve_strategy(spec.runtime.strategy)
+    policy = resolve_precision(spec.runtime.precision, strategy)
     chief = is_chief(strategy)
-    manager = CheckpointManager(checkpoint_dir, options.keep_checkpoints, is_chief=chief)
+    manager = CheckpointManager(checkpoint_dir, spec.checkpoints.keep_checkpoints,
+                                is_chief=chief)
     manager.remove_stale_temporaries()
-    plan = _plan_resume(manager, options)
-    stages = options.resolved_stages()
+    plan = _plan_resume(manager, spec)
+    spec = plan.spec  # with the run's warm-up when resumed
+    stages = spec.objective.stages
 
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
         # 2. Build teacher, student, Distiller and optimizer inside the strategy scope.
-        keras.utils.set_random_seed(options.seed)
-        distiller, schedule = _build(build_models, options, plan, strategy, policy)
+        keras.utils.set_random_seed(spec.runtime.seed)
+        distiller, schedule = _build(build_models, plan, strategy, policy)
 
         # 3. Resume: restore the newest checkpoint of this same run, trim the metrics log.
-        fingerprint = _fingerprint(options, distiller, policy, plan)
+        fingerprint = _fingerprint(plan, distiller, policy)
         start_step, elapsed_offset = 0, 0.0
         if plan.checkpoint is not None:
             _check_fingerprint(plan.checkpoint, plan.header.get("fingerprint", {}), fingerprint,
@@ -328,19 +299,20 @@ def run_distillation(
         if chief:
             extensions = [{"at_step": start, "to_steps": total} for start, total in plan.replans]
             write_json_atomic(os.path.join(output_dir, "train_options.json"),
-                              {**dataclasses.asdict(options), "resolved": fingerprint,
+                              {**dataclasses.asdict(spec), "fingerprint": fingerprint,
                                "extensions": extensions})
 
         # 4. Train: the stages in order, one `fit` each, checkpointed at every boundary.
         metrics_logger = MetricsLogger(
-            metrics_path, log_dir, options.log_every, start_step, learning_rate=schedule,
-            elapsed_offset=elapsed_offset, write=chief, total_steps=options.steps,
+            metrics_path, log_dir, spec.checkpoints.log_every, start_step,
+            learning_rate=schedule, elapsed_offset=elapsed_offset, write=chief,
+            total_steps=spec.steps,
         )
         try:
             if plan.extended_from is not None:
                 metrics_logger.write_record({"step": start_step, "event": "extended",
                                              "from_steps": plan.extended_from,
-                                             "to_steps": options.steps})
+                                             "to_steps": spec.steps})
 
             def save(step: int) -> str | None:
                 meta = {"fingerprint": fingerprint, "elapsed_s": metrics_logger.elapsed}
@@ -348,9 +320,11 @@ def run_distillation(
                                     distiller.optimizer.variables, meta)
 
             guard = NonFiniteGuard(start_step, last_checkpoint=manager.latest)
-            checkpointer = PeriodicCheckpoint(save, options.checkpoint_every, start_step)
-            evaluator = PeriodicEvaluation(eval_dataset, options.eval_every, options.eval_steps,
-                                           metrics_logger, start_step)
+            checkpointer = PeriodicCheckpoint(save, spec.checkpoints.checkpoint_every,
+                                              start_step)
+            evaluator = PeriodicEvaluation(eval_dataset, spec.checkpoints.eval_every,
+                                           spec.checkpoints.eval_steps, metrics_logger,
+                                           start_step)
             evaluator.set_model(distiller)
             fit_callbacks = [guard, checkpointer, metrics_logger, evaluator, *callbacks]
             if verbose is None:
@@ -381,9 +355,9 @@ def run_distillation(
             checkpoint = saved[-1][1] if saved else None
             if chief and (not saved or saved[-1][0] != step):
                 checkpoint = save(step)
-            if step < options.steps:
+            if step < spec.steps:
                 raise DataExhaustedError(
-                    f"the training dataset ended after global step {step} of {options.steps}; "
+                    f"the training dataset ended after global step {step} of {spec.steps}; "
                     f"the state of step {step} is saved in {checkpoint}. Make the dataset "
                     "repeat (or yield at least steps - start_step batches)."
                 )
@@ -404,47 +378,39 @@ def run_distillation(
     )
 
 
-def _build(build_models: Callable[[], tuple[Encoder, Encoder]], options: TrainOptions,
-           plan: _ResumePlan, strategy: tf.distribute.Strategy,
-           policy: str) -> tuple[Distiller, WarmupLinearDecay]:
+def _build(build_models: Callable[[], tuple[Encoder, Encoder]], plan: _ResumePlan,
+           strategy: tf.distribute.Strategy, policy: str) -> tuple[Distiller, WarmupLinearDecay]:
     """Teacher and student from `build_models`, the `Distiller` and its built AdamW, in scope."""
+    spec = plan.spec
+    optimizer_spec = spec.optimizer
     with strategy.scope():
-        distiller = make_distiller(*build_models(), options)
-        schedule = WarmupLinearDecay(options.learning_rate, plan.warmup_steps,
+        distiller = make_distiller(*build_models(), spec)
+        schedule = WarmupLinearDecay(optimizer_spec.learning_rate, spec.warmup_steps,
                                      plan.base_steps, replans=plan.replans)
         optimizer = make_optimizer(
             schedule,
-            weight_decay=options.weight_decay,
+            weight_decay=optimizer_spec.weight_decay,
             no_decay=no_decay_variables(distiller.all_stage_variables),
-            beta_1=options.adam_beta_1,
-            beta_2=options.adam_beta_2,
-            epsilon=options.adam_epsilon,
+            beta_1=optimizer_spec.adam_beta_1,
+            beta_2=optimizer_spec.adam_beta_2,
+            epsilon=optimizer_spec.adam_epsilon,
         )
         distiller.compile(optimizer=optimizer, steps_per_execution=1,
-                          jit_compile=resolve_jit_compile(options.jit_compile, strategy, policy))
+                          jit_compile=resolve_jit_compile(spec.runtime.jit_compile, strategy,
+                                                          policy))
         distiller.optimizer.build(distiller.all_stage_variables)
     return distiller, schedule
 
 
-def make_distiller(teacher: Encoder, student: Encoder, options: TrainOptions) -> Distiller:
-    """The `Distiller` of a run's options (every stage's objective, clipping, pooling)."""
-    return Distiller(
-        teacher,
-        student,
-        method=options.method,
-        teacher_layer=options.teacher_layer,
-        student_layer=options.student_layer,
-        num_relation_heads=options.num_relation_heads,
-        relations=options.relations,
-        relation_chunk_bytes=resolve_relation_chunk_bytes(options.relation_chunk_mb),
-        clipnorm=options.resolved_clipnorm,
-        stage_objectives=[stage.objective for stage in options.resolved_stages()],
-        pooling=options.pooling,
-        name="distiller",
-    )
+def make_distiller(teacher: Encoder, student: Encoder, spec: TrainSpec) -> Distiller:
+    """The `Distiller` of a run: the spec's objective, its clipping, the device's chunk size."""
+    return Distiller.from_spec(
+        teacher, student, spec.objective, clipnorm=spec.optimizer.clipnorm,
+        relation_chunk_bytes=resolve_relation_chunk_bytes(spec.objective.relation_chunk_mb),
+        name="distiller")
 
 
-def learning_rate_at(options: TrainOptions, step: int) -> float:
+def learning_rate_at(spec: TrainSpec, step: int) -> float:
     """The learning rate used by the update that follows `step` completed updates."""
-    schedule = WarmupLinearDecay(options.learning_rate, options.resolved_warmup_steps, options.steps)
+    schedule = WarmupLinearDecay(spec.optimizer.learning_rate, spec.warmup_steps, spec.steps)
     return float(schedule(step))
