@@ -47,6 +47,9 @@ ARITHMETIC_OPS = frozenset({"Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv", 
 PASS_THROUGH_OPS = frozenset({"Identity", "Cast"})
 """Ops between a weight read and the arithmetic that consumes it."""
 PROTECT_ATTR = "_grappler_do_not_remove"
+STAND_IN_MIN_ELEMENTS = 1024
+"""Float32 constants with at least this many elements convert as stand-ins (`stand_in_weights`)."""
+STAND_IN_BASE = 4096.0
 
 
 def check_opset(opset: int) -> int:
@@ -83,21 +86,26 @@ def input_signature() -> list[Any]:
 
 
 def float32_copy(encoder: Any) -> Any:
-    """A new `Encoder` with float32 variables and compute holding `encoder`'s weights.
+    """`encoder` with float32 variables and compute: itself when it is float32, else a new
+    `Encoder` holding its weights.
 
     A model built under `mixed_bfloat16` exports a graph onnxruntime refuses, so the
-    export always converts this copy.
+    export always converts a float32 model; one that is float32 already is not copied
+    (a base-size encoder's copy is 440 MB more memory, and the export only reads it).
 
     Args:
         encoder: a `tf_minilm.model.encoder.Encoder` under any dtype policy.
 
     Returns:
-        The float32 copy (the original is left untouched).
+        The float32 encoder (the original is left untouched).
     """
     from tf_minilm.model.encoder import Encoder, copy_encoder
 
     if not isinstance(encoder, Encoder):
         raise ExportError(f"expected a tf_minilm Encoder, got {type(encoder).__name__}")
+    policy = encoder.dtype_policy
+    if policy.compute_dtype == "float32" and policy.variable_dtype == "float32":
+        return encoder
     try:
         return copy_encoder(encoder, "float32")
     except ValueError as err:
@@ -197,8 +205,12 @@ def protect_weight_reads(graph_def: Any) -> int:
     return marked
 
 
-def _convert(function: Any, signature: list[Any], opset: int) -> Any:
-    """`tf2onnx.convert.from_function`, with the weight reads protected before grappler."""
+def _convert(function: Any, signature: list[Any], opset: int, stand_ins: bool = True,
+             check: Callable[[Any], None] | None = None) -> Any:
+    """`tf2onnx.convert.from_graph_def` of the frozen function, with the weight reads
+    protected before grappler and (`stand_ins`) the large weights as graph inputs while
+    it runs, written in as initializers afterwards (`freeze_with_weights_as_inputs`);
+    `check` sees the converted graph before that."""
     import tensorflow as tf
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import (
@@ -208,27 +220,107 @@ def _convert(function: Any, signature: list[Any], opset: int) -> Any:
     concrete = function.get_concrete_function(*signature)
     input_names = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
     output_names = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+    weights: dict[str, Any] = {}
     with tf.device("/cpu:0"):
-        frozen = convert_variables_to_constants_v2(
-            concrete, lower_control_flow=False, aggressive_inlining=True
-        )
-    graph_def = tf2onnx.tf_loader.fix_freezing_errors_part2(
-        frozen.graph.as_graph_def(add_shapes=True)
-    )
+        if stand_ins:
+            graph_def, weights = freeze_with_weights_as_inputs(concrete)
+        else:
+            frozen = convert_variables_to_constants_v2(
+                concrete, lower_control_flow=False, aggressive_inlining=True
+            )
+            graph_def = frozen.graph.as_graph_def(add_shapes=True)
+            del frozen  # its graph holds a copy of every weight
+    graph_def = tf2onnx.tf_loader.fix_freezing_errors_part2(graph_def)
     marked = protect_weight_reads(graph_def)
     logger.debug("protected %d weight reads from grappler's arithmetic simplification", marked)
+    logger.debug("converting with %d weights as inputs (%.1f MB kept aside)", len(weights),
+                 sum(value.nbytes for value in weights.values()) / 1e6)
+    renames = tf2onnx.convert.tensor_names_from_structed(concrete, input_names, output_names)
     with _optimizer_errors_raised():
         model, _ = tf2onnx.convert.from_graph_def(
-            graph_def,
-            name=concrete.name,
-            input_names=input_names,
-            output_names=output_names,
-            opset=opset,
-            tensors_to_rename=tf2onnx.convert.tensor_names_from_structed(
-                concrete, input_names, output_names
-            ),
-        )
+            graph_def, name=concrete.name, input_names=input_names + list(weights),
+            output_names=output_names, opset=opset, tensors_to_rename=renames)
+    del graph_def
+    if check is not None:
+        check(model)
+    restore_weights(model, weights)
     return model
+
+
+def freeze_with_weights_as_inputs(concrete: Any) -> tuple[Any, dict[str, Any]]:
+    """Freeze `concrete` as `convert_variables_to_constants_v2` does, except that every
+    large float32 variable becomes a `Placeholder` of its shape; return the graph and them.
+
+    With the values in the graph, freezing took about 9 copies of the weights and
+    tf2onnx's ONNX optimiser passes one more per pass (some 20 passes): about 250 bytes of
+    memory per parameter (9.2 GB for a 2 x 768 encoder). As placeholders they cost
+    nothing there, and grappler and tf2onnx convert the same graph (`restore_weights`
+    turns them into the initializers they would have been; a test checks the result is
+    the frozen-values export node for node). The freezing steps are TensorFlow's own
+    (`convert_to_constants`): only the values of the large weights are held aside, as
+    the variables' NumPy views, and the Const nodes that would hold them are made
+    placeholders; small constants (biases, LayerNorms, scalars) stay values, as grappler
+    needs them to be.
+
+    Returns:
+        (GraphDef with shapes, placeholder name `NAME:0` -> the weight's NumPy array).
+    """
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.python.framework import convert_to_constants
+
+    class _WeightsAside(convert_to_constants._FunctionConverterDataInEager):
+        def _build_tensor_data(self) -> None:
+            super()._build_tensor_data()
+            for name, data in list(self._tensor_data.items()):
+                if data.numpy.dtype == np.float32 and data.numpy.size >= STAND_IN_MIN_ELEMENTS:
+                    aside[name] = data.numpy
+                    self._tensor_data[name] = data._replace(numpy=np.float32(0))
+
+    aside: dict[str, Any] = {}
+    converter = _WeightsAside(func=concrete, lower_control_flow=False,
+                              aggressive_inlining=True)
+    graph_def, _ = convert_to_constants._replace_variables_by_constants(converter)
+    del converter
+    for node in graph_def.node:
+        if node.name in aside:
+            if node.op != "Const":
+                raise ExportError(f"weight {node.name} froze into a {node.op}, not a Const")
+            node.op = "Placeholder"
+            node.attr.pop("value")
+            node.attr["shape"].shape.CopyFrom(
+                tf.TensorShape(aside[node.name].shape).as_proto())
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name="")
+    return graph.as_graph_def(add_shapes=True), {f"{name}:0": value
+                                                 for name, value in aside.items()}
+
+
+def restore_weights(model: Any, weights: dict[str, Any]) -> None:
+    """Turn the stand-in inputs of the converted model into initializers, in place
+    (emptying `weights`).
+
+    Raises:
+        ExportError: a stand-in that is no longer an input of the graph with the
+            weight's shape.
+    """
+    from onnx import numpy_helper
+
+    inputs = {value.name: value for value in model.graph.input}
+    for name in list(weights):
+        value = weights.pop(name)  # each array is freed once it is an initializer
+        if name not in inputs:
+            used = any(name in node.input for node in model.graph.node)
+            if used:
+                raise ExportError(f"weight {name} is used but is no input of the converted "
+                                  "graph")
+            continue  # not reached by the outputs
+        dims = [dim.dim_value for dim in inputs[name].type.tensor_type.shape.dim]
+        if dims != list(value.shape):
+            raise ExportError(f"weight {name} has shape {list(value.shape)}, its input in the "
+                              f"converted graph {dims}")
+        model.graph.input.remove(inputs[name])
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
 
 
 @contextlib.contextmanager
@@ -286,9 +378,27 @@ def function_to_onnx(
         )
     try:
         with quiet():
-            model = _convert(function, list(signature), opset)
+            model = _convert(function, list(signature), opset, check=_check_graph)
+    except ExportError:
+        raise
     except Exception as err:  # tf2onnx raises many exception types
         raise ExportError(f"tf2onnx could not convert the model at opset {opset}: {err}") from err
+    got_inputs = [value.name for value in model.graph.input]
+    if tuple(got_inputs) != INPUT_NAMES:
+        raise ExportError(f"converted graph has inputs {got_inputs}, expected {list(INPUT_NAMES)}")
+    if path is not None:
+        onnx.save(model, os.fspath(path))
+    logger.info("converted to ONNX opset %d: %d nodes, outputs %s", opset, len(model.graph.node),
+                [value.name for value in model.graph.output])
+    return model
+
+
+def _check_graph(model: Any) -> None:
+    """Every op converted and the graph valid ONNX; run before the large weights are
+    written in, so the checker serialises a graph of a few megabytes."""
+    import onnx
+
+    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
     missing = _unconverted_ops(model)
     if missing:
         hint = (
@@ -303,14 +413,6 @@ def function_to_onnx(
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"tf2onnx produced an invalid ONNX graph at opset {opset}: {err}") from err
-    got_inputs = [value.name for value in model.graph.input]
-    if tuple(got_inputs) != INPUT_NAMES:
-        raise ExportError(f"converted graph has inputs {got_inputs}, expected {list(INPUT_NAMES)}")
-    if path is not None:
-        onnx.save(model, os.fspath(path))
-    logger.info("converted to ONNX opset %d: %d nodes, outputs %s", opset, len(model.graph.node),
-                [value.name for value in model.graph.output])
-    return model
 
 
 def to_onnx(

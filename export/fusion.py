@@ -200,7 +200,7 @@ def check_fusions(statistics: dict[str, int], expected: dict[str, int]) -> None:
         )
 
 
-def _keep_graph_inputs(optimized: Any, original: Any) -> None:
+def _keep_graph_inputs(optimized: Any, original_inputs: list[Any]) -> None:
     """Put back graph inputs the optimizer pruned because nothing reads them.
 
     An encoder without token types (MPNet) still takes `token_type_ids`, as every
@@ -208,7 +208,7 @@ def _keep_graph_inputs(optimized: Any, original: Any) -> None:
     would change the graph's signature with the fusions.
     """
     kept = {value.name for value in optimized.graph.input}
-    for position, value in enumerate(original.graph.input):
+    for position, value in enumerate(original_inputs):
         if value.name not in kept:
             optimized.graph.input.insert(position, value)
 
@@ -222,12 +222,13 @@ def optimize_onnx(
 ) -> dict[str, int]:
     """Apply onnxruntime's BERT fusions to a converted encoder graph and check them.
 
-    Runs `prepare_for_fusion` on a copy, then `optimize_model(model_type="bert",
-    opt_level=0)` (Python fusions only, so torch is never imported) with the raw 2-D
-    attention mask kept as the Attention mask input (correct for any padding side).
+    Runs `prepare_for_fusion`, then `optimize_model(model_type="bert", opt_level=0)`
+    (Python fusions only, so torch is never imported) with the raw 2-D attention mask
+    kept as the Attention mask input (correct for any padding side).
 
     Args:
-        model: the converted `onnx.ModelProto` (not modified).
+        model: the converted `onnx.ModelProto`, rewritten in place (no copy: a
+            base-size model's graph is 440 MB); save it first to keep it.
         path: where to save the optimized model (written only when the check passes).
         num_heads: attention heads.
         hidden_size: model width.
@@ -243,8 +244,10 @@ def optimize_onnx(
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    original_inputs = [onnx.ValueInfoProto() for _ in model.graph.input]
+    for copy, value in zip(original_inputs, model.graph.input, strict=True):
+        copy.CopyFrom(value)
+    work = model
     rewrites = prepare_for_fusion(work)
     logger.debug("pre-fusion rewrites: %s", rewrites)
     options = FusionOptions("bert")
@@ -259,7 +262,7 @@ def optimize_onnx(
             opt_level=0,
         )
         statistics = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items()}
-    _keep_graph_inputs(optimized.model, model)
+    _keep_graph_inputs(optimized.model, original_inputs)
     logger.info("fused operators: %s", {op: n for op, n in statistics.items() if n})
     if expected is not None:
         check_fusions(statistics, expected)

@@ -241,6 +241,44 @@ def test_command_module_imports_nothing_heavy():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+MEMORY_CHECK = """
+import json, resource, sys
+import numpy as np
+from tests.conftest import make_wordpiece_tokenizer
+from tf_minilm.model.config import EncoderConfig
+from tf_minilm.model.encoder import Encoder
+from export.pipeline import export_model
+
+encoder = Encoder(EncoderConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=2,
+                                num_attention_heads=12, intermediate_size=1536))
+ids = np.ones((1, 8), "int32")
+encoder({"input_ids": ids, "attention_mask": ids})
+export_model(encoder, sys.argv[1], quantize="none", tokenizer=make_wordpiece_tokenizer())
+print(json.dumps({"weight_bytes": encoder.count_params() * 4,
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+@pytest.mark.slow
+def test_export_memory_is_bounded_by_three_times_the_weights_plus_2_gb(tmp_path):
+    """A vocabulary-sized 2 x 384 encoder (62 MB of weights) exports, fused and checked,
+    within 3 x its weight bytes + 2 GB, TensorFlow's own memory included (a fresh
+    process). Converted from the frozen values, as before, the same export exceeds the
+    bound (docs/benchmarks.md, `benchmarks/export_memory.py`)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", MEMORY_CHECK, str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["weight_bytes"] > 50e6
+    assert figures["peak_rss_bytes"] <= 3 * figures["weight_bytes"] + 2 * 2**30, figures
+    assert (tmp_path / "out" / "model.onnx").is_file()
+
+
 # ------------------------------------------------- weights at their initial values
 def reset_to_init(weights):
     """BERT's initial biases and LayerNorms: zero bias and beta, unit gamma."""
@@ -303,6 +341,76 @@ def test_graph_structure_does_not_depend_on_weight_values(tokenizer):
     reference = op_type_counts(ours)
     for weights_at_init in (fresh_encoder(tokenizer), distilled_like_encoder(tokenizer)):
         assert op_type_counts(to_onnx(weights_at_init)) == reference
+
+
+def canonical_graph(model):
+    """The graph with tensor names replaced by what they are: an initializer's shape and
+    value digest, the node and output index that computes a tensor, or a graph input."""
+    initializers = {t.name: ("initializer", tuple(t.dims), hashlib.sha1(
+        np.ascontiguousarray(onnx.numpy_helper.to_array(t)).tobytes()).hexdigest())
+        for t in model.graph.initializer}
+    produced = {output: ("node", index, slot) for index, node in enumerate(model.graph.node)
+                for slot, output in enumerate(node.output)}
+    outputs = [value.name for value in model.graph.output]
+    return [(node.op_type, node.domain,
+             tuple(initializers.get(name) or produced.get(name) or ("input", name)
+                   for name in node.input),
+             tuple(sorted((a.name, onnx.helper.get_attribute_value(a).__repr__())
+                          for a in node.attribute if a.type != onnx.AttributeProto.TENSOR)),
+             tuple(name for name in node.output if name in outputs))
+            for node in model.graph.node]
+
+
+@pytest.mark.parametrize("build", [
+    lambda tokenizer: make_encoder(tokenizer, STRONG_SCALE, seed=7), fresh_encoder,
+    lambda tokenizer: make_encoder(tokenizer, STRONG_SCALE, seed=8, model_type="roberta")],
+    ids=["bert", "bert-at-init", "roberta"])
+def test_weights_converted_as_inputs_give_the_frozen_values_export_node_for_node(tokenizer,
+                                                                                 build):
+    from export.convert import (
+        STAND_IN_MIN_ELEMENTS,
+        _convert,
+        freeze_with_weights_as_inputs,
+        input_signature,
+    )
+
+    function = embedding_function(float32_copy(build(tokenizer)))
+    _, aside = freeze_with_weights_as_inputs(function.get_concrete_function(*input_signature()))
+    # every kernel (Q, K, V, output, two FFN), the word and position tables (the pooler too
+    # when the encoder computes it)
+    assert 6 * LAYERS + 2 <= len(aside) <= 6 * LAYERS + 3
+    assert all(value.size >= STAND_IN_MIN_ELEMENTS for value in aside.values())
+    swapped = _convert(function, input_signature(), 17)
+    frozen = _convert(function, input_signature(), 17, stand_ins=False)
+    assert [value.name for value in swapped.graph.input] == list(
+        ("input_ids", "attention_mask", "token_type_ids"))
+    assert canonical_graph(swapped) == canonical_graph(frozen)
+
+
+def test_restoring_the_weights_refuses_a_graph_that_lost_them():
+    from onnx import TensorProto, helper
+
+    from export.convert import restore_weights
+
+    weight = np.ones((32, 64), np.float32)
+
+    def model(weight_input):
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])]
+        if weight_input is not None:
+            inputs.append(helper.make_tensor_value_info("w:0", TensorProto.FLOAT, weight_input))
+        node = helper.make_node("MatMul", ["x", "w:0"], ["y"])
+        return helper.make_model(helper.make_graph(
+            [node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]))
+
+    good = model([32, 64])
+    restore_weights(good, {"w:0": weight})
+    assert [value.name for value in good.graph.input] == ["x"]
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(good.graph.initializer[0]), weight)
+    with pytest.raises(ExportError, match=r"weight w:0 has shape \[32, 64\], its input in the "
+                                          r"converted graph \[64, 32\]"):
+        restore_weights(model([64, 32]), {"w:0": weight})
+    with pytest.raises(ExportError, match="weight w:0 is used but is no input"):
+        restore_weights(model(None), {"w:0": weight})
 
 
 @pytest.mark.parametrize("build", [fresh_encoder, distilled_like_encoder],
