@@ -40,6 +40,8 @@ TEST = [
     "pytest>=8",
     # ./dev test runs the suite on two workers (one per core of the CI machine).
     "pytest-xdist>=3.5,<4",
+    # Line coverage of the suite (`./dev test --cov=tf_minilm --cov=export --cov=serving`).
+    "pytest-cov>=5,<8",
     "ruff>=0.6",
     # Property-based tests of the request parser and the config loader.
     "hypothesis>=6.100,<7",

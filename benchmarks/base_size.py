@@ -242,46 +242,12 @@ def finetune_row(row: dict[str, Any], args: argparse.Namespace, context: dict[st
             "fine_tune_seconds": round(time.perf_counter() - start, 1)}
 
 
-def torch_export(model_dir: str, folder: str) -> dict[str, str]:
-    """fp32 ONNX of an HF folder by PyTorch's exporter (transformers' model), and its int8.
-
-    For the 768-wide MPNet models: tf2onnx needs more memory than this machine has to
-    convert them (9.2 GB peak for 2 x 768 already), PyTorch's TorchScript exporter about
-    2 GB for the whole teacher. Its graph is the teacher's ONNX as transformers users get
-    it (onnxruntime fuses its LayerNorms and GELUs at session start); int8 is the same
-    dynamic per-channel quantisation `tf-minilm export` starts its ladder with.
-    """
-    import torch
-    import transformers
-
-    from export.quantize import quantize_int8
-    from tf_minilm.fileio import atomic_path
-
-    paths = {"fp32": os.path.join(folder, "model.onnx"),
-             "int8": os.path.join(folder, "model.int8.onnx")}
-    if all(os.path.exists(path) for path in paths.values()):
-        return paths
-    os.makedirs(folder, exist_ok=True)
-    model = transformers.AutoModel.from_pretrained(model_dir).eval()
-    ids = torch.ones(1, 16, dtype=torch.long)
-    axes = {0: "batch", 1: "sequence"}
-    with atomic_path(paths["fp32"]) as staged:
-        torch.onnx.export(model, (ids, torch.ones_like(ids)), staged, opset_version=17,
-                          input_names=["input_ids", "attention_mask"],
-                          output_names=["last_hidden_state"], dynamo=False,
-                          dynamic_axes={"input_ids": axes, "attention_mask": axes,
-                                        "last_hidden_state": axes})
-    with atomic_path(paths["int8"]) as staged:
-        quantize_int8(paths["fp32"], staged)
-    return paths
-
-
 def latencies(rows: list[dict[str, Any]], args: argparse.Namespace,
               context: dict[str, Any]) -> dict[str, Any]:
     """ONNX fp32 and int8 p50 latency at batch 1 x 128 of one model per architecture.
 
-    BERT-layout students go through `tf-minilm export` (fused, its int8 ladder); the
-    MPNet 768-wide models through `torch_export`. Every graph is timed in this one run
+    Every model goes through `tf-minilm export` (fused, its int8 ladder; MPNet-layout
+    graphs keep their attention unfused, see the export's report). Every graph is timed in this one run
     with the same onnxruntime session settings and inputs, so the ratios hold on a
     shared machine. Each fp32 graph is checked against the Keras model on those inputs.
     """
@@ -299,15 +265,11 @@ def latencies(rows: list[dict[str, Any]], args: argparse.Namespace,
     how: dict[str, str] = {}
     for architecture, model_dir in chosen.items():
         folder = os.path.join(args.output, "onnx", architecture.replace(" ", "-"))
-        if architecture.startswith("bert"):
-            if not os.path.exists(os.path.join(folder, "export_report.json")):
-                export_model(model_dir, folder)
-            files[architecture] = {"fp32": os.path.join(folder, "model.onnx"),
-                                   "int8": os.path.join(folder, "model.int8.onnx")}
-            how[architecture] = "tf-minilm export"
-        else:
-            files[architecture] = torch_export(model_dir, folder)
-            how[architecture] = "torch.onnx.export (TorchScript) + dynamic int8"
+        if not os.path.exists(os.path.join(folder, "export_report.json")):
+            export_model(model_dir, folder)
+        files[architecture] = {"fp32": os.path.join(folder, "model.onnx"),
+                               "int8": os.path.join(folder, "model.int8.onnx")}
+        how[architecture] = "tf-minilm export"
     feeds = synthetic_batch(context["tokenizer"].get_vocab_size(), 1, 128, args.seed)
     out: dict[str, Any] = {}
     for architecture, paths in files.items():

@@ -33,15 +33,15 @@ BOUND_EXTRA_BYTES = 2 * 2**30
 
 
 def child(source: str, output: str, frozen_values: bool, quantize: str) -> None:
-    """Export `source` in this process; print weight bytes, peak RSS and seconds."""
-    import resource
+    """Export `source` in this process; print its peak RSS (VmHWM: `ru_maxrss` would carry
+    the parent's RSS at the fork over the exec on Linux) and seconds."""
 
     if frozen_values:
         import export.convert as convert
 
         plain = convert._convert
-        convert._convert = lambda function, signature, opset: plain(
-            function, signature, opset, stand_ins=False)
+        convert._convert = lambda function, signature, opset, check=None: plain(
+            function, signature, opset, stand_ins=False, check=check)
     from tf_minilm.cli import main
 
     start = time.perf_counter()
@@ -50,11 +50,19 @@ def child(source: str, output: str, frozen_values: bool, quantize: str) -> None:
     seconds = time.perf_counter() - start
     with open(os.path.join(output, "export_report.json"), encoding="utf-8") as handle:
         report = json.load(handle)
-    print(json.dumps({"exit": code, "peak_rss_bytes":
-                      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    print(json.dumps({"exit": code, "peak_rss_bytes": peak_rss_bytes(),
                       "seconds": round(seconds, 1),
                       "int8": (report.get("int8") or {}).get("variant"),
                       "fused": report.get("fused_operator_groups")}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (Linux `VmHWM`)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def student_folder(teacher_dir: str, folder: str, layers: int, hidden: int, heads: int,

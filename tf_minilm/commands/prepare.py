@@ -1,15 +1,18 @@
 """`tf-minilm prepare`: tokenize a corpus once into memory-mapped shards for `distill --data`.
 
 Owns: the prepare command's flags and its summary; the work is
-`tf_minilm.data.shards.prepare_directory`'s. Imports: `tf_minilm.rules`, `data.shards`, `data.corpus`,
-`hf.tokenizer`, `hf.errors`, `assets` (inside `run`; never TensorFlow), `argtypes`,
-`constants`.
+`tf_minilm.data.shards.prepare_directory`'s, and with `--targets`
+`tf_minilm.data.targets.write_targets`'s (the teacher run once over every row). Imports:
+`tf_minilm.rules`, `data.shards`, `data.corpus`, `data.targets`, `hf.tokenizer`,
+`hf.errors`, `hf.checkpoints`, `model.pooling`, `assets` (inside `run`; TensorFlow only
+for `--targets`), `argtypes`, `constants`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from tf_minilm import rules
 from tf_minilm.argtypes import finite_float
@@ -55,6 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-fraction", type=finite_float, default=0.01,
                         help="share of rows held out for evaluation")
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    parser.add_argument("--targets", metavar="KINDS", default=None,
+                        help="also run the teacher once over every row and store its outputs "
+                             "beside the shards: embedding (its sentence embedding), hidden "
+                             "(its last hidden state per token), or embedding,hidden; "
+                             "`distill --data` then trains without the teacher in the step "
+                             "whenever they serve every term of the loss")
+    parser.add_argument("--targets-dtype", choices=("float16", "bfloat16"), default="float16",
+                        help="storage type of the targets")
+    parser.add_argument("--targets-batch-size", type=int, default=64,
+                        help="rows per teacher forward when storing targets")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="a progress line (tokens/s, ETA); default: on a terminal")
 
@@ -68,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         default_corpus_paths,
     )
     from tf_minilm.data.shards import prepare_directory
+    from tf_minilm.data.targets import TargetsError, parse_kinds
     from tf_minilm.hf.errors import CheckpointError
     from tf_minilm.hf.tokenizer import load_tokenizer
 
@@ -75,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
         rules.positive_int(args.workers, "--workers")
         rules.seq_len(args.max_seq_len, "--max-seq-len")
         rules.positive_int(args.shard_tokens, "--shard-tokens")
-    except rules.RuleError as err:
+        rules.positive_int(args.targets_batch_size, "--targets-batch-size")
+        kinds = parse_kinds(args.targets) if args.targets is not None else None
+    except (rules.RuleError, TargetsError) as err:
         logger.error("%s", err)
         return 2
     try:
@@ -101,8 +117,38 @@ def run(args: argparse.Namespace) -> int:
     except CorpusError as err:
         logger.error("%s", err)
         return 2
+    stored = ""
+    if kinds is not None:
+        try:
+            targets = _store_targets(args, teacher, tokenizer, kinds)
+        except (CorpusError, CheckpointError) as err:
+            logger.error("%s", err)
+            return 2
+        stored = (f"; teacher targets {', '.join(targets['kinds'])} ({targets['dtype']}) "
+                  f"stored in {args.output}/targets")
     print(f"prepared {args.output}: {manifest['rows']:,} rows of {args.max_seq_len} tokens "
           f"({manifest['heldout']['rows']:,} held out), {manifest['tokens']:,} tokens in "
-          f"{len(manifest['shards'])} shard(s); train with "
+          f"{len(manifest['shards'])} shard(s){stored}; train with "
           f"`tf-minilm distill --data {args.output}`")
     return 0
+
+
+def _store_targets(args: argparse.Namespace, teacher: str, tokenizer: Any,
+                   kinds: tuple[str, ...]) -> dict[str, Any]:
+    """Run the teacher (float32) once over every prepared row; store its outputs."""
+    from tf_minilm.data.shards import open_prepared
+    from tf_minilm.data.targets import write_targets
+    from tf_minilm.hf.checkpoints import load_hf_checkpoint
+    from tf_minilm.hf.errors import CheckpointError
+    from tf_minilm.model.pooling import PoolingError, read_pooling
+
+    try:
+        pooling = read_pooling(teacher)
+    except PoolingError as err:
+        raise CheckpointError(f"--teacher {teacher}: {err}") from err
+    data = open_prepared(args.output, tokenizer)
+    encoder, _ = load_hf_checkpoint(teacher, dtype="float32")
+    logger.info("storing teacher targets (%s, %s) for %d rows", ",".join(kinds),
+                args.targets_dtype, data.manifest["rows"])
+    return write_targets(data, encoder, teacher, pooling, kinds, args.targets_dtype,
+                         args.targets_batch_size)

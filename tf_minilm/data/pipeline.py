@@ -1,8 +1,9 @@
 """Training batches as `tf.data`: the schedule's rows, batched, sharded over workers.
 
 Owns: `make_dataset` (global batches from any start step, each worker its slice) and
-`make_eval_dataset`. TensorFlow is imported inside them only. Imports: NumPy,
-`data.schedule`, `data.packing`, `data.shards`, `data.corpus`.
+`make_eval_dataset`, both optionally with the rows' stored teacher targets
+(`data.targets`). TensorFlow is imported inside them only. Imports: NumPy,
+`data.schedule`, `data.packing`, `data.shards`, `data.corpus`, `data.targets`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tf_minilm.data.corpus import CorpusError
 from tf_minilm.data.packing import Sequences
 from tf_minilm.data.schedule import BatchSchedule, shard_batch_size
 from tf_minilm.data.shards import ShardedRows
+from tf_minilm.data.targets import StoredTargets
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -37,6 +39,7 @@ def make_dataset(
     num_shards: int = 1,
     shard_index: int = 0,
     shuffle: bool = True,
+    targets: StoredTargets | None = None,
 ) -> tf.data.Dataset:
     """Training batches in the order of `BatchSchedule`, from `start_step` on.
 
@@ -57,6 +60,9 @@ def make_dataset(
         num_shards: number of input pipelines (workers).
         shard_index: which slice of every global batch this pipeline yields.
         shuffle: shuffle each epoch.
+        targets: the rows' stored teacher targets (`sequences` must be the prepared
+            directory's `ShardedRows`): each batch also holds `teacher_embedding`
+            [batch, hidden] and/or `teacher_hidden` [batch, max_seq_len, hidden], float32.
 
     Returns:
         A `tf.data.Dataset` of dicts `input_ids`, `attention_mask`,
@@ -86,15 +92,32 @@ def make_dataset(
     if num_steps is not None and num_steps < 0:
         raise CorpusError(f"num_steps={num_steps} must be non-negative or None")
     max_seq_len = sequences.max_seq_len
+    if targets is not None and not isinstance(sequences, ShardedRows):
+        raise CorpusError("stored targets go with the rows of a prepared directory "
+                          "(ShardedRows), not in-memory sequences")
+    target_names = [name for name, kind in (("teacher_embedding", "embedding"),
+                                            ("teacher_hidden", "hidden"))
+                    if targets is not None and kind in targets.kinds]
 
-    def gather(step: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return sequences.gather(schedule.rows(int(step), num_shards, shard_index))
+    def gather(step: np.ndarray) -> tuple[np.ndarray, ...]:
+        indices = schedule.rows(int(step), num_shards, shard_index)
+        ids, mask = sequences.gather(indices)
+        if not target_names:
+            return ids, mask
+        stored = targets.gather(sequences.global_rows(indices), max_seq_len)
+        return (ids, mask, *(stored[name] for name in target_names))
 
     def load(step: tf.Tensor) -> dict[str, tf.Tensor]:
-        ids, mask = tf.numpy_function(gather, [step], (tf.int32, tf.int32), stateful=False)
+        kinds = (tf.int32, tf.int32) + (tf.float32,) * len(target_names)
+        ids, mask, *stored = tf.numpy_function(gather, [step], kinds, stateful=False)
         ids.set_shape([per_shard, max_seq_len])
         mask.set_shape([per_shard, max_seq_len])
-        return _batch_dict(tf, ids, mask)
+        batch = _batch_dict(tf, ids, mask)
+        for name, value in zip(target_names, stored, strict=True):
+            value.set_shape([per_shard, max_seq_len, targets.hidden_size]
+                            if name == "teacher_hidden" else [per_shard, targets.hidden_size])
+            batch[name] = value
+        return batch
 
     if num_steps is None:
         ds = tf.data.Dataset.counter(start_step)  # infinite cardinality: Keras needs steps
@@ -108,12 +131,15 @@ def make_dataset(
     return ds.with_options(options)
 
 
-def make_eval_dataset(sequences: Sequences, batch_size: int) -> tf.data.Dataset:
+def make_eval_dataset(sequences: Sequences, batch_size: int,
+                      targets: dict[str, np.ndarray] | None = None) -> tf.data.Dataset:
     """Evaluation batches: all rows once, in order, the last batch possibly smaller.
 
     Args:
         sequences: evaluation rows (`PreparedCorpus.eval`).
         batch_size: rows per batch.
+        targets: the rows' stored teacher targets (`StoredTargets.gather` of the held-out
+            rows), added to each batch under their names.
 
     Returns:
         A finite `tf.data.Dataset` of the same dicts as `make_dataset`.
@@ -127,8 +153,14 @@ def make_eval_dataset(sequences: Sequences, batch_size: int) -> tf.data.Dataset:
         raise CorpusError(f"batch_size={batch_size} must be positive")
     if len(sequences) == 0:
         raise CorpusError("no evaluation sequences (eval_fraction=0?)")
-    ds = tf.data.Dataset.from_tensor_slices((sequences.input_ids, sequences.attention_mask))
-    ds = ds.batch(batch_size).map(lambda ids, mask: _batch_dict(tf, ids, mask))
+    if targets:
+        ds = tf.data.Dataset.from_tensor_slices(
+            (sequences.input_ids, sequences.attention_mask, dict(targets)))
+        ds = ds.batch(batch_size).map(
+            lambda ids, mask, extra: {**_batch_dict(tf, ids, mask), **extra})
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((sequences.input_ids, sequences.attention_mask))
+        ds = ds.batch(batch_size).map(lambda ids, mask: _batch_dict(tf, ids, mask))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)

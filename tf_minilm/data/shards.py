@@ -557,15 +557,24 @@ class ShardedRows:
         indices = np.asarray(indices, np.int64)
         return indices + np.searchsorted(self._skip, indices, side="right")
 
+    def locate(self, rows: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """(shard, row within it, first token, end token) of each global row: where its
+        tokens, and anything stored per token or per row beside them, are."""
+        rows = np.asarray(rows, np.int64)
+        shards = np.searchsorted(self._starts, rows, side="right") - 1
+        places = []
+        for row, shard in zip(rows.tolist(), shards.tolist(), strict=True):
+            local = row - int(self._starts[shard])
+            offsets = self._offsets[shard]
+            places.append((shard, local, int(offsets[local]), int(offsets[local + 1])))
+        return places
+
     def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`input_ids` and `attention_mask`, int32 [len(indices), max_seq_len]."""
         rows = self.global_rows(indices)
         ids = np.full((rows.size, self._max_seq_len), self.pad_id, np.int32)
         mask = np.zeros((rows.size, self._max_seq_len), np.int32)
-        shards = np.searchsorted(self._starts, rows, side="right") - 1
-        for out, (row, shard) in enumerate(zip(rows.tolist(), shards.tolist(), strict=True)):
-            local = row - int(self._starts[shard])
-            start, stop = self._offsets[shard][local], self._offsets[shard][local + 1]
+        for out, (shard, _, start, stop) in enumerate(self.locate(rows)):
             ids[out, :stop - start] = self._ids[shard][start:stop]
             mask[out, :stop - start] = 1
         return ids, mask
@@ -588,6 +597,8 @@ class PreparedData:
         eval: the held-out rows, in memory (`Sequences`).
         stats: the corpus counts of the prepare.
         special_tokens: the framing and padding ids.
+        rows: every row, held-out ones included, by global row number.
+        heldout: the global row numbers of `eval`, in its order.
     """
 
     folder: str
@@ -596,6 +607,8 @@ class PreparedData:
     eval: Sequences
     stats: CorpusStats
     special_tokens: SpecialTokens
+    rows: ShardedRows
+    heldout: np.ndarray
 
     @property
     def max_seq_len(self) -> int:
@@ -650,4 +663,5 @@ def open_prepared(folder: str | os.PathLike, tokenizer: tokenizers.Tokenizer | N
     eval_rows = everything.sequences(heldout) if heldout.size else Sequences.empty(
         settings["max_seq_len"])
     return PreparedData(folder, manifest, train, eval_rows,
-                        CorpusStats.from_dict(manifest["stats"]), special)
+                        CorpusStats.from_dict(manifest["stats"]), special, everything,
+                        np.asarray(heldout))

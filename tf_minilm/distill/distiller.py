@@ -17,6 +17,12 @@ projection owned by the distiller (never part of the student) maps the student's
 states to the teacher's width. A run of several stages switches the objective with
 `set_stage`; the optimizer is built once on the variables of every stage.
 
+Stored teacher targets: a batch may carry the teacher's outputs for its rows
+(`teacher_embedding` [B, H], `teacher_hidden` [B, S, H], from `prepare --targets`,
+`data.targets`). When they serve every term of the active stage
+(`stored_targets_serve`), the step runs the student alone: the teacher's forward, most
+of a step with a base-size teacher, is skipped.
+
 Distribution and precision: the per-replica loss is divided by the number of
 replicas in sync (the optimizer sums replica gradients); under `mixed_float16` the
 loss goes through `optimizer.scale_loss` (Keras wraps the optimizer in a
@@ -379,7 +385,13 @@ class Distiller(keras.Model):
         relation = objectives_lib.relation_term(objective)
         full = objectives_lib.needs_alignment(objective)
         mask = inputs["attention_mask"]
-        teacher_out, student_out = self._run_models(inputs, training, bool(relation), full)
+        stored = self.stored_targets_serve(inputs)
+        if stored:  # the teacher's outputs come with the batch: only the student runs
+            model_inputs = {name: inputs[name] for name in INPUT_NAMES if name in inputs}
+            student_out = self.student(model_inputs, training=training)
+            teacher_out = {}
+        else:
+            teacher_out, student_out = self._run_models(inputs, training, bool(relation), full)
         values: dict[str, Any] = {}
         total = tf.constant(0.0, tf.float32)
         weights = dict(objective)
@@ -397,11 +409,18 @@ class Distiller(keras.Model):
                 values[f"loss_{name}"] = tf.cast(value, tf.float32)
                 total += weights[relation] * values[f"loss_{name}"]
         if full:
-            teacher_hidden = tf.cast(teacher_out["last_hidden_state"], tf.float32)
+            if stored:
+                teacher_hidden = tf.cast(inputs["teacher_hidden"], tf.float32) \
+                    if "teacher_hidden" in inputs else None
+            else:
+                teacher_hidden = tf.cast(teacher_out["last_hidden_state"], tf.float32)
             student_hidden = tf.cast(student_out["last_hidden_state"], tf.float32)
             if self.projection is not None:
                 student_hidden = self.projection(student_hidden)
-            teacher_embedding = sentence_embedding(teacher_hidden, mask, self.pooling)
+            if stored and "teacher_embedding" in inputs:
+                teacher_embedding = tf.cast(inputs["teacher_embedding"], tf.float32)
+            else:
+                teacher_embedding = sentence_embedding(teacher_hidden, mask, self.pooling)
             student_embedding = sentence_embedding(student_hidden, mask, self.pooling)
             for name, _ in objective:
                 if name == "embedding_mse":
@@ -415,6 +434,19 @@ class Distiller(keras.Model):
                 values[f"loss_{name}"] = value
                 total += weights[name] * value
         return {"loss": total, **values}
+
+    def stored_targets_serve(self, inputs: dict[str, Any]) -> bool:
+        """Whether the batch's stored teacher targets (`teacher_embedding` [B, H],
+        `teacher_hidden` [B, S, H], `data.targets`) serve every term of the active
+        stage, so that the teacher does not run: no relation term (those need the
+        teacher's Q/K/V), `hidden_mse` only with stored hidden states, the embedding
+        terms with either."""
+        objective = self.objective
+        has_hidden, has_embedding = "teacher_hidden" in inputs, "teacher_embedding" in inputs
+        if objectives_lib.relation_term(objective) or not (has_hidden or has_embedding):
+            return False
+        return all(has_hidden if name == "hidden_mse" else has_hidden or has_embedding
+                   for name, _ in objective)
 
     def call(self, inputs: dict[str, Any], training: bool | None = False) -> dict[str, Any]:
         return self.compute_losses(inputs, training=bool(training))

@@ -1,10 +1,10 @@
-"""The `tf-minilm distill` job: resolve and validate a `DistillConfig`, then run it.
+"""The `tf-minilm distill` job: resolve a `DistillConfig` once into a `ResolvedJob`, then run it.
 
 Owns: the distill job read top to bottom (resolve against the teacher, check the output
 folder, prepare the corpus, train, save the student, measure fidelity) and the output
-folder's layout. Imports: `distill` (config, options, objectives, trainer, assistant),
-`data`, `hf`, `model`, `evaluate.fidelity`, `card`, `rules`, `constants`, `fileio`, `versions`,
-`assets`.
+folder's layout. Imports: `distill` (config, options, spec, objectives, trainer,
+assistant), `data`, `hf`, `model`, `evaluate.fidelity`, `card`, `rules`, `constants`,
+`fileio`, `versions`, `assets`.
 
 Everything that can be checked without loading weights is checked first (sizes,
 layers, relation heads, corpus paths, the output folder), so a bad flag fails in a
@@ -67,6 +67,8 @@ class ResolvedJob:
         init_layers: the teacher layers copied or pruned into the student, if any.
         train: the run's `TrainSpec` (stages, pooling, teacher layer, identity).
         extensions: the run's earlier extensions (`--resume` with more `--steps`).
+        teacher_targets: the kinds of stored teacher targets of --data the run trains on
+            (`data.targets`; empty: the teacher runs in every step).
     """
 
     config: DistillConfig
@@ -78,6 +80,7 @@ class ResolvedJob:
     init_layers: tuple[int, ...] | None
     train: TrainSpec
     extensions: tuple[dict[str, int], ...] = ()
+    teacher_targets: tuple[str, ...] = ()
 
     @property
     def pooling(self) -> Any:
@@ -111,7 +114,8 @@ class ResolvedJob:
                       else None,
                       student_layers=sizes.num_hidden_layers, student_hidden=sizes.hidden_size,
                       student_heads=sizes.num_attention_heads,
-                      student_intermediate=sizes.intermediate_size)
+                      student_intermediate=sizes.intermediate_size,
+                      teacher_targets=list(self.teacher_targets))
         return values
 
     def build_student(self, teacher: Any, calibration: Any = None) -> Any:
@@ -279,9 +283,45 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         except CorpusError as err:
             raise ConfigError(f"--corpus: {err}") from err
     job = ResolvedJob(config, teacher_dir, corpus, teacher, student, init, init_layers,
-                      train.replace(teacher_layer=teacher_layer, pooling=pooling))
+                      train.replace(teacher_layer=teacher_layer, pooling=pooling),
+                      teacher_targets=_stored_target_kinds(config, train))
     return dataclasses.replace(job, train=job.train.replace(
         identity=tuple(job.identity().items())))
+
+
+def _stored_target_kinds(config: DistillConfig, train: TrainSpec) -> tuple[str, ...]:
+    """The kinds of teacher targets --data stores, when they serve a stage of the loss.
+
+    Raises:
+        ConfigError: --data holds targets that serve no stage (every stage has a term
+            only the live teacher gives): refused rather than silently unused.
+    """
+    from tf_minilm.data.corpus import CorpusError
+    from tf_minilm.data.targets import (
+        TARGETS_DIR,
+        TARGETS_MANIFEST,
+        has_targets,
+        read_targets_manifest,
+        uncovered_terms,
+    )
+
+    if config.data is None or not has_targets(config.data):
+        return ()
+    path = os.path.join(config.data, TARGETS_DIR, TARGETS_MANIFEST)
+    try:
+        kinds = tuple(read_targets_manifest(path)["kinds"])
+    except (CorpusError, KeyError) as err:
+        raise ConfigError(f"--data: {err}") from err
+    served = [not uncovered_terms(kinds, [name for name, _ in stage.objective])
+              for stage in train.objective.stages]
+    if not any(served):
+        given = "--stages" if config.stages is not None else "--loss"
+        raise ConfigError(
+            f"--data {config.data} stores teacher targets ({', '.join(kinds)}, {path}) that "
+            f"serve no stage of {given} {train.objective.loss or ' '.join(config.stages)}: "
+            "relation terms need the teacher's Q/K/V and hidden_mse its hidden states; use "
+            "an alignment loss the targets serve, or rows prepared without --targets")
+    return kinds
 
 
 # ----------------------------------------------------------------------------- output
@@ -372,10 +412,17 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
     from tf_minilm.hf.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(job.teacher_dir)
+    targets = None
     if config.data is not None:
         try:
-            prepared = PreparedCorpus.from_prepared(
-                open_prepared(config.data, tokenizer, config.max_seq_len), reused=True)
+            data = open_prepared(config.data, tokenizer, config.max_seq_len)
+            prepared = PreparedCorpus.from_prepared(data, reused=True)
+            if job.teacher_targets:
+                from tf_minilm.data.targets import open_targets
+
+                targets = open_targets(data, job.teacher_dir, job.pooling)
+                logger.info("teacher targets (%s) from %s: the teacher does not run in the "
+                            "steps they serve", ", ".join(targets.kinds), config.data)
         except CorpusError as err:
             raise ConfigError(f"--data: {err}") from err
     else:
@@ -399,9 +446,11 @@ def run(config: DistillConfig, command: list[str] | None = None) -> dict[str, An
 
     def make_train_dataset(start_step: int) -> Any:
         return make_dataset(prepared.train, config.batch_size, seed=config.seed,
-                            start_step=start_step)
+                            start_step=start_step, targets=targets)
 
-    eval_dataset = make_eval_dataset(prepared.eval, config.batch_size)
+    eval_dataset = make_eval_dataset(
+        prepared.eval, config.batch_size,
+        targets.gather(data.heldout, config.max_seq_len) if targets is not None else None)
     student_config = job.student_config
     log_dir = os.path.join(output, "logs")
     if config.assistant_hidden:
