@@ -205,3 +205,44 @@ def test_an_interrupted_targets_prepare_resumes_at_the_first_missing_part(
     # targets of other kinds are never written over the stored ones
     assert prepare(corpus, tiny_model_dir, output, "--targets", "embedding") == 2
     assert json.loads((folder / TARGETS_MANIFEST).read_text()) == manifest
+
+
+def test_bfloat16_targets_and_what_open_refuses(corpus, tiny_model_dir, prepared, tmp_path):
+    output = tmp_path / "d"
+    flags = ("--targets", "hidden", "--targets-dtype", "bfloat16")
+    assert prepare(corpus, tiny_model_dir, output, *flags) == 0
+    manifest = json.loads((output / TARGETS_DIR / TARGETS_MANIFEST).read_text())
+    assert prepare(corpus, tiny_model_dir, output, *flags) == 0  # done: nothing rewritten
+    assert json.loads((output / TARGETS_DIR / TARGETS_MANIFEST).read_text()) == manifest
+    _, tokenizer = load_hf_checkpoint(tiny_model_dir)
+    data = open_prepared(output, tokenizer)
+    rows = np.arange(6)
+    bf16 = open_targets(data, tiny_model_dir, PoolingSpec()).gather(rows, SEQ)
+    fp16 = open_targets(open_prepared(prepared, tokenizer), tiny_model_dir,
+                        PoolingSpec()).gather(rows, SEQ)
+    assert sorted(bf16) == ["teacher_hidden"]  # embedding terms pool these
+    np.testing.assert_allclose(bf16["teacher_hidden"], fp16["teacher_hidden"], rtol=1e-2,
+                               atol=1e-2)
+
+    folder = output / TARGETS_DIR
+    part = folder / "hidden-00002.npy"
+    original = part.read_bytes()
+    part.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(TargetsError, match=r"hidden-00002.npy fails its checksum"):
+        open_targets(data, tiny_model_dir, PoolingSpec())
+    part.unlink()
+    with pytest.raises(TargetsError, match=r"hidden-00002.npy is missing"):
+        open_targets(data, tiny_model_dir, PoolingSpec())
+    part.write_bytes(original)
+    edited = {**manifest, "rows_manifest_sha256": "0" * 64}
+    (folder / TARGETS_MANIFEST).write_text(json.dumps(edited))
+    with pytest.raises(TargetsError, match="computed for other rows"):
+        open_targets(data, tiny_model_dir, PoolingSpec())
+    (folder / TARGETS_MANIFEST).write_text("{")
+    with pytest.raises(TargetsError, match="cannot read"):
+        open_targets(data, tiny_model_dir, PoolingSpec())
+    (folder / TARGETS_MANIFEST).unlink()
+    with pytest.raises(TargetsError, match="holds no teacher targets"):
+        open_targets(data, tiny_model_dir, PoolingSpec())
+    with pytest.raises(TargetsError, match="no weight file"):
+        open_targets(open_prepared(prepared, tokenizer), str(tmp_path), PoolingSpec())
