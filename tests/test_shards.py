@@ -111,12 +111,12 @@ sys.path.insert(0, {repo!r})
 from tests.conftest import make_wordpiece_tokenizer
 from tf_minilm.data import shards
 from tf_minilm.data.corpus import ReadOptions
-real = shards._write_npy
+real = shards.write_npy
 def slow(path, array):
     digest = real(path, array)
     time.sleep(0.3)
     return digest
-shards._write_npy = slow
+shards.write_npy = slow
 shards.prepare_directory({corpus!r}, make_wordpiece_tokenizer(), {out!r}, max_seq_len=24,
                          read_options=ReadOptions(doc_separator="line"), shard_tokens=2000)
 """

@@ -177,6 +177,10 @@ def test_targets_the_loss_cannot_use_are_refused_before_work(prepared, tiny_mode
                              "minilmv2")) == 2
     assert "serve no stage of --loss minilmv2" in caplog.text
     assert not (tmp_path / "run").exists()
+    assert main(distill_args(prepared, tiny_model_dir, tmp_path / "run",
+                             "--assistant-hidden", "16")) == 2
+    assert "the assistant -> student stage must distil the assistant's outputs" in caplog.text
+    assert not (tmp_path / "run").exists()
     assert prepare("x", tiny_model_dir, tmp_path / "d", "--targets", "embedding,logits") == 2
     assert "--targets embedding,logits: give one or more of embedding, hidden" in caplog.text
 

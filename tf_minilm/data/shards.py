@@ -241,7 +241,8 @@ def _settings(files: Sequence[Any], options: ReadOptions, tokenizer: tokenizers.
     }
 
 
-def _write_npy(path: str, array: np.ndarray) -> str:
+def write_npy(path: str, array: np.ndarray) -> str:
+    """Save `array` to `path` atomically and durably; return the file's SHA-256."""
     with atomic_path(path, durable=True) as partial:
         with open(partial, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
@@ -413,8 +414,8 @@ def prepare_directory(
         record = {
             "settings": settings, "index": index, "ids": ids_name, "offsets": offsets_name,
             "rows": int(len(lens)), "tokens": int(flat.size), "dtype": dtype.name,
-            "ids_sha256": _write_npy(os.path.join(output, ids_name), flat),
-            "offsets_sha256": _write_npy(os.path.join(output, offsets_name), offsets),
+            "ids_sha256": write_npy(os.path.join(output, ids_name), flat),
+            "offsets_sha256": write_npy(os.path.join(output, offsets_name), offsets),
             "documents_end": consumed, "tokens_end": int(reader_stats.tokens),
             "carry": [int(t) for t in packer.carry], "final": final,
         }
@@ -453,7 +454,7 @@ def prepare_directory(
                           "this the right tokenizer?")
     reader_stats.sequences = rows_total
     heldout = heldout_rows(rows_total, eval_fraction, seed)
-    heldout_sha = _write_npy(os.path.join(output, HELDOUT_FILE), heldout)
+    heldout_sha = write_npy(os.path.join(output, HELDOUT_FILE), heldout)
     manifest = {
         "format": FORMAT,
         "settings": settings,
@@ -488,13 +489,18 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise PreparedDataError(
             f"{folder} is not a prepared directory (no {MANIFEST_FILE}; an interrupted "
             "`tf-minilm prepare` resumes when run again with the same flags)")
+    return read_format_json(path, FORMAT, "manifest of tf-minilm", PreparedDataError)
+
+
+def read_format_json(path: str, version: int, what: str, error: type[Exception]) -> dict[str, Any]:
+    """A JSON manifest whose `format` is `version`; else `error` naming `path` and `what`."""
     try:
         with open(path, encoding="utf-8") as handle:
             manifest = json.load(handle)
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise PreparedDataError(f"cannot read {path}: {err}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PreparedDataError(f"{path}: not a format-{FORMAT} manifest of tf-minilm")
+        raise error(f"cannot read {path}: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != version:
+        raise error(f"{path}: not a format-{version} {what}")
     return manifest
 
 

@@ -45,8 +45,9 @@ from tf_minilm.data.shards import (
     MANIFEST_FILE,
     PreparedData,
     PreparedDataError,
-    _write_npy,
     file_sha256,
+    read_format_json,
+    write_npy,
 )
 from tf_minilm.fileio import write_json_atomic
 from tf_minilm.model.pooling import PoolingSpec
@@ -198,7 +199,7 @@ def write_targets(data: PreparedData, teacher: Any, teacher_dir: str, pooling: P
                     for out, (_, _, begin, end) in enumerate(data.rows.locate(rows)):
                         outputs["hidden"][begin:end] = states[out, :end - begin]
             for kind in pending:
-                _write_npy(os.path.join(folder, _part_name(kind, index)),
+                write_npy(os.path.join(folder, _part_name(kind, index)),
                            _stored(outputs[kind], dtype))
             logger.info("targets: shard %d of %d (%d rows) done", index + 1,
                         len(data.manifest["shards"]), rows_in_shard)
@@ -223,16 +224,8 @@ def _complete(path: str, shape: tuple[int, ...], dtype: np.dtype) -> bool:
 
 
 def read_targets_manifest(path: str) -> dict[str, Any]:
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise TargetsError(f"cannot read {path}: {err}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != TARGETS_FORMAT:
-        raise TargetsError(f"{path}: not a format-{TARGETS_FORMAT} targets manifest")
-    return manifest
+    """The targets manifest at `path`, or `TargetsError` naming it."""
+    return read_format_json(path, TARGETS_FORMAT, "targets manifest", TargetsError)
 
 
 def has_targets(data_dir: str) -> bool:

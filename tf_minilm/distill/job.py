@@ -294,7 +294,8 @@ def _stored_target_kinds(config: DistillConfig, train: TrainSpec) -> tuple[str, 
 
     Raises:
         ConfigError: --data holds targets that serve no stage (every stage has a term
-            only the live teacher gives): refused rather than silently unused.
+            only the live teacher gives), or goes with a teacher assistant (whose second
+            stage distils the assistant, not the teacher): refused rather than misused.
     """
     from tf_minilm.data.corpus import CorpusError
     from tf_minilm.data.targets import (
@@ -308,6 +309,11 @@ def _stored_target_kinds(config: DistillConfig, train: TrainSpec) -> tuple[str, 
     if config.data is None or not has_targets(config.data):
         return ()
     path = os.path.join(config.data, TARGETS_DIR, TARGETS_MANIFEST)
+    if config.assistant_hidden is not None:
+        raise ConfigError(f"--assistant-hidden with --data {config.data}: its stored targets "
+                          f"({path}) are the teacher's, and the assistant -> student stage "
+                          "must distil the assistant's outputs; use rows prepared without "
+                          "--targets for a teacher-assistant run")
     try:
         kinds = tuple(read_targets_manifest(path)["kinds"])
     except (CorpusError, KeyError) as err:
