@@ -109,7 +109,7 @@ def distill_args(prepared, teacher, output, *extra):
     return ["--log-level", "WARNING", "distill", "--data", str(prepared), "--teacher",
             str(teacher), "--student-layers", "1", "--student-hidden", "16",
             "--student-heads", "2", "--relation-heads", "4", "--batch-size", "8", "--steps",
-            "12", "--checkpoint-every", "6", "--log-every", "3", "--precision", "float32",
+            "8", "--checkpoint-every", "8", "--log-every", "4", "--precision", "float32",
             "--output", str(output), *extra]
 
 
