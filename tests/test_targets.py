@@ -105,6 +105,15 @@ def test_only_alignment_terms_are_served():
     assert uncovered_terms(("embedding", "hidden"), ["minilmv2"]) == ["minilmv2"]
 
 
+def copy_rows(prepared, destination):
+    """The prepared rows of `prepared` (hard links), without its targets."""
+    os.makedirs(destination)
+    for name in os.listdir(prepared):
+        if name != TARGETS_DIR:
+            os.link(prepared / name, destination / name)
+    return destination
+
+
 def distill_args(prepared, teacher, output, *extra):
     return ["--log-level", "WARNING", "distill", "--data", str(prepared), "--teacher",
             str(teacher), "--student-layers", "1", "--student-hidden", "16",
@@ -117,11 +126,7 @@ def distill_args(prepared, teacher, output, *extra):
 def test_a_run_on_stored_targets_never_runs_the_teacher_and_matches_a_live_run(
         prepared, tiny_model_dir, tmp_path, monkeypatch):
     # The same rows without targets, for the live run.
-    live_data = tmp_path / "live-data"
-    os.makedirs(live_data)
-    for name in os.listdir(prepared):
-        if name != TARGETS_DIR:
-            os.link(prepared / name, live_data / name)
+    live_data = copy_rows(prepared, tmp_path / "live-data")
     live = tmp_path / "live"
     assert main(distill_args(live_data, tiny_model_dir, live)) == 0
 
@@ -156,11 +161,7 @@ def test_targets_of_another_teacher_or_a_truncated_part_are_refused(prepared, ti
     assert "computed by another teacher" in caplog.text
     assert not (tmp_path / "run" / "config.json").exists()
 
-    broken = tmp_path / "broken"
-    os.makedirs(broken)
-    for name in os.listdir(prepared):
-        if name != TARGETS_DIR:
-            os.link(prepared / name, broken / name)
+    broken = copy_rows(prepared, tmp_path / "broken")
     os.makedirs(broken / TARGETS_DIR)
     for name in os.listdir(prepared / TARGETS_DIR):
         (broken / TARGETS_DIR / name).write_bytes((prepared / TARGETS_DIR / name).read_bytes())

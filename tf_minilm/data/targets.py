@@ -161,7 +161,7 @@ def write_targets(data: PreparedData, teacher: Any, teacher_dir: str, pooling: P
                 "pooling": pooling.to_dict(),
                 "hidden_size": int(teacher.config.hidden_size),
                 "rows_manifest_sha256": file_sha256(os.path.join(data.folder, MANIFEST_FILE))}
-    manifest_path = os.path.join(folder, TARGETS_MANIFEST)
+    manifest_path = targets_manifest_path(data.folder)
     if os.path.exists(manifest_path):
         done = read_targets_manifest(manifest_path)
         differ = [key for key, value in identity.items() if done.get(key) != value]
@@ -175,6 +175,7 @@ def write_targets(data: PreparedData, teacher: Any, teacher_dir: str, pooling: P
     hidden_size = int(teacher.config.hidden_size)
     storage = _storage_dtype(dtype)
     parts = []
+    first = 0  # the global row number of the shard's first row
     for index, shard in enumerate(data.manifest["shards"]):
         rows_in_shard, tokens = int(shard["rows"]), int(shard["tokens"])
         shapes = {"embedding": (rows_in_shard, hidden_size), "hidden": (tokens, hidden_size)}
@@ -182,7 +183,6 @@ def write_targets(data: PreparedData, teacher: Any, teacher_dir: str, pooling: P
                    if not _complete(os.path.join(folder, _part_name(kind, index)),
                                     shapes[kind], storage)]
         if pending:
-            first = int(sum(int(s["rows"]) for s in data.manifest["shards"][:index]))
             outputs = {kind: np.zeros(shapes[kind], np.float32) for kind in pending}
             for start in range(0, rows_in_shard, batch_size):
                 rows = np.arange(first + start, first + min(start + batch_size, rows_in_shard))
@@ -207,6 +207,7 @@ def write_targets(data: PreparedData, teacher: Any, teacher_dir: str, pooling: P
             path = os.path.join(folder, _part_name(kind, index))
             parts.append({"kind": kind, "shard": index, "file": _part_name(kind, index),
                           "shape": list(shapes[kind]), "sha256": file_sha256(path)})
+        first += rows_in_shard
     manifest = {**identity, "parts": parts}
     write_json_atomic(manifest_path, manifest)
     return manifest
@@ -228,9 +229,9 @@ def read_targets_manifest(path: str) -> dict[str, Any]:
     return read_format_json(path, TARGETS_FORMAT, "targets manifest", TargetsError)
 
 
-def has_targets(data_dir: str) -> bool:
-    """Whether the prepared directory holds a (complete) targets folder."""
-    return os.path.isfile(os.path.join(data_dir, TARGETS_DIR, TARGETS_MANIFEST))
+def targets_manifest_path(data_dir: str) -> str:
+    """Where a prepared directory's targets manifest is (present once they are complete)."""
+    return os.path.join(data_dir, TARGETS_DIR, TARGETS_MANIFEST)
 
 
 class StoredTargets:
@@ -283,7 +284,7 @@ def open_targets(data: PreparedData, teacher_dir: str, pooling: PoolingSpec,
             differ), another pooling, or a missing, truncated or changed part; each
             message names the file.
     """
-    path = os.path.join(data.folder, TARGETS_DIR, TARGETS_MANIFEST)
+    path = targets_manifest_path(data.folder)
     if not os.path.isfile(path):
         raise TargetsError(f"{data.folder} holds no teacher targets ({TARGETS_DIR}/"
                            f"{TARGETS_MANIFEST}); prepare with --targets")

@@ -94,7 +94,7 @@ class ResolvedJob:
     def to_dict(self) -> dict[str, Any]:
         """config.json: every setting as run, and the fingerprint a resume must match."""
         values = self.config.to_dict()
-        values.update(self.identity())
+        values.update(self.train.identity)
         objective = self.train.objective
         values.update(method=objective.method, loss=objective.loss,
                       teacher_layer=objective.teacher_layer, pooling=objective.pooling.to_dict(),
@@ -299,16 +299,16 @@ def _stored_target_kinds(config: DistillConfig, train: TrainSpec) -> tuple[str, 
     """
     from tf_minilm.data.corpus import CorpusError
     from tf_minilm.data.targets import (
-        TARGETS_DIR,
-        TARGETS_MANIFEST,
-        has_targets,
         read_targets_manifest,
+        targets_manifest_path,
         uncovered_terms,
     )
 
-    if config.data is None or not has_targets(config.data):
+    if config.data is None:
         return ()
-    path = os.path.join(config.data, TARGETS_DIR, TARGETS_MANIFEST)
+    path = targets_manifest_path(config.data)
+    if not os.path.isfile(path):
+        return ()
     if config.assistant_hidden is not None:
         raise ConfigError(f"--assistant-hidden with --data {config.data}: its stored targets "
                           f"({path}) are the teacher's, and the assistant -> student stage "
