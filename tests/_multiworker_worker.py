@@ -14,7 +14,9 @@ MODE is one of:
                    variables to JSON_ARGS["weights_out"] (npz). With "hang_at": N it writes
                    JSON_ARGS["marker"] after global step N and sleeps (to be killed); with
                    "crash_at": N it hard-exits (status 3) after step N; with
-                   "logical_cpus": K it first splits the CPU into K logical devices.
+                   "logical_cpus": K it first splits the CPU into K logical devices; with
+                   "first": ARGS it first runs the train mode on ARGS (printed as
+                   RESULT-FIRST), e.g. the uninterrupted run a crash is compared with.
 """
 
 from __future__ import annotations
@@ -192,13 +194,20 @@ class _CrashAt:
         return Crash()
 
 
-def _train(args: dict) -> dict:
+def train(args: dict) -> dict:
+    """The train mode (see the module docstring); also called in-process by the tests."""
+    if args.get("first"):
+        # Another run in this process before this one (the uninterrupted reference of a
+        # run that is then killed here): one fresh TensorFlow process fewer per test.
+        first = train(args["first"])
+        print("RESULT-FIRST " + json.dumps(first), flush=True)
     if args.get("logical_cpus"):
         import tensorflow as tf
 
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
+        if tf.config.get_logical_device_configuration(cpu) is None:  # set once a process
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * args["logical_cpus"])
     import numpy as np
 
     from tf_minilm.distill.options import TrainOptions
@@ -235,7 +244,7 @@ def main(argv: list[str]) -> int:
     if mode == "mirrored-step":
         out = _mirrored_step(args)
     elif mode == "train":
-        out = _train(args)
+        out = train(args)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print("RESULT " + json.dumps(out), flush=True)

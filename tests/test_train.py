@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from _multiworker_worker import eval_dataset, make_dataset, tiny_student, tiny_teacher
+from _multiworker_worker import train as train_in_process
 
 from tf_minilm.distill.assistant import distill_with_assistant
 from tf_minilm.distill.callbacks import NonFiniteLossError
@@ -456,9 +457,10 @@ def test_multi_worker_two_processes_match_a_single_process(tmp_path):
                 proc.wait()
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
-    single = _run_worker("train", {"output_dir": str(tmp_path / "single"), "dropout": 0.0,
-                                   "weights_out": str(tmp_path / "single.npz"),
-                                   "options": {**run_options, "strategy": "default"}})
+    # The single-process reference runs here, in the test's own process.
+    single = train_in_process({"output_dir": str(tmp_path / "single"), "dropout": 0.0,
+                               "weights_out": str(tmp_path / "single.npz"),
+                               "options": {**run_options, "strategy": "default"}})
     assert single["step"] == 6
     multi, reference = np.load(tmp_path / "mw.npz"), np.load(tmp_path / "single.npz")
     # float32 sums in a different order (two half-batch all-reduced): observed ~1e-8
@@ -477,16 +479,16 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
     # default jit_compile: XLA on (one replica), so exact resume is checked under XLA
     run_options = {"steps": 40, "learning_rate": 3e-3, "checkpoint_every": 10, "log_every": 5,
                    "relation_heads": 4, "loss": "minilmv2", "resume": True, "strategy": "default", "precision": "float32"}
-    straight = _run_worker("train", {"output_dir": str(tmp_path / "a"), "options": run_options,
-                                     "weights_out": str(tmp_path / "a.npz")})
-    assert straight["step"] == 40
-
+    # One process runs the uninterrupted run a, then run b until it is killed at step 25.
     marker = tmp_path / "hung"
+    straight_args = {"output_dir": str(tmp_path / "a"), "options": run_options,
+                     "weights_out": str(tmp_path / "a.npz")}
     args = {"output_dir": str(tmp_path / "b"), "options": run_options, "hang_at": 25,
-            "marker": str(marker), "weights_out": str(tmp_path / "b.npz")}
+            "marker": str(marker), "weights_out": str(tmp_path / "b.npz"),
+            "first": straight_args}
     proc = subprocess.Popen([sys.executable, WORKER, "train", json.dumps(args)], cwd=ROOT,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         deadline = time.monotonic() + 180
         while not marker.exists():
@@ -494,12 +496,14 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
             assert time.monotonic() < deadline, "timed out waiting for step 25"
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        printed, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    straight = json.loads(printed.split("RESULT-FIRST ", 1)[1].splitlines()[0])
+    assert straight["step"] == 40
     manager = CheckpointManager(tmp_path / "b" / "checkpoints")
     assert [s for s, _ in manager.checkpoints()][-1] == 20
 
@@ -525,15 +529,18 @@ def test_mirrored_checkpoint_resume_matches_an_uninterrupted_mirrored_run(tmp_pa
     run_options = {"steps": 12, "learning_rate": 3e-3, "checkpoint_every": 4, "log_every": 4,
                    "relation_heads": 4, "loss": "minilmv2", "resume": True, "strategy": "mirrored", "precision": "float32"}
     common = {"options": run_options, "logical_cpus": 2}  # dropout on (0.1)
-    straight = _run_worker("train", {**common, "output_dir": str(tmp_path / "a"),
-                                     "weights_out": str(tmp_path / "a.npz")})
-    assert straight["replicas"] == 2 and straight["step"] == 12
+    # One process runs the uninterrupted run a, then run b, which crashes after step 6.
+    straight_args = {**common, "output_dir": str(tmp_path / "a"),
+                     "weights_out": str(tmp_path / "a.npz")}
     crashed = subprocess.run(
         [sys.executable, WORKER, "train", json.dumps(
-            {**common, "output_dir": str(tmp_path / "b"), "crash_at": 6})],
+            {**common, "output_dir": str(tmp_path / "b"), "crash_at": 6,
+             "first": straight_args})],
         cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True,
-        timeout=240)
-    assert crashed.returncode == 3
+        text=True, timeout=240)
+    assert crashed.returncode == 3, crashed.stderr[-3000:]
+    straight = json.loads(crashed.stdout.split("RESULT-FIRST ", 1)[1].splitlines()[0])
+    assert straight["replicas"] == 2 and straight["step"] == 12
     assert CheckpointManager(tmp_path / "b" / "checkpoints").latest().endswith("ckpt-00000004.npz")
     resumed = _run_worker("train", {**common, "output_dir": str(tmp_path / "b"),
                                     "weights_out": str(tmp_path / "b.npz")})
