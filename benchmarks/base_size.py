@@ -38,6 +38,14 @@ default corpus), about 2.2 s a step on 2 CPU cores with the 12 x 768 teacher in 
 (3.5 s with a 768-wide student): the eleven distillations of docs/base-size.md's table took
 about an hour and three quarters there beside other jobs, exports and timing 4 minutes,
 fine-tuning 1.5 minutes per 384-wide row (--finetune-rows limits it).
+With --targets, the teacher runs once: `tf-minilm prepare --targets embedding,hidden`
+stores its sentence embedding and last hidden states for every row of a corpus (the first
+--corpus-docs documents of a seeded shuffle of the default corpus, written to
+OUTPUT/corpus.jsonl; the whole corpus's 35,000 rows would take half an hour of teacher
+forwards here), and every row whose objective the targets serve (best, pruned, st)
+distils from them without the teacher in the step (`distill --data`). Each row then
+records its CPU time (user + system, this process): the distillation's, the end-of-run
+fidelity included, plus the preparation's, which every such row pays in full.
 Every finished row is saved under OUTPUT/rows/ (fine-tuning as NAME.finetune.json, the
 latencies in latency.json), and every distillation resumes, so an interrupted table picks
 up where it stopped.
@@ -52,6 +60,8 @@ import argparse
 import json
 import logging
 import os
+import random
+import resource
 import sys
 import time
 from typing import Any
@@ -105,7 +115,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-threads", type=int, default=2)
     parser.add_argument("--no-latency", action="store_true", help="skip export and timing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--targets", action="store_true",
+                        help="store the teacher's targets once (prepare --targets) and distil "
+                             "the rows they serve from them")
+    parser.add_argument("--corpus-docs", type=int, default=5000,
+                        help="with --targets: documents of the default corpus prepared")
+    parser.add_argument("--targets-dtype", choices=("float16", "bfloat16"), default="float16")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak rate of every distilled row (default: each row's own)")
     return parser.parse_args(argv)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def prepare_targets(args: argparse.Namespace, teacher_dir: str) -> dict[str, Any]:
+    """The prepared rows with the teacher's stored targets (made once; resumable).
+
+    Returns:
+        {"data": folder, "rows": training rows, "docs": documents, "cpu_seconds",
+        "wall_seconds"} of the preparation.
+    """
+    from tf_minilm.cli import main as cli_main
+    from tf_minilm.data.corpus import (
+        DEFAULT_CORPUS_TEXT_COLUMN,
+        ReadOptions,
+        default_corpus_paths,
+        iter_documents,
+    )
+    from tf_minilm.fileio import write_text_atomic
+
+    corpus = os.path.join(args.output, "corpus.jsonl")
+    data = os.path.join(args.output, "data")
+
+    def compute() -> dict[str, Any]:
+        start_cpu, start = cpu_seconds(), time.perf_counter()
+        if not os.path.exists(corpus):
+            docs = list(iter_documents(default_corpus_paths(),
+                                       ReadOptions(text_column=DEFAULT_CORPUS_TEXT_COLUMN)))
+            random.Random(args.seed).shuffle(docs)
+            write_text_atomic(corpus, "".join(json.dumps({"text": doc}) + "\n"
+                                              for doc in docs[:args.corpus_docs]))
+        code = cli_main(["prepare", "--teacher", teacher_dir, "--output", data,
+                         "--max-seq-len", str(args.max_seq_len), "--targets",
+                         "embedding,hidden", "--targets-dtype", args.targets_dtype,
+                         "--no-progress", corpus])
+        if code != 0:
+            raise SystemExit(f"base_size: prepare --targets failed ({code})")
+        with open(os.path.join(data, "manifest.json"), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        return {"data": data, "rows": manifest["rows"], "docs": args.corpus_docs,
+                "cpu_seconds": round(cpu_seconds() - start_cpu, 1),
+                "wall_seconds": round(time.perf_counter() - start, 1)}
+
+    return cached_json(os.path.join(args.output, "prepare.json"), compute,
+                       "storing the teacher's targets")
 
 
 def split_row(name: str) -> tuple[str, int | None]:
@@ -122,17 +189,21 @@ def distill(folder: str, teacher_dir: str, args: argparse.Namespace, **fields: A
 
     result_path = os.path.join(folder, "result.json")
     if not os.path.exists(result_path):
+        where = ({"data": fields.pop("data")} if fields.get("data") else
+                 {"cache_dir": os.path.join(args.output, "cache")})
         config = DistillConfig(
             teacher=teacher_dir, steps=args.steps, batch_size=args.batch_size,
             max_seq_len=args.max_seq_len, seed=args.seed, output=folder,
             resume=os.path.exists(os.path.join(folder, "config.json")),
-            checkpoint_every=max(1, args.steps // 2), log_every=max(1, args.steps // 20),
-            cache_dir=os.path.join(args.output, "cache"), **fields)
-        start = time.perf_counter()
+            checkpoint_every=max(1, args.steps // 4), log_every=max(1, args.steps // 20),
+            **where, **fields)
+        start, start_cpu = time.perf_counter(), cpu_seconds()
         job.run(config)
         with open(result_path, encoding="utf-8") as handle:
             summary = json.load(handle)
         summary["wall_seconds"] = time.perf_counter() - start
+        # An interrupted and resumed row counts only its last part.
+        summary["cpu_seconds"] = cpu_seconds() - start_cpu
         write_json_atomic(result_path, summary)
     return os.path.join(folder, "student")
 
@@ -162,6 +233,10 @@ def build_row(name: str, args: argparse.Namespace, context: dict[str, Any]
                               init="random")
         return student_dir, {"objective": "minilmv2", "init": "random"}
     spec = dict(DISTILLED_SPECS[kind])
+    if args.learning_rate is not None:
+        spec["learning_rate"] = args.learning_rate
+    if args.targets and "loss" in spec and not spec.get("from_assistant"):
+        spec["data"] = context["targets"]()["data"]  # alignment terms: served by the targets
     objective = {"loss": spec.pop("loss")} if "loss" in spec else {"method": spec.pop("method")}
     teacher_dir = context["teacher_dir"]
     if spec.pop("from_assistant", False):
@@ -181,10 +256,11 @@ def build_row(name: str, args: argparse.Namespace, context: dict[str, Any]
         shape = {"student_hidden": STUDENT_HIDDEN, "student_heads": STUDENT_HEADS,
                  "student_layout": "bert", "init": "random"}
         init = "random"
+    data = spec.get("data")
     student_dir = distill(folder, teacher_dir, args, student_layers=depth, **objective,
                           **shape, **spec)
     return student_dir, {"objective": next(iter(objective.values())), "init": init,
-                         "learning_rate": spec["learning_rate"]}
+                         "learning_rate": spec["learning_rate"], "stored_targets": bool(data)}
 
 
 def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +296,9 @@ def run_row(name: str, args: argparse.Namespace, context: dict[str, Any]) -> dic
         "parameters": int(encoder.count_params()),
         "distill_steps": result.get("step", 0),
         "distill_seconds": round(result.get("wall_seconds", 0.0), 1),
+        "distill_cpu_seconds": round(result.get("cpu_seconds", 0.0), 1),
+        "prepare_cpu_seconds": (context["targets"]()["cpu_seconds"]
+                                if built.get("stored_targets") else 0.0),
         "fidelity": {key: float(metrics[key]) for key in ("spearman", "cka", "knn@10")},
         "mr": {"probe": float(probe["accuracy"])},
         "eval_seconds": round(time.perf_counter() - start, 1),
@@ -304,8 +383,8 @@ def _number(value: Any, digits: int = 4) -> str:
 def format_table(rows: list[dict[str, Any]], latency: dict[str, Any]) -> str:
     teacher_fp32 = latency.get("mpnet 12x768", {}).get("fp32_p50_ms")
     lines = ["| row | student | objective | init | Spearman | CKA | kNN@10 | MR probe | "
-             "MR fine-tuned (lr) | params | steps | distill s | fp32 ms 1x128 | int8 ms 1x128 | "
-             "int8 speed-up vs teacher fp32 |", "|---" * 15 + "|"]
+             "MR fine-tuned (lr) | params | steps | distill s | CPU s | fp32 ms 1x128 | "
+             "int8 ms 1x128 | int8 speed-up vs teacher fp32 |", "|---" * 16 + "|"]
     for row in rows:
         fid, mr = row["fidelity"], row["mr"]
         tuned = (f"{mr['fine_tune']:.4f} ({mr['fine_tune_lr']:g})" if "fine_tune" in mr
@@ -313,11 +392,15 @@ def format_table(rows: list[dict[str, Any]], latency: dict[str, Any]) -> str:
         timed = latency.get(row["architecture"], {})
         fp32, int8 = timed.get("fp32_p50_ms"), timed.get("int8_p50_ms")
         speedup = f"{teacher_fp32 / int8:.1f}x" if int8 and teacher_fp32 else "n/a"
+        cpu = row.get("distill_cpu_seconds", 0.0)
+        prepared = row.get("prepare_cpu_seconds", 0.0)
+        cpu_text = (f"{cpu + prepared:.0f} ({prepared:.0f} + {cpu:.0f})" if prepared
+                    else f"{cpu:.0f}" if cpu else "n/a")
         lines.append(
             f"| {row['row']} | {row['architecture']} | {row['objective']} | {row['init']} | "
             f"{_number(fid['spearman'])} | {_number(fid['cka'])} | {_number(fid['knn@10'])} | "
             f"{_number(mr['probe'])} | {tuned} | {row['parameters'] / 1e6:.1f}M | "
-            f"{row['distill_steps']} | {row['distill_seconds']:.0f} | "
+            f"{row['distill_steps']} | {row['distill_seconds']:.0f} | {cpu_text} | "
             f"{_number(fp32, 1)} | {_number(int8, 1)} | {speedup} |")
     return "\n".join(lines)
 
@@ -346,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     context["teacher_embeddings"] = fidelity.encoder_embedder(  # the fidelity reference
         teacher, tokenizer, context["pooling"])(context["fidelity_texts"].texts)
     context["assistant_dir"] = lambda: build_row("assistant", args, context)[0]
+    context["targets"] = lambda: prepare_targets(args, teacher_dir)
     rows = []
     for name in args.rows:
         rows.append(cached_json(os.path.join(args.output, "rows", f"{name}.json"),
