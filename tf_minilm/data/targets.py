@@ -188,8 +188,9 @@ def write_targets(data: PreparedData, teacher: Any, teacher_dir: str, pooling: P
             # row never attends to is not computed (a third of the tokens of the default
             # corpus's per-document rows). The outputs go back to the rows' own places.
             shard_rows = np.arange(first, first + rows_in_shard)
-            lengths = np.array([end - begin for _, _, begin, end in data.rows.locate(shard_rows)])
-            by_length = shard_rows[np.argsort(lengths, kind="stable")]
+            spans = np.array([(begin, end) for _, _, begin, end
+                              in data.rows.locate(shard_rows)], np.int64).reshape(-1, 2)
+            by_length = shard_rows[np.argsort(spans[:, 1] - spans[:, 0], kind="stable")]
             batches = range(0, rows_in_shard, batch_size)
             for number, start in enumerate(batches):
                 rows = by_length[start:start + batch_size]
@@ -205,7 +206,7 @@ def write_targets(data: PreparedData, teacher: Any, teacher_dir: str, pooling: P
                         sentence_embedding(hidden, mask, pooling))
                 if "hidden" in outputs:
                     states = np.asarray(hidden)
-                    for out, (_, _, begin, end) in enumerate(data.rows.locate(rows)):
+                    for out, (begin, end) in enumerate(spans[rows - first].tolist()):
                         outputs["hidden"][begin:end] = states[out, :end - begin]
                 if (number + 1) % max(1, len(batches) // 10) == 0:
                     logger.info("targets: shard %d: %d of %d rows", index + 1,
