@@ -23,8 +23,10 @@ fusions, never depend on weight values.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,11 +44,38 @@ def _producers(model: Any) -> dict[str, Any]:
     return {output: node for node in model.graph.node for output in node.output}
 
 
+HOLLOW_INITIALIZER_BYTES = 1 << 16
+"""Initializers at least this large are typed graph inputs in `_ranks`' copy of the graph."""
+
+
+def _hollow_copy(model: Any) -> Any:
+    """A copy of `model` whose large initializers are typed graph inputs instead.
+
+    Shape inference serialises the whole model in and out (four copies of a base-size
+    model's 440 MB of weights at its peak); it needs the weights' types and shapes, not
+    their values, except for small constants such as Reshape targets, which stay.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    small, stand_ins = [], []
+    for init in graph.initializer:
+        if init.ByteSize() >= HOLLOW_INITIALIZER_BYTES:
+            stand_ins.append(helper.make_tensor_value_info(init.name, init.data_type,
+                                                           list(init.dims)))
+        else:
+            small.append(init)
+    hollow = helper.make_graph(list(graph.node), graph.name, [*graph.input, *stand_ins],
+                               list(graph.output), initializer=small)
+    return helper.make_model(hollow, opset_imports=list(model.opset_import),
+                             ir_version=model.ir_version)
+
+
 def _ranks(model: Any) -> dict[str, int]:
     """Rank of every tensor ONNX shape inference can tell (graph inputs included)."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(_hollow_copy(model))
     ranks = {}
     for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         tensor_type = value.type.tensor_type
@@ -213,6 +242,53 @@ def _keep_graph_inputs(optimized: Any, original_inputs: list[Any]) -> None:
             optimized.graph.input.insert(position, value)
 
 
+FUSION_WEIGHTS_FILE = "weights.bin"
+"""Where `optimize_onnx` keeps the large weights while onnxruntime's optimizer works
+(in a fresh temporary folder beside the output, removed afterwards)."""
+
+
+@contextlib.contextmanager
+def _weights_on_disk(model: Any, beside: str) -> Iterator[str]:
+    """Move `model`'s large initializers into a temporary folder in `beside` for the block.
+
+    onnxruntime's optimizer runs its symbolic shape inference twice, and each run copies
+    and re-serialises the whole model: for a 440 MB base-size graph the optimizer alone
+    peaked at 3.1 GB. With the weights as ONNX external data, those copies are of the
+    graph only. The fusions that read a weight's values (the Attention fusion
+    concatenating Q/K/V) read them from the file through `onnx.numpy_helper`, which
+    resolves external data against the working directory: the block runs in the
+    temporary folder (process-wide, so export must not run beside other work in threads
+    of one process). Yields that folder, for `_read_weights_back`; it is removed after.
+    """
+    import shutil
+    import tempfile
+
+    from onnx import external_data_helper
+
+    folder = tempfile.mkdtemp(prefix=".fusion-weights-", dir=beside)
+    try:
+        external_data_helper.convert_model_to_external_data(
+            model, all_tensors_to_one_file=True, location=FUSION_WEIGHTS_FILE,
+            size_threshold=HOLLOW_INITIALIZER_BYTES)
+        external_data_helper.write_external_data_tensors(model, folder)
+        with contextlib.chdir(folder):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_weights_back(model: Any, folder: str) -> None:
+    """Load the external data of `_weights_on_disk` into `model`, leaving the tensors as
+    they were before (no explicit `data_location` field), so the saved file is the same
+    bytes as an optimization without the detour."""
+    from onnx import external_data_helper
+
+    external_data_helper.load_external_data_for_model(model, folder)
+    for tensor in model.graph.initializer:
+        if tensor.HasField("data_location"):
+            tensor.ClearField("data_location")
+
+
 def optimize_onnx(
     model: Any,
     path: str | os.PathLike,
@@ -224,12 +300,18 @@ def optimize_onnx(
 
     Runs `prepare_for_fusion`, then `optimize_model(model_type="bert", opt_level=0)`
     (Python fusions only, so torch is never imported) with the raw 2-D attention mask
-    kept as the Attention mask input (correct for any padding side).
+    kept as the Attention mask input (correct for any padding side). The large weights
+    wait on disk meanwhile (`_weights_on_disk`), so the optimizer's copies of the model
+    are of its graph only.
 
     Args:
         model: the converted `onnx.ModelProto`, rewritten in place (no copy: a
-            base-size model's graph is 440 MB); save it first to keep it.
-        path: where to save the optimized model (written only when the check passes).
+            base-size model's graph is 440 MB); save it first to keep it. Its large
+            initializers are external data afterwards (unusable): pass a model that is
+            not needed again.
+        path: where to save the optimized model, one file (written only when the check
+            passes); a temporary folder beside it holds the weights while the optimizer
+            runs.
         num_heads: attention heads.
         hidden_size: model width.
         expected: counts from `expected_fusions`, or None to skip the check.
@@ -247,21 +329,23 @@ def optimize_onnx(
     original_inputs = [onnx.ValueInfoProto() for _ in model.graph.input]
     for copy, value in zip(original_inputs, model.graph.input, strict=True):
         copy.CopyFrom(value)
-    work = model
-    rewrites = prepare_for_fusion(work)
+    rewrites = prepare_for_fusion(model)
     logger.debug("pre-fusion rewrites: %s", rewrites)
     options = FusionOptions("bert")
     options.use_raw_attention_mask(True)
-    with quiet():
-        optimized = optimize_model(
-            work,
-            model_type="bert",
-            num_heads=num_heads,
-            hidden_size=hidden_size,
-            optimization_options=options,
-            opt_level=0,
-        )
-        statistics = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items()}
+    with _weights_on_disk(model, os.path.dirname(os.path.abspath(os.fspath(path)))) as folder:
+        with quiet():
+            optimized = optimize_model(
+                model,
+                model_type="bert",
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                optimization_options=options,
+                opt_level=0,
+            )
+            statistics = {op: int(n)
+                          for op, n in optimized.get_fused_operator_statistics().items()}
+        _read_weights_back(optimized.model, folder)
     _keep_graph_inputs(optimized.model, original_inputs)
     logger.info("fused operators: %s", {op: n for op, n in statistics.items() if n})
     if expected is not None:

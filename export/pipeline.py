@@ -530,6 +530,9 @@ def export_model(
                                        config.hidden_size, expected)
         else:
             onnx.save(model, fp32_path)
+        # The graph's inputs and outputs as saved (fusion keeps both), read before the
+        # model goes: loading fp32_path again would hold a base-size model twice.
+        inputs, outputs = _graph_io(model)
         del model  # the graph is in fp32_path now; a base-size model's is 440 MB
         logger.info("validating against the Keras float32 model")
         feeds, reference = reference_outputs(function, student.tokenizer, max_seq_len,
@@ -558,7 +561,6 @@ def export_model(
                     "this kind and re-times int8 on others", int8_choice["speedup"],
                     int8_choice["cpu_int8_kind"], INT8_PAYS_SPEEDUP)
         side_files = _write_side_files(staging, student, classifier)
-        inputs, outputs = _graph_io(onnx.load(fp32_path))
         files = {name: os.path.getsize(os.path.join(staging, name))
                  for name in (ONNX_MODEL_FILE, ONNX_INT8_FILE) if os.path.isfile(os.path.join(staging, name))}
         report = {

@@ -3,6 +3,7 @@ sources (HF folder, .keras under mixed_bfloat16), atomic output and clear failur
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -227,6 +228,44 @@ def test_conversion_takes_any_head(tmp_path, tokenizer):
     feeds = tokenize(tokenizer, ["good film", "a very bad game"], 64, 0)
     (logits,) = session(tmp_path / "clf.onnx").run(None, feeds)
     np.testing.assert_allclose(logits, function(**feeds)["logits"].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet"])
+def test_fusion_with_the_weights_on_disk_writes_what_fusing_in_memory_writes(
+        tmp_path, tokenizer, model_type, monkeypatch):
+    """The optimizer runs with the large weights as external data (its copies of the model
+    are then of the graph only): the saved file is byte for byte the in-memory fusion's,
+    for BERT (its Attention fusion reads and concatenates Q/K/V from the file) and MPNet,
+    and nothing is left beside it."""
+    import export.fusion as fusion
+
+    if model_type == "mpnet":
+        values = dict(TINY, vocab_size=tokenizer.get_vocab_size() + 7, model_type="mpnet",
+                      pad_token_id=1, type_vocab_size=0, relative_attention_num_buckets=8)
+        encoder = Encoder(EncoderConfig(**values))
+        encoder({"input_ids": np.ones((1, 4), "int32"), "attention_mask": np.ones((1, 4), "int32")})
+    else:
+        encoder = make_encoder(tokenizer, STRONG_SCALE, seed=5)
+    config = encoder.config
+    converted = function_to_onnx(embedding_function(encoder))
+    twin = onnx.ModelProto()
+    twin.CopyFrom(converted)
+    monkeypatch.setattr(fusion, "HOLLOW_INITIALIZER_BYTES", 512)  # tiny weights go too
+    expected = fusion.expected_fusions(
+        config.num_hidden_layers, attention=model_type == "bert")
+    on_disk, in_memory = tmp_path / "disk", tmp_path / "memory"
+    on_disk.mkdir(), in_memory.mkdir()
+    here = os.getcwd()
+    counts = fusion.optimize_onnx(converted, on_disk / "model.onnx",
+                                  config.num_attention_heads, config.hidden_size, expected)
+    assert os.getcwd() == here and os.listdir(on_disk) == ["model.onnx"]
+    monkeypatch.setattr(fusion, "_weights_on_disk",
+                        lambda model, beside: contextlib.nullcontext(beside))
+    monkeypatch.setattr(fusion, "_read_weights_back", lambda model, folder: None)
+    assert fusion.optimize_onnx(twin, in_memory / "model.onnx",
+                                config.num_attention_heads, config.hidden_size,
+                                expected) == counts
+    assert (on_disk / "model.onnx").read_bytes() == (in_memory / "model.onnx").read_bytes()
 
 
 def test_command_module_imports_nothing_heavy():
