@@ -3,7 +3,11 @@
 Each export runs in a fresh process (`tf-minilm export` in-process there, so its peak
 RSS is the export's alone, TensorFlow's import included) and prints one JSON line:
 the model's float32 weight bytes, the peak RSS, the bound the export is held to
-(3 x weight bytes + 2 GB) and the wall time. `--frozen-values` also runs the conversion
+(3 x weight bytes + 2 GB) and the wall time. The export of a large graph quantizes in
+child processes (`export.quantize.quantize_int8`), so the bound is checked on the
+process tree's memory: the sum of the resident sets of the export and its children,
+sampled every 20 ms (`tree_peak_rss_gb`; a spike shorter than that can be missed,
+which the export process's own exact `VmHWM`, `peak_rss_gb`, bounds from below). `--frozen-values` also runs the conversion
 as it was before the weights were converted as graph inputs (tf2onnx on the frozen
 values) for the models up to `--frozen-values-max-params`; larger ones do not fit.
 
@@ -22,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -63,6 +68,59 @@ def peak_rss_bytes() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", encoding="ascii") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            tree.setdefault(parent, []).append(int(name))
+    return tree
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident bytes of process `root` and all its descendants, now."""
+    tree, total, todo = _children(), 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += _rss_bytes(pid)
+        todo += tree.get(pid, [])
+    return total
+
+
+def run_sampled(command: list[str]) -> tuple[subprocess.CompletedProcess, int]:
+    """Run `command`; return its result and the peak of its process tree's resident set."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_bytes(process.pid))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), peak[0]
 
 
 def student_folder(teacher_dir: str, folder: str, layers: int, hidden: int, heads: int,
@@ -126,7 +184,7 @@ def main() -> None:
             command = [sys.executable, os.path.abspath(__file__), "--child", folder, out,
                        "--quantize", args.quantize] + (["--child-frozen-values"] if frozen
                                                        else [])
-            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            result, tree_peak = run_sampled(command)
             lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
             if result.returncode or not lines:
                 print(json.dumps({"model": name, "frozen_values": frozen,
@@ -137,8 +195,9 @@ def main() -> None:
             print(json.dumps({"model": name, "conversion": "frozen values" if frozen
                               else "weights as inputs", "weight_bytes": weights,
                               "peak_rss_gb": round(row["peak_rss_bytes"] / 2**30, 2),
+                              "tree_peak_rss_gb": round(tree_peak / 2**30, 2),
                               "bound_gb": round(bound / 2**30, 2),
-                              "within_bound": row["peak_rss_bytes"] <= bound,
+                              "within_bound": max(tree_peak, row["peak_rss_bytes"]) <= bound,
                               "seconds": row["seconds"], "int8": row["int8"],
                               "fused": row["fused"]}), flush=True)
 

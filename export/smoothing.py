@@ -139,18 +139,25 @@ def activation_channel_max(
     import onnx
     import onnxruntime as ort
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {output.name for output in probe.graph.output}
-    for name in tensors:
-        if name not in present:
-            probe.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    # The tensors become graph outputs of the serialised probe only: adding them to
+    # `model` for the serialisation and removing them after, instead of probing a copy,
+    # spares a second copy of a base-size model's weights.
+    graph_outputs = model.graph.output
+    count = len(graph_outputs)
+    present = {output.name for output in graph_outputs}
+    try:
+        for name in tensors:
+            if name not in present:
+                graph_outputs.append(
+                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        probe = model.SerializeToString()
+    finally:
+        del graph_outputs[count:]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(probe, options, providers=["CPUExecutionProvider"])
+    del probe
     names = list(tensors)
     maxima: dict[str, np.ndarray] = {}
     for feed in feeds:

@@ -100,11 +100,13 @@ def test_scales_match_formula_elementwise():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_channel_max_ignores_padding(fused, tokenizer):
+def test_channel_max_ignores_padding_and_leaves_the_model_as_it_was(fused, tokenizer):
     model = onnx.load(fused)
+    before = model.SerializeToString()
     tensors = sorted({site["input"] for site in find_sites(model)})
     texts = ("ok", VALIDATION_SENTENCES[12])
     padded = activation_channel_max(model, [tokenize(tokenizer, texts, 64, 0)], tensors)
+    assert model.SerializeToString() == before  # the probe outputs were added, then removed
     alone = [activation_channel_max(model, [tokenize(tokenizer, (t,), 64, 0)], tensors)
              for t in texts]
     for name in tensors:
@@ -143,6 +145,18 @@ def test_smoothed_int8_stays_close(fused, batch, tokenizer, tmp_path):
     ref = run(fused, batch)["sentence_embedding"]
     got = run(str(tmp_path / "smooth.int8.onnx"), batch)["sentence_embedding"]
     assert cosines(ref, got).min() >= 0.99
+
+
+def test_quantizing_in_a_child_process_writes_the_same_graph(fused, tmp_path):
+    """Large graphs are quantized in a spawned process (the quantizer's leftover heap
+    goes with it): same file as in this process, and its failure still names the file."""
+    quantize_int8(fused, tmp_path / "here.onnx", separate_process=False)
+    quantize_int8(fused, tmp_path / "child.onnx", separate_process=True)
+    assert (tmp_path / "here.onnx").read_bytes() == (tmp_path / "child.onnx").read_bytes()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx graph")
+    with pytest.raises(ExportError, match="broken.onnx"):
+        quantize_int8(broken, tmp_path / "out.onnx", separate_process=True)
 
 
 def test_bad_alpha_and_missing_maxima_are_named(fused):
