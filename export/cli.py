@@ -1,7 +1,7 @@
 """`tf-minilm export`: a student to ONNX (fp32 + int8), fused for onnxruntime, checked.
 
 Owns: the command's flags and its summary; the work is `export.pipeline`'s. Imports: `tf_minilm.rules`,
-`export.convert`, `export.errors`, `export.pipeline` (inside `run`),
+`export.memory`, `export.convert`, `export.errors`, `export.pipeline` (inside `run`),
 `tf_minilm.argtypes`.
 
 Imports nothing heavy at module level: TensorFlow, tf2onnx and onnxruntime are
@@ -24,6 +24,10 @@ HELP = ("export a student (HF folder or .keras file) or a fine-tuned classifier 
         "fusions, checked for parity against Keras and written atomically")
 
 logger = logging.getLogger(__name__)
+
+RETURNS_TENSORFLOW_MEMORY = True
+"""Tells `tf_minilm.cli` not to turn TensorFlow's caching BFC allocator on: `run` has
+TensorFlow use the system's malloc (`export.memory.free_tensorflow_memory_on_release`)."""
 
 
 def default_output(student: str) -> str:
@@ -106,6 +110,11 @@ def _print_summary(output: str, report: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the export; returns 0, 1 when a check or the export fails, 2 on a bad flag."""
+    from export.memory import free_tensorflow_memory_on_release
+
+    # Before anything imports TensorFlow: the Keras model's memory can then be returned
+    # once the graph is converted (export.memory).
+    free_tensorflow_memory_on_release()
     from export.convert import check_opset
     from export.errors import ExportError, FusionError, ParityError
 

@@ -2,7 +2,7 @@
 EmbedLayerNormalization), applied and then checked, because they fail silently.
 
 Owns: applying and verifying onnxruntime's transformer fusions. Imports:
-`export.errors`, `export.logs`.
+`export.errors`, `export.logs`, `export.memory`.
 
 onnxruntime's optimizer matches the exact subgraphs PyTorch's HF BERT exports. The
 encoder layers are spelled to export those subgraphs (see `tf_minilm.model.layers`);
@@ -23,16 +23,15 @@ fusions, never depend on weight values.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from export.errors import FusionError
 from export.logs import quiet
+from export.memory import LARGE_INITIALIZER_BYTES, read_weights_back, weights_on_disk
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +41,6 @@ ATTENTION_OPS = ("Attention", "MultiHeadAttention")
 
 def _producers(model: Any) -> dict[str, Any]:
     return {output: node for node in model.graph.node for output in node.output}
-
-
-HOLLOW_INITIALIZER_BYTES = 1 << 16
-"""Initializers at least this large are typed graph inputs in `_ranks`' copy of the graph."""
 
 
 def _hollow_copy(model: Any) -> Any:
@@ -60,7 +55,7 @@ def _hollow_copy(model: Any) -> Any:
     graph = model.graph
     small, stand_ins = [], []
     for init in graph.initializer:
-        if init.ByteSize() >= HOLLOW_INITIALIZER_BYTES:
+        if init.ByteSize() >= LARGE_INITIALIZER_BYTES:
             stand_ins.append(helper.make_tensor_value_info(init.name, init.data_type,
                                                            list(init.dims)))
         else:
@@ -242,53 +237,6 @@ def _keep_graph_inputs(optimized: Any, original_inputs: list[Any]) -> None:
             optimized.graph.input.insert(position, value)
 
 
-FUSION_WEIGHTS_FILE = "weights.bin"
-"""Where `optimize_onnx` keeps the large weights while onnxruntime's optimizer works
-(in a fresh temporary folder beside the output, removed afterwards)."""
-
-
-@contextlib.contextmanager
-def _weights_on_disk(model: Any, beside: str) -> Iterator[str]:
-    """Move `model`'s large initializers into a temporary folder in `beside` for the block.
-
-    onnxruntime's optimizer runs its symbolic shape inference twice, and each run copies
-    and re-serialises the whole model: for a 440 MB base-size graph the optimizer alone
-    peaked at 3.1 GB. With the weights as ONNX external data, those copies are of the
-    graph only. The fusions that read a weight's values (the Attention fusion
-    concatenating Q/K/V) read them from the file through `onnx.numpy_helper`, which
-    resolves external data against the working directory: the block runs in the
-    temporary folder (process-wide, so export must not run beside other work in threads
-    of one process). Yields that folder, for `_read_weights_back`; it is removed after.
-    """
-    import shutil
-    import tempfile
-
-    from onnx import external_data_helper
-
-    folder = tempfile.mkdtemp(prefix=".fusion-weights-", dir=beside)
-    try:
-        external_data_helper.convert_model_to_external_data(
-            model, all_tensors_to_one_file=True, location=FUSION_WEIGHTS_FILE,
-            size_threshold=HOLLOW_INITIALIZER_BYTES)
-        external_data_helper.write_external_data_tensors(model, folder)
-        with contextlib.chdir(folder):
-            yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _read_weights_back(model: Any, folder: str) -> None:
-    """Load the external data of `_weights_on_disk` into `model`, leaving the tensors as
-    they were before (no explicit `data_location` field), so the saved file is the same
-    bytes as an optimization without the detour."""
-    from onnx import external_data_helper
-
-    external_data_helper.load_external_data_for_model(model, folder)
-    for tensor in model.graph.initializer:
-        if tensor.HasField("data_location"):
-            tensor.ClearField("data_location")
-
-
 def optimize_onnx(
     model: Any,
     path: str | os.PathLike,
@@ -301,8 +249,9 @@ def optimize_onnx(
     Runs `prepare_for_fusion`, then `optimize_model(model_type="bert", opt_level=0)`
     (Python fusions only, so torch is never imported) with the raw 2-D attention mask
     kept as the Attention mask input (correct for any padding side). The large weights
-    wait on disk meanwhile (`_weights_on_disk`), so the optimizer's copies of the model
-    are of its graph only.
+    wait on disk meanwhile (`export.memory.weights_on_disk`: onnxruntime's optimizer
+    copies and re-serialises the whole model in each of its two symbolic shape
+    inferences), so its copies are of the graph only.
 
     Args:
         model: the converted `onnx.ModelProto`, rewritten in place (no copy: a
@@ -333,7 +282,8 @@ def optimize_onnx(
     logger.debug("pre-fusion rewrites: %s", rewrites)
     options = FusionOptions("bert")
     options.use_raw_attention_mask(True)
-    with _weights_on_disk(model, os.path.dirname(os.path.abspath(os.fspath(path)))) as folder:
+    beside = os.path.dirname(os.path.abspath(os.fspath(path)))
+    with weights_on_disk(model, beside, chdir=True) as folder:
         with quiet():
             optimized = optimize_model(
                 model,
@@ -345,7 +295,7 @@ def optimize_onnx(
             )
             statistics = {op: int(n)
                           for op, n in optimized.get_fused_operator_statistics().items()}
-        _read_weights_back(optimized.model, folder)
+        read_weights_back(optimized.model, folder)
     _keep_graph_inputs(optimized.model, original_inputs)
     logger.info("fused operators: %s", {op: n for op, n in statistics.items() if n})
     if expected is not None:

@@ -344,10 +344,11 @@ def _check_output_dir(output_dir: str, student: Student) -> None:
         raise ExportError(f"refusing to replace the output: {err}") from err
 
 
-def _write_side_files(staging: str, student: Student,
+def _write_side_files(staging: str, student: Student, encoder_config: Any,
                       classifier: dict[str, Any] | None = None) -> list[str]:
-    """Tokenizer files, config.json (with `id2label` for a classifier) and a classifier's
-    labels.json next to the models; returns the names written."""
+    """Tokenizer files, config.json (`encoder_config`'s, with `id2label` for a
+    classifier) and a classifier's labels.json next to the models; returns the names
+    written."""
     written = []
     if student.tokenizer_dir:
         for name in TOKENIZER_FILES:
@@ -358,7 +359,7 @@ def _write_side_files(staging: str, student: Student,
     if "tokenizer.json" not in written:
         student.tokenizer.save(os.path.join(staging, "tokenizer.json"))
         written.append("tokenizer.json")
-    config = student.encoder.config.to_hf_dict()
+    config = encoder_config.to_hf_dict()
     if classifier is not None:
         names = classifier["labels"]
         config["id2label"] = {str(i): name for i, name in enumerate(names)}
@@ -508,15 +509,26 @@ def export_model(
     import onnx
 
     from export.fusion import expected_fusions, grouped_counts, optimize_onnx, unfused_operators
+    from export.memory import release_freed_heap
     from export.quantize import choose_int8
     from export.validate import check_int8, int8_failure, reference_outputs, validate_export
     from serving.runtime import INT8_PAYS_SPEEDUP, timing_feeds
     from tf_minilm.versions import cpu_int8_kind
 
+    kind = student.kind
     with staged_folder(output_dir, "onnx-export") as staging:
         function = _graph_function(student, spec)
-        logger.info("converting %s (%s, opset %d)", student.source, student.kind, opset)
+        logger.info("converting %s (%s, opset %d)", student.source, kind, opset)
         model = function_to_onnx(function, opset)
+        feeds, reference = reference_outputs(function, student.tokenizer, max_seq_len,
+                                             config.pad_token_id)
+        # Keras is done: every later check compares with `reference`. Dropping its model
+        # before fusion keeps a base-size export to one copy of the weights at a time
+        # (TensorFlow returns them only when `tf-minilm export` set it up to,
+        # export.memory.free_tensorflow_memory_on_release).
+        del function
+        student.encoder = student.classifier = None
+        release_freed_heap()
         fp32_path = os.path.join(staging, ONNX_MODEL_FILE)
         statistics = expected = None
         unfused = unfused_operators(bool(config.relative_attention_num_buckets))
@@ -535,14 +547,12 @@ def export_model(
         inputs, outputs = _graph_io(model)
         del model  # the graph is in fp32_path now; a base-size model's is 440 MB
         logger.info("validating against the Keras float32 model")
-        feeds, reference = reference_outputs(function, student.tokenizer, max_seq_len,
-                                             config.pad_token_id)
-        parity = validate_export(function, student.tokenizer, fp32_path, None,
+        parity = validate_export(None, student.tokenizer, fp32_path, None,
                                  max_seq_len=max_seq_len, pad_id=config.pad_token_id,
                                  fp32_tolerance=fp32_tolerance, reference=(feeds, reference))
-        del function  # the int8 checks compare with `reference`; the float32 copy can go
         int8_choice = None
         if quantize == "int8":
+            release_freed_heap()  # conversion's and fusion's buffers, before the ladder's
             int8_choice = choose_int8(
                 fp32_path, os.path.join(staging, ONNX_INT8_FILE),
                 check=lambda path: check_int8(reference, path, feeds, int8_min_cosine,
@@ -560,13 +570,13 @@ def export_model(
                     "`tf-minilm serve --model-file auto` serves model.onnx (fp32) on CPUs of "
                     "this kind and re-times int8 on others", int8_choice["speedup"],
                     int8_choice["cpu_int8_kind"], INT8_PAYS_SPEEDUP)
-        side_files = _write_side_files(staging, student, classifier)
+        side_files = _write_side_files(staging, student, config, classifier)
         files = {name: os.path.getsize(os.path.join(staging, name))
                  for name in (ONNX_MODEL_FILE, ONNX_INT8_FILE) if os.path.isfile(os.path.join(staging, name))}
         report = {
             "report_version": REPORT_VERSION,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "kind": student.kind,
+            "kind": kind,
             "source": student.source,
             "source_type": student.source_type,
             "model_type": config.model_type,

@@ -2,8 +2,9 @@
 the int8 variant that holds.
 
 Owns: the int8 quantization settings, the ladder of int8 variants (`VARIANTS`) and the
-rule that picks one. Imports: `export.errors`, `export.logs`, `export.smoothing`,
-`export.outliers`, `serving.runtime` (its onnxruntime session, for the speed ratio).
+rule that picks one. Imports: `export.errors`, `export.logs`, `export.memory`,
+`export.smoothing`, `export.outliers`, `serving.runtime` (its onnxruntime session, for
+the speed ratio).
 
 Weights are stored as signed int8 per output channel (per-tensor scales cost about four
 points of cosine on real MiniLM weights, 7-bit `reduce_range` far more); activations
@@ -28,11 +29,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from export.errors import ExportError, ParityError
 from export.logs import quiet
+from export.memory import LARGE_INITIALIZER_BYTES, WEIGHTS_FILE, release_freed_heap
 from export.outliers import DEFAULT_CHANNELS
 from serving.runtime import speed_ratio
 
@@ -42,6 +45,8 @@ DEFAULT_OP_TYPES: tuple[str, ...] | None = None
 """None quantizes every operator type onnxruntime's dynamic quantizer supports."""
 
 
+VARIANT_FILE = "variant.onnx"
+"""The float32 variant handed to the quantizer, in a temporary folder beside the output."""
 SEPARATE_PROCESS_BYTES = 256 * 2**20
 """float32 graphs at least this large are quantized in a child process (`quantize_int8`)."""
 
@@ -56,13 +61,13 @@ def quantize_int8(
 ) -> None:
     """Write `destination`, the dynamic-int8 version of the ONNX model at `source`.
 
-    onnxruntime's quantizer leaves heap behind in the process that ran it (measured on
-    the 440 MB base-size graph: 1.15 GB still resident after one call, more after each,
-    with no Python object holding it), which would stay for the rest of an export and
-    add up over the ladder's variants. A large graph is therefore quantized in a fresh
-    process (it imports neither TensorFlow nor the model), whose memory goes
-    back to the system when it exits; a small one in this process, where the ~1.5 s of
-    starting Python and onnxruntime there would cost more than the memory it saves.
+    onnxruntime's quantizer leaves heap behind in the process that ran it (with no
+    Python object holding it, more after each call; docs/benchmarks.md#export-memory),
+    which would stay for the rest of an export and add up over the ladder's variants. A
+    large graph is therefore quantized in a fresh process (it imports neither TensorFlow
+    nor the model), whose memory goes back to the system when it exits; a small one in
+    this process, where the ~1.5 s of starting Python and onnxruntime there would cost
+    more than the memory it saves.
 
     Args:
         source: float32 ONNX model file.
@@ -72,7 +77,8 @@ def quantize_int8(
             for all supported ones.
         nodes_to_exclude: node names kept in float32.
         separate_process: quantize in a child process; None decides by the size of
-            `source` (`SEPARATE_PROCESS_BYTES`).
+            the file `source` (`SEPARATE_PROCESS_BYTES`; a file whose weights are
+            external data is small, so its caller decides).
 
     Raises:
         ExportError: onnxruntime's quantizer failed, or its process died.
@@ -92,7 +98,9 @@ def quantize_int8(
         import sys
 
         # A fresh interpreter (`-c`), not multiprocessing: spawning would re-import the
-        # caller's main script, which need not guard its work with __main__.
+        # caller's main script, which need not guard its work with __main__. The memory
+        # this process freed goes back first: both processes are resident meanwhile.
+        release_freed_heap()
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         result = subprocess.run(
@@ -206,6 +214,7 @@ def write_variant(fp32_path: str | os.PathLike, destination: str | os.PathLike,
     from export.smoothing import activation_channel_max, find_sites, smooth_model
 
     model = onnx.load(os.fspath(fp32_path))
+    workdir = os.path.dirname(os.path.abspath(os.fspath(destination)))
     if variant.smooth_alpha is not None:
         tensors = sorted({site["input"] for site in find_sites(model, SMOOTHED_SITES)})
         smooth_model(model, activation_channel_max(model, calibration, tensors),
@@ -220,14 +229,18 @@ def write_variant(fp32_path: str | os.PathLike, destination: str | os.PathLike,
         source = os.fspath(fp32_path)
         quantize_int8(source, destination, nodes_to_exclude=kept)
         return kept
-    source = os.fspath(destination) + ".fp32-variant.onnx"
-    try:
-        onnx.save(model, source)
+    # The variant goes to the quantizer as a file whose large weights are external data:
+    # written tensor by tensor, not serialised whole beside the model (for a base-size
+    # graph, 440 MB more at the ladder's peak). Its size is the float32 graph's.
+    # Nothing may hold the model while the quantizer runs (a context manager's frame
+    # would), so its temporary folder is a plain one.
+    separate = os.path.getsize(fp32_path) >= SEPARATE_PROCESS_BYTES
+    with tempfile.TemporaryDirectory(prefix=".variant-", dir=workdir) as folder:
+        source = os.path.join(folder, VARIANT_FILE)
+        onnx.save(model, source, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=WEIGHTS_FILE, size_threshold=LARGE_INITIALIZER_BYTES)
         del model  # the quantizer loads its own copy from `source`
-        quantize_int8(source, destination, nodes_to_exclude=kept)
-    finally:
-        if os.path.exists(source):
-            os.remove(source)
+        quantize_int8(source, destination, nodes_to_exclude=kept, separate_process=separate)
     return kept
 
 
@@ -264,6 +277,7 @@ def choose_int8(
     for variant in variants:
         kept = write_variant(fp32_path, destination, variant, calibration)
         figures = check(os.fspath(destination))
+        release_freed_heap()  # the variant's and its check's buffers, before the next
         first_figures = first_figures or figures
         tried.append({"variant": variant.name, **{k: figures[k] for k in FIGURE_KEYS
                                                   if k in figures},

@@ -255,7 +255,8 @@ def validate_export(
     """Check the exported graphs against the Keras float32 `function`.
 
     Args:
-        function: the `tf.function` that was converted (three int64 inputs).
+        function: the `tf.function` that was converted (three int64 inputs); None
+            when `reference` is given.
         tokenizer: the model's `tokenizers.Tokenizer`.
         fp32_path: float32 ONNX file.
         int8_path: int8 ONNX file, or None.
@@ -275,6 +276,8 @@ def validate_export(
     Raises:
         ParityError: a check failed; `err.figures` holds everything measured.
     """
+    if reference is None and function is None:
+        raise ValueError("validate_export needs the converted function or its reference outputs")
     feeds, reference = reference or reference_outputs(function, tokenizer, max_seq_len, pad_id,
                                                       texts)
     mask = feeds["attention_mask"]

@@ -238,6 +238,7 @@ def test_fusion_with_the_weights_on_disk_writes_what_fusing_in_memory_writes(
     for BERT (its Attention fusion reads and concatenates Q/K/V from the file) and MPNet,
     and nothing is left beside it."""
     import export.fusion as fusion
+    import export.memory as memory
 
     if model_type == "mpnet":
         values = dict(TINY, vocab_size=tokenizer.get_vocab_size() + 7, model_type="mpnet",
@@ -250,7 +251,8 @@ def test_fusion_with_the_weights_on_disk_writes_what_fusing_in_memory_writes(
     converted = function_to_onnx(embedding_function(encoder))
     twin = onnx.ModelProto()
     twin.CopyFrom(converted)
-    monkeypatch.setattr(fusion, "HOLLOW_INITIALIZER_BYTES", 512)  # tiny weights go too
+    monkeypatch.setattr(memory, "LARGE_INITIALIZER_BYTES", 512)  # tiny weights go too
+    monkeypatch.setattr(fusion, "LARGE_INITIALIZER_BYTES", 512)
     expected = fusion.expected_fusions(
         config.num_hidden_layers, attention=model_type == "bert")
     on_disk, in_memory = tmp_path / "disk", tmp_path / "memory"
@@ -259,13 +261,99 @@ def test_fusion_with_the_weights_on_disk_writes_what_fusing_in_memory_writes(
     counts = fusion.optimize_onnx(converted, on_disk / "model.onnx",
                                   config.num_attention_heads, config.hidden_size, expected)
     assert os.getcwd() == here and os.listdir(on_disk) == ["model.onnx"]
-    monkeypatch.setattr(fusion, "_weights_on_disk",
-                        lambda model, beside: contextlib.nullcontext(beside))
-    monkeypatch.setattr(fusion, "_read_weights_back", lambda model, folder: None)
+    monkeypatch.setattr(fusion, "weights_on_disk",
+                        lambda model, beside, chdir: contextlib.nullcontext(beside))
+    monkeypatch.setattr(fusion, "read_weights_back", lambda model, folder: None)
     assert fusion.optimize_onnx(twin, in_memory / "model.onnx",
                                 config.num_attention_heads, config.hidden_size,
                                 expected) == counts
     assert (on_disk / "model.onnx").read_bytes() == (in_memory / "model.onnx").read_bytes()
+
+
+HEAP_CHECK = """
+import json
+from export.memory import release_freed_heap
+
+def rss():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                if line.startswith("VmRSS:"))
+
+base = rss()
+blocks = [bytearray(64 * 1024) for _ in range(4800)]  # 300 MB below malloc's mmap threshold
+pin = bytearray(64 * 1024)  # above them on the heap: they cannot be trimmed off its top
+del blocks
+freed = rss()
+returned = release_freed_heap()
+print(json.dumps({"base": base, "freed": freed, "after": rss(), "returned": returned}))
+"""
+
+
+def test_freed_heap_goes_back_to_the_system():
+    """300 MB freed in the middle of the heap stay resident until `release_freed_heap`
+    (glibc's malloc_trim), which the export calls between stages."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux /proc")
+    result = subprocess.run([sys.executable, "-c", HEAP_CHECK], capture_output=True, text=True,
+                            timeout=120, check=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["freed"] - figures["base"] > 250e6, figures  # kept after the frees
+    assert figures["returned"] and figures["after"] - figures["base"] < 50e6, figures
+
+
+ALLOCATOR_CHECK = """
+import json
+import numpy as np
+from export.memory import free_tensorflow_memory_on_release, release_freed_heap
+
+def rss():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+                if line.startswith("VmRSS:"))
+
+took = free_tensorflow_memory_on_release()
+import tensorflow as tf
+base = rss()
+weights = [tf.Variable(np.ones((768, 3072), np.float32)) for _ in range(32)]  # 300 MB
+held = rss()
+del weights
+release_freed_heap()
+print(json.dumps({"took": took, "again": free_tensorflow_memory_on_release(), "base": base,
+                  "held": held, "after": rss()}))
+"""
+
+
+def test_tensorflow_gives_a_dropped_models_memory_back_when_export_sets_it_up():
+    """TensorFlow's caching allocators keep freed variables' memory; with the settings
+    `tf-minilm export` makes before TensorFlow starts, 300 MB of dropped variables go
+    back to the system. Once TensorFlow runs, the settings cannot take effect any more."""
+    import subprocess
+    import sys
+
+    from export.memory import ALLOCATOR_SETTINGS
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux /proc")
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_SETTINGS}
+    result = subprocess.run([sys.executable, "-c", ALLOCATOR_CHECK], capture_output=True,
+                            text=True, timeout=300, check=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["took"] and not figures["again"], figures
+    assert figures["held"] - figures["base"] > 250e6, figures
+    assert figures["after"] - figures["base"] < 60e6, figures
+
+
+def test_export_command_asks_for_the_system_allocator_not_the_bfc_one(monkeypatch, tmp_path):
+    from export.memory import ALLOCATOR_SETTINGS
+
+    for name in ALLOCATOR_SETTINGS:
+        monkeypatch.setenv(name, "x")  # recorded, so undone after the test
+        monkeypatch.delenv(name)
+    assert main(["export", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 1
+    assert {name: os.environ[name] for name in ALLOCATOR_SETTINGS} == ALLOCATOR_SETTINGS
 
 
 def test_command_module_imports_nothing_heavy():

@@ -58,8 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's default CPU allocator maps every large temporary afresh (the MiniLMv2
     # relation tensors are ~100 MB a batch) and pays page faults on each touch; the BFC
     # allocator reuses them. It is read once when TensorFlow starts, so set it here, before
-    # any command imports TensorFlow; an explicit setting in the environment wins.
-    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    # any command imports TensorFlow; an explicit setting in the environment wins. A
+    # command that must give memory back instead (export) sets its own.
+    if not getattr(args._module, "RETURNS_TENSORFLOW_MEMORY", False):
+        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args._module.run(args) or 0)
