@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--quantize", default="int8", choices=("int8", "none"))
     parser.add_argument("--frozen-values", action="store_true")
     parser.add_argument("--frozen-values-max-params", type=int, default=60_000_000)
+    parser.add_argument("--only", default=None, help="export only the models whose name "
+                        "contains this (e.g. teacher)")
     parser.add_argument("--child", nargs=2, metavar=("SOURCE", "OUTPUT"))
     parser.add_argument("--child-frozen-values", action="store_true")
     args = parser.parse_args()
@@ -176,6 +178,8 @@ def main() -> None:
         "12x768 teacher": teacher_dir,
     }
     for name, folder in models.items():
+        if args.only and args.only not in name:
+            continue
         weights = weight_bytes(folder)
         ways = [False] + ([True] if args.frozen_values
                           and weights // 4 <= args.frozen_values_max_params else [])
