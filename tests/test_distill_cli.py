@@ -8,6 +8,7 @@ import os
 import random
 import re
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -271,6 +272,26 @@ def test_a_pruned_start_is_the_teachers_strongest_slices_and_trains(teacher_dir,
     auto = DistillConfig(teacher=str(teacher_dir), corpus=[str(corpus_dir)], student_layers=2,
                          student_hidden=16, student_heads=2, output=str(tmp_path / "auto"))
     assert resolve(auto).init == "random"
+
+
+def test_student_config_gives_sizes_and_names_the_fields_it_does_not_use(
+        teacher_dir, corpus_dir, tmp_path, caplog):
+    values = json.loads((Path(teacher_dir) / "config.json").read_text())
+    sizes = tmp_path / "sizes.json"
+    sizes.write_text(json.dumps(dict(values, num_hidden_layers=2, hidden_size=16,
+                                     num_attention_heads=2, intermediate_size=48)))
+    config = DistillConfig(teacher=str(teacher_dir), corpus=[str(corpus_dir)],
+                           student_config=str(sizes), output=str(tmp_path / "run"))
+    caplog.clear()
+    student = resolve(config).student_config
+    assert (student.num_hidden_layers, student.hidden_size, student.num_attention_heads,
+            student.intermediate_size) == (2, 16, 2, 48)
+    assert "not used" not in caplog.text  # the rest is the teacher's: nothing ignored
+    sizes.write_text(json.dumps(dict(values, num_hidden_layers=2, hidden_dropout_prob=0.0)))
+    student = resolve(config).student_config
+    assert student.hidden_dropout_prob == values["hidden_dropout_prob"] == 0.1
+    assert re.search(r"--student-config .*sizes.json: .* not used: hidden_dropout_prob: 0.0 "
+                     r"\(student: 0.1\)", caplog.text), caplog.text
 
 
 @pytest.mark.slow

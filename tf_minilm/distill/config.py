@@ -92,7 +92,8 @@ class DistillConfig:
                                           "(a long one continues in the next)",
                           PACKING_MODES)
     student_config: str | None = _field(
-        None, "HF config.json giving the student's sizes (overrides the --student-* sizes)")
+        None, "HF config.json giving the student's sizes (overrides the --student-* sizes; "
+              "its other fields, dropout included, are the teacher's)")
     student_layout: str = _field(
         "teacher", "student architecture: the teacher's (e.g. MPNet, with its relative position "
                    "bias), or bert: a BERT encoder over the teacher's vocabulary and tokenizer, "

@@ -150,10 +150,36 @@ def _student_sizes(config: DistillConfig, teacher: EncoderConfig) -> EncoderConf
     heads = heads or teacher.num_attention_heads
     rules.divides(heads, hidden, "--student-heads", "--student-hidden", error=ConfigError)
     try:
-        return student_config(teacher, layers, hidden, heads, intermediate,
-                              config.student_layout)
+        student = student_config(teacher, layers, hidden, heads, intermediate,
+                                 config.student_layout)
     except ConfigError as err:
         raise ConfigError(f"student sizes: {err}") from err
+    if config.student_config:
+        unused = _unused_fields(config.student_config, given, student)
+        if unused:
+            logger.warning("--student-config %s: only the student's sizes are read from it; "
+                           "the student takes the rest from the teacher and its layout, so "
+                           "these fields of the file are not used: %s", config.student_config,
+                           "; ".join(unused))
+    return student
+
+
+STUDENT_SIZE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                       "intermediate_size")
+"""The fields `--student-config` gives the student; the rest come from the teacher."""
+
+
+def _unused_fields(path: str, given: EncoderConfig, student: EncoderConfig) -> list[str]:
+    """The fields written in the file at `path` whose values the student does not take
+    (a dropout of 0 there, say, is the teacher's 0.1 in the student), as "name: file's
+    value (student's)"."""
+    with open(path, encoding="utf-8") as handle:
+        written = set(json.load(handle))
+    return [f"{field.name}: {getattr(given, field.name)!r} "
+            f"(student: {getattr(student, field.name)!r})"
+            for field in dataclasses.fields(EncoderConfig)
+            if field.name in written and field.name not in STUDENT_SIZE_FIELDS
+            and getattr(given, field.name) != getattr(student, field.name)]
 
 
 def _with_row_length(config: DistillConfig) -> DistillConfig:
