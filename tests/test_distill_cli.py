@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -266,12 +267,14 @@ def test_a_pruned_start_is_the_teachers_strongest_slices_and_trains(teacher_dir,
         assert main(aligned_args(teacher_dir, corpus_dir, bad, "--init", "prune", *extra)) == 2
         assert re.search(message, caplog.text), caplog.text
         assert not (bad / "config.json").exists()
-    # a pruned start is asked for, not the default (docs/base-size.md, "Pruned starts")
-    from tf_minilm.distill.job import resolve
-
+    # `--init auto` prunes a narrower student that whole teacher heads fit
+    # (docs/base-size.md, "Pruned starts"), and starts one they do not fit at random
     auto = DistillConfig(teacher=str(teacher_dir), corpus=[str(corpus_dir)], student_layers=2,
                          student_hidden=16, student_heads=2, output=str(tmp_path / "auto"))
-    assert resolve(auto).init == "random"
+    assert resolve(auto).init == "prune"
+    assert resolve(dataclasses.replace(auto, student_heads=4)).init == "random"
+    assert resolve(dataclasses.replace(auto, student_hidden=32, student_heads=4,
+                                       student_intermediate=128)).init == "teacher-layers"
 
 
 def test_student_config_gives_sizes_and_names_the_fields_it_does_not_use(

@@ -136,6 +136,7 @@ class DistillConfig:
                                "prune (a narrower student: the strongest hidden channels, heads "
                                "and FFN neurons of those layers on calibration rows, keeping the "
                                "teacher's head size), or auto (teacher-layers when widths match, "
+                               "else prune where the student can be pruned from the teacher, "
                                "else random)", INIT_CHOICES)
     init_layers: str | None = _field(
         None, "teacher layers copied (or, with --init prune, pruned) into the student, "

@@ -259,7 +259,8 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         if init != "prune":
             init = "teacher-layers"
     if init == "auto":
-        init = "teacher-layers" if same_shape and fits else "random"
+        init = ("teacher-layers" if same_shape and fits
+                else _auto_narrow_init(student, teacher, fits))
     elif init == "teacher-layers" and not (same_shape and fits):
         raise ConfigError(
             "--init teacher-layers needs a student of the teacher's layout and width "
@@ -313,6 +314,22 @@ def resolve(config: DistillConfig) -> ResolvedJob:
                       teacher_targets=_stored_target_kinds(config, train))
     return dataclasses.replace(job, train=job.train.replace(
         identity=tuple(job.identity().items())))
+
+
+def _auto_narrow_init(student: EncoderConfig, teacher: EncoderConfig, fits: bool) -> str:
+    """`--init auto` for a student that cannot copy teacher layers: a pruned start when
+    width pruning can cut it out of the teacher (ahead of random starts at every
+    measured budget but one, docs/base-size.md#pruned-starts), else random."""
+    from tf_minilm.model.prune import check_prunable
+
+    if not fits:
+        return "random"
+    try:
+        check_prunable(student, teacher)
+    except ConfigError as err:
+        logger.info("--init auto: random start (no pruned start: %s)", err)
+        return "random"
+    return "prune"
 
 
 def _stored_target_kinds(config: DistillConfig, train: TrainSpec) -> tuple[str, ...]:
