@@ -75,7 +75,8 @@ def test_from_the_flags_to_the_distiller_the_loss_is_parsed_once_and_pooling_is_
 
     monkeypatch.setattr(objectives, "parse_objective", counting)
     config = _config(tiny_model_dir, corpus, tmp_path / "run",
-                     loss="minilmv2 + 0.5*hidden_mse", steps=20)
+                     loss="minilmv2 + 0.5*hidden_mse", steps=20,
+                     init="random")  # a pruned start (auto's here) needs calibration rows
     resolved = job.check_output_folder(job.resolve(config))
     resolved.to_dict()  # what config.json receives
     teacher = load_hf_checkpoint(resolved.teacher_dir)[0]
@@ -84,6 +85,11 @@ def test_from_the_flags_to_the_distiller_the_loss_is_parsed_once_and_pooling_is_
     assert distiller.stage_objectives == ((("minilmv2", 1.0), ("hidden_mse", 0.5)),)
     assert distiller.pooling is resolved.pooling is resolved.train.objective.pooling
     assert distiller.num_relation_heads == resolved.config.relation_heads == 4
+    pruned = job.resolve(_config(tiny_model_dir, corpus, tmp_path / "pruned"))
+    assert pruned.init == "prune"  # auto, for a narrower student
+    with pytest.raises(ConfigError, match=r"--init auto resolved to prune\): build_student "
+                                          r"needs calibration batches"):
+        pruned.build_student(teacher)
 
 
 def test_a_failed_rule_names_the_flag_once_resolved(tiny_model_dir, corpus, tmp_path):

@@ -120,9 +120,15 @@ class ResolvedJob:
 
     def build_student(self, teacher: Any, calibration: Any = None) -> Any:
         """The student `Encoder` this job trains, initialised from `teacher` as resolved
-        (`calibration`: the batches a pruned start ranks the teacher's activations on)."""
+        (`calibration`: the batches a pruned start ranks the teacher's activations on,
+        `calibration_batches`; needed whenever `init` resolved to "prune")."""
         from tf_minilm.model.student import build_student
 
+        if self.init == "prune" and calibration is None:
+            raise ConfigError(
+                f"this run starts from a pruned student (--init {self.config.init} resolved to "
+                "prune): build_student needs calibration batches (calibration_batches(rows, "
+                "batch_size)), or resolve with --init random")
         sizes = self.student_config
         return build_student(teacher, sizes.num_hidden_layers, sizes.hidden_size,
                              sizes.num_attention_heads, sizes.intermediate_size,
