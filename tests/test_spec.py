@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -90,6 +91,18 @@ def test_from_the_flags_to_the_distiller_the_loss_is_parsed_once_and_pooling_is_
     with pytest.raises(ConfigError, match=r"--init auto resolved to prune\): build_student "
                                           r"needs calibration batches"):
         pruned.build_student(teacher)
+
+
+def test_resuming_with_init_auto_keeps_the_start_the_run_began_with(tiny_model_dir, corpus,
+                                                                    tmp_path):
+    """A run begun when `auto` started narrower students at random resumes as random."""
+    config = _config(tiny_model_dir, corpus, tmp_path / "run", steps=20)
+    began = job.resolve(dataclasses.replace(config, init="random"))
+    os.makedirs(config.output)
+    with open(os.path.join(config.output, "config.json"), "w", encoding="utf-8") as handle:
+        json.dump({"fingerprint": began.train.fingerprint()}, handle)
+    resumed = job.check_output_folder(job.resolve(dataclasses.replace(config, resume=True)))
+    assert resumed.init == "random" and resumed.train.fingerprint() == began.train.fingerprint()
 
 
 def test_a_failed_rule_names_the_flag_once_resolved(tiny_model_dir, corpus, tmp_path):

@@ -417,6 +417,17 @@ def check_output_folder(job: ResolvedJob) -> ResolvedJob:
         raise ConfigError(f"--resume: {saved_path} holds no run fingerprint ({err!r}); it was "
                           "not written by this version of tf-minilm distill, so the run cannot "
                           "be continued safely; start a new --output") from err
+    if job.config.init == "auto" and fingerprint.get("init") not in (None, job.init):
+        # `auto` picks the start by the rules of the version that began the run (before
+        # 2026-12-04 it started narrower students at random); continuing keeps that start.
+        # When that start does not fit the settings given now, the differences below
+        # name what changed.
+        try:
+            job = resolve(dataclasses.replace(job.config, init=fingerprint["init"]))
+            logger.info("--resume: --init auto continues the run's %s start",
+                        fingerprint["init"])
+        except ConfigError:
+            pass
     train, extended_from = continue_run(job.train, fingerprint)
     extensions = tuple(saved.get("extensions", []))
     if extended_from is not None:
