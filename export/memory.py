@@ -18,11 +18,16 @@ peak, and the next stage's memory comes on top (docs/benchmarks.md#export-memory
 the figures). `malloc_trim(0)` returns the free pages. No kept library exposes it, so
 it is called through `ctypes`; on a C library without it (musl, macOS) nothing happens.
 
-Tools that copy a whole ONNX model (onnxruntime's optimizer re-serialises it in each of
-its symbolic shape inferences; an onnxruntime session keeps its own copy of the weights
-beside the caller's) copy only its graph when the large weights are ONNX external data
-in a file: `weights_on_disk` moves them there for a block, `read_weights_back` returns
-them, so the result is the same bytes as without the detour.
+A tool that copies a whole ONNX model (onnxruntime's optimizer re-serialises it in each
+of its symbolic shape inferences) copies only its graph when the large weights are ONNX
+external data in a file: `weights_on_disk` moves them there for a block,
+`read_weights_back` returns them, so the result is the same bytes as without the detour.
+It spares the tool's copies, not the model's own memory: Python's protobuf (upb) keeps a
+message's memory until the whole message is freed, so clearing the weights returns
+nothing and reading them back adds a copy (docs/benchmarks.md#export-memory). Where the
+model can be dropped instead (a file handed to another process), it is saved with
+`onnx.save(..., save_as_external_data=True)` in `WEIGHTS_FILE` above
+`LARGE_INITIALIZER_BYTES` and dropped (`export.quantize.write_variant`).
 """
 
 from __future__ import annotations
@@ -39,9 +44,9 @@ from collections.abc import Iterator
 from typing import Any
 
 LARGE_INITIALIZER_BYTES = 1 << 16
-"""Initializers at least this large go to disk in `weights_on_disk`."""
+"""Initializers at least this large go to the external data file."""
 WEIGHTS_FILE = "weights.bin"
-"""The external data file in `weights_on_disk`'s folder."""
+"""The external data file, beside the model file that refers to it."""
 
 
 ALLOCATOR_SETTINGS = {"TF_ONEDNN_USE_SYSTEM_ALLOCATOR": "true",
