@@ -114,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-rows", nargs="+", default=None, metavar="ROW",
                         help="fine-tune only these rows (default: every row)")
     parser.add_argument("--latency-threads", type=int, default=2)
+    parser.add_argument("--latency-rounds", type=int, default=20,
+                        help="interleaved timing rounds over all graphs (10 calls each)")
     parser.add_argument("--no-latency", action="store_true", help="skip export and timing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", action="store_true",
@@ -327,40 +329,38 @@ def latencies(rows: list[dict[str, Any]], args: argparse.Namespace,
     """ONNX fp32 and int8 p50 latency at batch 1 x 128 of one model per architecture.
 
     Every model goes through `tf-minilm export` (fused, its int8 ladder; MPNet-layout
-    graphs keep their attention unfused, see the export's report). Every graph is timed in this one run
-    with the same onnxruntime session settings and inputs, so the ratios hold on a
-    shared machine. Each fp32 graph is checked against the Keras model on those inputs.
+    graphs keep their attention unfused, see the export's report). All graphs are timed
+    together in --latency-rounds interleaved rounds (`serving.bench.time_interleaved`),
+    with the same onnxruntime session settings and inputs, so a slow spell of a shared
+    machine falls on all of them and the ratios hold; p50 is the median of the rounds'
+    medians, and the slowest and fastest round medians are kept beside it. Each fp32 graph
+    is checked against the Keras model on those inputs.
     """
     import numpy as np
 
     from export import export_model
-    from serving.bench import summarize, synthetic_batch, time_calls
+    from serving.bench import median_of_round_medians_ms, synthetic_batch, time_interleaved
     from serving.runtime import make_session
     from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
     chosen: dict[str, str] = {}
     for row in rows:
         chosen.setdefault(row["architecture"], row["model_dir"])
-    files: dict[str, dict[str, str]] = {}
-    how: dict[str, str] = {}
+    feeds = synthetic_batch(context["tokenizer"].get_vocab_size(), 1, 128, args.seed)
+    out: dict[str, Any] = {}
+    calls: dict[tuple[str, str], Any] = {}
     for architecture, model_dir in chosen.items():
         folder = os.path.join(args.output, "onnx", architecture.replace(" ", "-"))
         if not os.path.exists(os.path.join(folder, "export_report.json")):
             export_model(model_dir, folder)
-        files[architecture] = {"fp32": os.path.join(folder, "model.onnx"),
-                               "int8": os.path.join(folder, "model.int8.onnx")}
-        how[architecture] = "tf-minilm export"
-    feeds = synthetic_batch(context["tokenizer"].get_vocab_size(), 1, 128, args.seed)
-    out: dict[str, Any] = {}
-    for architecture, paths in files.items():
-        encoder = context["teacher"] if chosen[architecture] == context["teacher_dir"] \
-            else load_hf_checkpoint(chosen[architecture])[0]
+        encoder = context["teacher"] if model_dir == context["teacher_dir"] \
+            else load_hf_checkpoint(model_dir)[0]
         keras_hidden = encoder({"input_ids": feeds["input_ids"].astype("int32"),
                                 "attention_mask": feeds["attention_mask"].astype("int32")}
                                )["last_hidden_state"].numpy()
-        figures: dict[str, Any] = {"export": how[architecture]}
-        for precision, path in paths.items():
-            session = make_session(path, args.latency_threads)
+        out[architecture] = {"export": "tf-minilm export"}
+        for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+            session = make_session(os.path.join(folder, file), args.latency_threads)
             names = [i.name for i in session.get_inputs()]
             output = [o.name for o in session.get_outputs()].index("last_hidden_state")
 
@@ -368,12 +368,21 @@ def latencies(rows: list[dict[str, Any]], args: argparse.Namespace,
                 return session.run(None, {name: feeds[name] for name in names})
 
             if precision == "fp32":
-                figures["fp32_max_abs_vs_keras"] = float(np.abs(call()[output]
-                                                                - keras_hidden).max())
-            times = time_calls(call, warmup=5, repeats=100, time_budget_s=10.0)
-            figures[f"{precision}_p50_ms"] = summarize(times, 1)["p50_ms"]
-        out[architecture] = figures
-        logger.info("latency %s: %s", architecture, figures)
+                out[architecture]["fp32_max_abs_vs_keras"] = float(
+                    np.abs(call()[output] - keras_hidden).max())
+            calls[(architecture, precision)] = call
+    times = time_interleaved({f"{a} {p}": call for (a, p), call in calls.items()}, warmup=5,
+                             rounds=args.latency_rounds, per_round=10)
+    for (architecture, precision) in calls:
+        values = times[f"{architecture} {precision}"]
+        round_medians = np.median(values, axis=1) * 1000.0
+        out[architecture].update({
+            f"{precision}_p50_ms": median_of_round_medians_ms(values),
+            f"{precision}_round_p50_range_ms": [float(round_medians.min()),
+                                                float(round_medians.max())]})
+    out["timing"] = {"rounds": args.latency_rounds, "per_round": 10,
+                     "threads": args.latency_threads, "batch": 1, "seq": 128}
+    logger.info("latency: %s", out)
     return out
 
 

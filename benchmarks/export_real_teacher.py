@@ -26,33 +26,19 @@ from tf_minilm.assets import default_teacher_dir  # noqa: E402
 
 def time_models(folder: str, batch: int, seq: int, threads: int, rounds: int,
                 per_round: int, extra: dict[str, str] | None = None) -> dict[str, list[float]]:
-    import numpy as np
-    import onnxruntime as ort
-
+    """ms of every call of each graph of the export folder (and `extra`), interleaved."""
+    from serving.bench import synthetic_batch, time_interleaved
     from serving.runtime import make_session
 
-    def make(path: str) -> ort.InferenceSession:
-        return make_session(path, threads)
-
-    rng = np.random.default_rng(0)
-    feeds = {"input_ids": rng.integers(1000, 29000, (batch, seq)).astype(np.int64),
-             "attention_mask": np.ones((batch, seq), np.int64),
-             "token_type_ids": np.zeros((batch, seq), np.int64)}
-    sessions = {name: make(os.path.join(folder, name))
-                for name in ("model.onnx", "model.int8.onnx")
-                if os.path.exists(os.path.join(folder, name))}
-    sessions.update({name: make(path) for name, path in (extra or {}).items()})
-    for sess in sessions.values():
-        for _ in range(5):
-            sess.run(["sentence_embedding"], feeds)
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                sess.run(["sentence_embedding"], feeds)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return times
+    feeds = synthetic_batch(29000, batch, seq, seed=0)
+    paths = {name: os.path.join(folder, name) for name in ("model.onnx", "model.int8.onnx")
+             if os.path.exists(os.path.join(folder, name))}
+    paths.update(extra or {})
+    sessions = {name: make_session(path, threads) for name, path in paths.items()}
+    calls = {name: (lambda session=session: session.run(["sentence_embedding"], feeds))
+             for name, session in sessions.items()}
+    times = time_interleaved(calls, warmup=5, rounds=rounds, per_round=per_round)
+    return {name: (values.ravel() * 1e3).tolist() for name, values in times.items()}
 
 
 def main() -> int:

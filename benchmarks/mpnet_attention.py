@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -149,25 +147,17 @@ def padded_feeds(vocab_size: int, seq_len: int) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
 
-def time_interleaved(paths: dict[str, str], feeds: dict[str, np.ndarray], threads: int,
-                     rounds: int, per_round: int) -> dict[str, float]:
+def time_graphs(paths: dict[str, str], feeds: dict[str, np.ndarray], threads: int,
+                rounds: int, per_round: int) -> dict[str, float]:
     """p50 ms of each graph: the median over rounds of each round's median, interleaved."""
+    from serving.bench import median_of_round_medians_ms, time_interleaved
     from serving.runtime import make_session
 
     sessions = {name: make_session(path, threads) for name, path in paths.items()}
-    for session in sessions.values():
-        for _ in range(5):
-            session.run(["sentence_embedding"], feeds)
-    medians: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            times = []
-            for _ in range(per_round):
-                start = time.perf_counter()
-                session.run(["sentence_embedding"], feeds)
-                times.append(time.perf_counter() - start)
-            medians[name].append(statistics.median(times) * 1000)
-    return {name: statistics.median(values) for name, values in medians.items()}
+    calls = {name: (lambda session=session: session.run(["sentence_embedding"], feeds))
+             for name, session in sessions.items()}
+    times = time_interleaved(calls, warmup=5, rounds=rounds, per_round=per_round)
+    return {name: median_of_round_medians_ms(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -205,7 +195,7 @@ def main() -> None:
     reference = make_session(source).run(["sentence_embedding"], check)[0]
     differences = {name: float(np.abs(make_session(path).run(["sentence_embedding"], check)[0]
                                       - reference).max()) for name, path in paths.items()}
-    latency = time_interleaved(paths, timing_feeds(report["vocab_size"], args.seq_len),
+    latency = time_graphs(paths, timing_feeds(report["vocab_size"], args.seq_len),
                                args.threads, args.rounds, args.per_round)
     rows = [{"graph": name, "layers_fused": layers.get(name.split(",")[0], 0),
              "p50_ms": round(latency[name], 3),

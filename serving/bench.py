@@ -280,6 +280,45 @@ def time_calls(call: Callable[[], Any], warmup: int, repeats: int,
     return np.array(times)
 
 
+def time_interleaved(calls: dict[str, Callable[[], Any]], warmup: int, rounds: int,
+                     per_round: int) -> dict[str, np.ndarray]:
+    """Seconds of each call, timed in interleaved rounds so that they share the machine's state.
+
+    Each round runs `per_round` timed calls of every entry in turn. On a shared machine a
+    slow spell then falls on every entry alike, so ratios between entries hold even when
+    absolute times drift, which timing one entry after another does not give.
+
+    Args:
+        calls: name -> a call to time.
+        warmup: untimed calls of each entry before the first round.
+        rounds: rounds over all entries.
+        per_round: timed calls of each entry per round.
+
+    Returns:
+        name -> seconds, shaped [rounds, per_round].
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times = {name: np.zeros((rounds, per_round)) for name in calls}
+    for round_index in range(rounds):
+        for name, call in calls.items():
+            for index in range(per_round):
+                start = time.perf_counter()
+                call()
+                times[name][round_index, index] = time.perf_counter() - start
+    return times
+
+
+def median_of_round_medians_ms(times: np.ndarray) -> float:
+    """The median over rounds of each round's median, in ms, of `time_interleaved` times.
+
+    A round that fell in a slow spell moves this by one rank at most, where a mean of
+    all calls would take in its whole slow tail.
+    """
+    return float(np.median(np.median(times, axis=1)) * 1000.0)
+
+
 def summarize(times: np.ndarray, batch: int) -> dict[str, float]:
     """p50/p90/p99/mean latency in ms and sequences per second of timed calls."""
     ms = times * 1000.0

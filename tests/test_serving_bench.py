@@ -16,8 +16,10 @@ from serving.bench import (
     discover_targets,
     run_benchmarks,
     summarize,
+    median_of_round_medians_ms,
     synthetic_batch,
     time_calls,
+    time_interleaved,
 )
 from serving.loadtest import check_loopback_url, run_load_test
 from serving.runtime import EmbeddingModel
@@ -90,6 +92,17 @@ def test_time_calls_respects_repeats_and_budget():
     assert stats["p50_ms"] == pytest.approx(2.5) and stats["mean_ms"] == pytest.approx(2.5)
     assert stats["throughput_seq_per_s"] == pytest.approx(8 * 4 / 0.010)
     assert stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"] <= 4.0
+
+
+def test_time_interleaved_alternates_entries_round_by_round():
+    order = []
+    times = time_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                             warmup=1, rounds=3, per_round=2)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert {name: values.shape for name, values in times.items()} == {"a": (3, 2), "b": (3, 2)}
+    # One slow round moves the median of round medians by a rank, not by its size.
+    rounds = np.array([[0.001, 0.003], [0.002, 0.002], [1.0, 1.0]])
+    assert median_of_round_medians_ms(rounds) == pytest.approx(2.0)
 
 
 def test_run_benchmarks_rows(tiny):
