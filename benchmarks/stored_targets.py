@@ -11,7 +11,7 @@ the teacher's float32 forward over one batch, the cost per row of `prepare --tar
 paid once.
 
     ./dev setup --teacher mpnet
-    .venv/bin/python benchmarks/stored_targets.py [--rounds 5] [--precision auto]
+    .venv/bin/python benchmarks/stored_targets.py [--rounds 5] [--precision auto] [--jit-compile]
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--steps-per-round", type=int, default=3)
     parser.add_argument("--precision", default="auto",
                         choices=("auto", "float32", "mixed_bfloat16"))
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="compile both steps with XLA (what distill does in float32 on "
+                             "one device; off: oneDNN, what it does in bfloat16 on a CPU)")
     args = parser.parse_args()
 
     import keras
@@ -78,7 +81,7 @@ def main() -> None:
     distiller = make_distiller(teacher, student, spec)
     distiller.compile(optimizer=make_optimizer(
         6e-4, weight_decay=0.01, no_decay=no_decay_variables(distiller.all_stage_variables)),
-        jit_compile=False)
+        jit_compile=args.jit_compile)
     feeds = {"live": batch, "stored": {**batch, **stored}}
     assert not distiller.stored_targets_serve(batch)
     assert distiller.stored_targets_serve(feeds["stored"])
@@ -93,7 +96,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     live, on_targets = (statistics.median(times[name]) for name in ("live", "stored"))
     print(json.dumps({
-        "precision": policy, "batch": [args.batch, args.seq],
+        "precision": policy, "jit_compile": args.jit_compile, "batch": [args.batch, args.seq],
         "live_step_ms": round(1000 * live, 1), "stored_targets_step_ms": round(1000 * on_targets, 1),
         "stored_over_live": round(on_targets / live, 3),
         "prepare_ms_per_row_float32": round(1000 * prepare_seconds / args.batch, 2),

