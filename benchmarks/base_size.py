@@ -11,10 +11,9 @@ Rows, for each student depth D in 6 and 3 (every distilled row at the same budge
                       layers, lr 1e-4, D x 768 (the outside peer)
     best-D            the objective chosen on the small teacher (10 x embedding MSE +
                       hidden-state MSE, lr 6e-4), D x 384 from random initialisation
-    pruned-D          the same objective, D x 384 (6 heads of 64, FFN 1536) from a
+    pruned-D          the same objective and rate, D x 384 (6 heads of 64, FFN 1536) from a
                       pruned start: the strongest channels, heads and neurons of D spread
-                      teacher layers (`--init prune`), MPNet layout, at the rate `distill`
-                      gives a pruned start (1.5e-3)
+                      teacher layers (`--init prune`), MPNet layout
     minilmv2-D        MiniLMv2 (Q-Q/K-K/V-V relations, 48 relation heads, lr 3e-4), D x 384
     minilm-D          MiniLM v1 (attention distributions + value relation), D x 384
     assistant         MiniLMv2 teacher assistant, 12 x 384 (the teacher's depth), trained
@@ -73,17 +72,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.resumable import cached_json  # noqa: E402
 from tf_minilm.argtypes import finite_floats  # noqa: E402
-from tf_minilm.distill.options import (  # noqa: E402
-    ALIGNED_LEARNING_RATE,
-    PRUNED_LEARNING_RATE,
-)
 
 DEPTHS = (6, 3)
 BEST_LOSS = "10*embedding_mse + hidden_mse"
 DISTILLED_SPECS: dict[str, dict[str, Any]] = {
     "st": {"loss": "embedding_mse", "learning_rate": 1e-4, "wide": True},
-    "best": {"loss": BEST_LOSS, "learning_rate": ALIGNED_LEARNING_RATE},
-    "pruned": {"loss": BEST_LOSS, "learning_rate": PRUNED_LEARNING_RATE, "pruned": True},
+    "best": {"loss": BEST_LOSS, "learning_rate": 6e-4},
+    "pruned": {"loss": BEST_LOSS, "learning_rate": 6e-4, "pruned": True},
     "minilmv2": {"method": "minilmv2", "learning_rate": 3e-4},
     "minilm": {"method": "minilm", "learning_rate": 3e-4},
     "minilmv2-ta": {"method": "minilmv2", "learning_rate": 3e-4, "from_assistant": True},

@@ -16,13 +16,7 @@ import pytest
 
 from tf_minilm.distill import job, objectives
 from tf_minilm.distill.config import TRAIN_FIELDS, DistillConfig
-from tf_minilm.distill.options import (
-    ALIGNED_LEARNING_RATE,
-    DEFAULT_LOSS,
-    PRUNED_LEARNING_RATE,
-    RELATION_LEARNING_RATE,
-    TrainOptions,
-)
+from tf_minilm.distill.options import DEFAULT_LOSS, TrainOptions
 from tf_minilm.distill.spec import continue_run, fingerprint_differences
 from tf_minilm.model.config import ConfigError
 
@@ -109,35 +103,6 @@ def test_resuming_with_init_auto_keeps_the_start_the_run_began_with(tiny_model_d
         json.dump({"fingerprint": began.train.fingerprint()}, handle)
     resumed = job.check_output_folder(job.resolve(dataclasses.replace(config, resume=True)))
     assert resumed.init == "random" and resumed.train.fingerprint() == began.train.fingerprint()
-
-
-def test_a_pruned_start_has_its_own_default_learning_rate(tiny_model_dir, corpus, tmp_path):
-    def rate(**values):
-        resolved = job.resolve(_config(tiny_model_dir, corpus, tmp_path / "run", **values))
-        return resolved.init, resolved.train.optimizer.learning_rate
-
-    assert rate() == ("prune", PRUNED_LEARNING_RATE)  # auto prunes a narrower student
-    assert rate(init="random") == ("random", ALIGNED_LEARNING_RATE)
-    assert rate(learning_rate=2e-4) == ("prune", 2e-4)  # a given rate is kept
-    assert rate(loss="minilmv2") == ("prune", RELATION_LEARNING_RATE)  # relations only
-    assert PRUNED_LEARNING_RATE != ALIGNED_LEARNING_RATE
-
-
-def test_resuming_keeps_the_default_learning_rate_the_run_began_with(tiny_model_dir, corpus,
-                                                                     tmp_path):
-    """A pruned run begun when its default rate was 6e-4 continues at 6e-4; a rate given
-    now that differs from the run's is still refused, naming the flag."""
-    config = _config(tiny_model_dir, corpus, tmp_path / "run", steps=20)
-    fingerprint = job.resolve(config).train.fingerprint()
-    assert fingerprint["learning_rate"] == PRUNED_LEARNING_RATE
-    os.makedirs(config.output)
-    with open(os.path.join(config.output, "config.json"), "w", encoding="utf-8") as handle:
-        json.dump({"fingerprint": dict(fingerprint, learning_rate=6e-4)}, handle)
-    resumed = job.check_output_folder(job.resolve(dataclasses.replace(config, resume=True)))
-    assert resumed.train.optimizer.learning_rate == 6e-4
-    with pytest.raises(ConfigError, match=r"--learning-rate \(run: 0.0006, now: 0.001\)"):
-        job.check_output_folder(job.resolve(dataclasses.replace(config, resume=True,
-                                                                learning_rate=1e-3)))
 
 
 def test_a_failed_rule_names_the_flag_once_resolved(tiny_model_dir, corpus, tmp_path):

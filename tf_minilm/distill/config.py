@@ -153,8 +153,7 @@ class DistillConfig:
                              "see --assistant-steps)")
     learning_rate: float | None = _field(
         None, "peak learning rate of AdamW (default: 6e-4 when the loss has an alignment "
-              "term, 1.5e-3 when the student also starts pruned from the teacher; else "
-              "3e-4, the papers' rate for 384-wide students)")
+              "term, else 3e-4, the papers' rate for 384-wide students)")
     warmup_steps: int | None = _field(None, "linear warm-up steps (default: 10%% of --steps)")
     weight_decay: float = _field(_TRAIN.weight_decay, "AdamW weight decay (not on LayerNorm and biases)")
     clipnorm: float = _field(_TRAIN.clipnorm, "global gradient-norm clipping (0 disables)")

@@ -300,12 +300,6 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         except ConfigError as err:
             raise ConfigError(f"--init-layers: {err}") from err
 
-    if init == "prune" and config.learning_rate is None:
-        from tf_minilm.distill.options import default_learning_rate
-
-        train = train.replace(learning_rate=default_learning_rate(
-            [stage.objective for stage in train.objective.stages], pruned_start=True))
-
     from tf_minilm.model.pooling import PoolingError, read_pooling
 
     try:
@@ -434,13 +428,6 @@ def check_output_folder(job: ResolvedJob) -> ResolvedJob:
                         fingerprint["init"])
         except ConfigError:
             pass
-    recorded_rate = fingerprint.get("learning_rate")
-    if job.config.learning_rate is None and isinstance(recorded_rate, float) \
-            and recorded_rate != job.train.optimizer.learning_rate:
-        # A default rate is the one of the version that began the run (before 2026-12-04
-        # a pruned start had 6e-4); continuing keeps it, as the run's optimizer state has.
-        job = dataclasses.replace(job, train=job.train.replace(learning_rate=recorded_rate))
-        logger.info("--resume: the run's default learning rate %g continues", recorded_rate)
     train, extended_from = continue_run(job.train, fingerprint)
     extensions = tuple(saved.get("extensions", []))
     if extended_from is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any
 
 from tf_minilm import rules
@@ -32,29 +31,6 @@ DEFAULT_LOSS = "10*embedding_mse + hidden_mse"
 ALIGNED_LEARNING_RATE = 6e-4  # best of 1e-4 / 3e-4 / 6e-4 for the alignment rows (docs/paper-tables.md)
 
 RELATION_LEARNING_RATE = 3e-4  # the papers' rate for 384-wide students
-
-# A student width-pruned from its teacher (`--init prune`) with an alignment objective:
-# best of 6e-4 / 1.5e-3 / 3e-3 on both MR and held-out corpus rows
-# (docs/base-size.md#the-learning-rate-of-a-pruned-start).
-PRUNED_LEARNING_RATE = 1.5e-3
-
-
-def default_learning_rate(objectives: Sequence[Any], pruned_start: bool = False) -> float:
-    """The peak rate of a run that gives none.
-
-    Args:
-        objectives: the stages' objectives (`tf_minilm.distill.objectives` specs).
-        pruned_start: the student starts width-pruned from its teacher. Only the job
-            knows (`--init auto` resolves against the teacher's config), so it asks again
-            with True once it does.
-
-    Returns:
-        `PRUNED_LEARNING_RATE` for a pruned start with an alignment term,
-        `ALIGNED_LEARNING_RATE` for other starts with one, else `RELATION_LEARNING_RATE`.
-    """
-    if not any(objectives_lib.needs_alignment(objective) for objective in objectives):
-        return RELATION_LEARNING_RATE
-    return PRUNED_LEARNING_RATE if pruned_start else ALIGNED_LEARNING_RATE
 
 
 class OptionError(ValueError):
@@ -113,8 +89,7 @@ class TrainOptions:
     Args:
         steps: optimizer steps in total (a resumed run stops at the same total).
         learning_rate: peak AdamW learning rate; None: 6e-4 when the loss has an
-            alignment term, else 3e-4 (a job whose student starts pruned from the
-            teacher raises the first to 1.5e-3, `default_learning_rate`).
+            alignment term, else 3e-4.
         warmup_steps: linear warm-up steps; None = 10% of `steps`.
         weight_decay: decoupled AdamW weight decay in [0, 1) (not on LayerNorm and biases).
         clipnorm: global gradient-norm clip of the summed gradient; None or 0: off.
@@ -246,7 +221,8 @@ class TrainOptions:
             or self.method or "minilmv2"
         learning_rate = self.learning_rate
         if learning_rate is None:
-            learning_rate = default_learning_rate([stage.objective for stage in stages])
+            aligned = any(objectives_lib.needs_alignment(stage.objective) for stage in stages)
+            learning_rate = ALIGNED_LEARNING_RATE if aligned else RELATION_LEARNING_RATE
         return spec_lib.TrainSpec(
             steps=self.steps,
             objective=spec_lib.ObjectiveSpec(
