@@ -114,8 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-rows", nargs="+", default=None, metavar="ROW",
                         help="fine-tune only these rows (default: every row)")
     parser.add_argument("--latency-threads", type=int, default=2)
-    parser.add_argument("--latency-rounds", type=int, default=20,
-                        help="interleaved timing rounds over all graphs (10 calls each)")
+    parser.add_argument("--latency-passes", type=int, default=3,
+                        help="alternating timing passes over all graphs (100 calls each)")
     parser.add_argument("--no-latency", action="store_true", help="skip export and timing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", action="store_true",
@@ -330,16 +330,17 @@ def latencies(rows: list[dict[str, Any]], args: argparse.Namespace,
 
     Every model goes through `tf-minilm export` (fused, its int8 ladder; MPNet-layout
     graphs keep their attention unfused, see the export's report). All graphs are timed
-    together in --latency-rounds interleaved rounds (`serving.bench.time_interleaved`),
-    with the same onnxruntime session settings and inputs, so a slow spell of a shared
-    machine falls on all of them and the ratios hold; p50 is the median of the rounds'
-    medians, and the slowest and fastest round medians are kept beside it. Each fp32 graph
-    is checked against the Keras model on those inputs.
+    in this one run, in --latency-passes alternating passes with one session alive at a
+    time (`serving.bench.time_in_passes`: a serving process holds one model, and graphs
+    from 3 x 384 to 12 x 768 disturb each other's caches when alive together), with the
+    same onnxruntime session settings and inputs; p50 is the median of the passes'
+    medians, and the slowest and fastest pass medians are kept beside it. Each fp32 graph
+    is checked against the Keras model on those inputs first.
     """
     import numpy as np
 
     from export import export_model
-    from serving.bench import median_of_round_medians_ms, synthetic_batch, time_interleaved
+    from serving.bench import median_of_round_medians_ms, synthetic_batch, time_in_passes
     from serving.runtime import make_session
     from tf_minilm.hf.checkpoints import load_hf_checkpoint
 
@@ -348,7 +349,16 @@ def latencies(rows: list[dict[str, Any]], args: argparse.Namespace,
         chosen.setdefault(row["architecture"], row["model_dir"])
     feeds = synthetic_batch(context["tokenizer"].get_vocab_size(), 1, 128, args.seed)
     out: dict[str, Any] = {}
-    calls: dict[tuple[str, str], Any] = {}
+    openers: dict[str, Any] = {}
+
+    def opener(path: str) -> Any:
+        def open_call() -> Any:
+            session = make_session(path, args.latency_threads)
+            names = [i.name for i in session.get_inputs()]
+            given = {name: feeds[name] for name in names}
+            return lambda: session.run(None, given)
+        return open_call
+
     for architecture, model_dir in chosen.items():
         folder = os.path.join(args.output, "onnx", architecture.replace(" ", "-"))
         if not os.path.exists(os.path.join(folder, "export_report.json")):
@@ -358,30 +368,26 @@ def latencies(rows: list[dict[str, Any]], args: argparse.Namespace,
         keras_hidden = encoder({"input_ids": feeds["input_ids"].astype("int32"),
                                 "attention_mask": feeds["attention_mask"].astype("int32")}
                                )["last_hidden_state"].numpy()
-        out[architecture] = {"export": "tf-minilm export"}
+        fp32 = make_session(os.path.join(folder, "model.onnx"), args.latency_threads)
+        onnx_hidden = fp32.run(["last_hidden_state"], {
+            i.name: feeds[i.name] for i in fp32.get_inputs()})[0]
+        del fp32
+        out[architecture] = {"export": "tf-minilm export",
+                             "fp32_max_abs_vs_keras": float(np.abs(onnx_hidden
+                                                                   - keras_hidden).max())}
         for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
-            session = make_session(os.path.join(folder, file), args.latency_threads)
-            names = [i.name for i in session.get_inputs()]
-            output = [o.name for o in session.get_outputs()].index("last_hidden_state")
-
-            def call(session: Any = session, names: list[str] = names) -> Any:
-                return session.run(None, {name: feeds[name] for name in names})
-
-            if precision == "fp32":
-                out[architecture]["fp32_max_abs_vs_keras"] = float(
-                    np.abs(call()[output] - keras_hidden).max())
-            calls[(architecture, precision)] = call
-    times = time_interleaved({f"{a} {p}": call for (a, p), call in calls.items()}, warmup=5,
-                             rounds=args.latency_rounds, per_round=10)
-    for (architecture, precision) in calls:
-        values = times[f"{architecture} {precision}"]
-        round_medians = np.median(values, axis=1) * 1000.0
+            openers[f"{architecture} {precision}"] = opener(os.path.join(folder, file))
+    times = time_in_passes(openers, warmup=10, passes=args.latency_passes, calls=100)
+    for name, values in times.items():
+        architecture, precision = name.rsplit(" ", 1)
+        pass_medians = np.median(values, axis=1) * 1000.0
         out[architecture].update({
             f"{precision}_p50_ms": median_of_round_medians_ms(values),
-            f"{precision}_round_p50_range_ms": [float(round_medians.min()),
-                                                float(round_medians.max())]})
-    out["timing"] = {"rounds": args.latency_rounds, "per_round": 10,
-                     "threads": args.latency_threads, "batch": 1, "seq": 128}
+            f"{precision}_pass_p50_range_ms": [float(pass_medians.min()),
+                                               float(pass_medians.max())]})
+    out["timing"] = {"passes": args.latency_passes, "calls_per_pass": 100,
+                     "threads": args.latency_threads, "batch": 1, "seq": 128,
+                     "method": "serving.bench.time_in_passes"}
     logger.info("latency: %s", out)
     return out
 

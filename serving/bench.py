@@ -310,8 +310,42 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], warmup: int, rounds: i
     return times
 
 
+def time_in_passes(openers: dict[str, Callable[[], Callable[[], Any]]], warmup: int,
+                   passes: int, calls: int) -> dict[str, np.ndarray]:
+    """Seconds of each entry's calls, one entry alive at a time, in alternating passes.
+
+    Each pass opens every entry in turn (`openers[name]()` returns the call to time, e.g.
+    a new onnxruntime session's run), warms it up, times `calls` calls and drops it
+    before the next. For graphs of very different sizes this is the fair comparison:
+    with all sessions alive and alternating every few calls (`time_interleaved`), a large
+    graph's call evicts a small one's weights from the caches and the idle sessions'
+    thread pools compete with the running one, which slowed 3 x 384 int8 graphs beside a
+    12 x 768 one by 1.3-1.5x here (docs/base-size.md). Repeating the passes still spreads
+    a shared machine's slow spells over every entry.
+
+    Returns:
+        name -> seconds, shaped [passes, calls].
+    """
+    import gc
+
+    times = {name: np.zeros((passes, calls)) for name in openers}
+    for pass_index in range(passes):
+        for name, opener in openers.items():
+            call = opener()
+            for _ in range(warmup):
+                call()
+            for index in range(calls):
+                start = time.perf_counter()
+                call()
+                times[name][pass_index, index] = time.perf_counter() - start
+            del call
+            gc.collect()
+    return times
+
+
 def median_of_round_medians_ms(times: np.ndarray) -> float:
-    """The median over rounds of each round's median, in ms, of `time_interleaved` times.
+    """The median over rounds of each round's median, in ms, of `time_interleaved` times
+    (or over passes, of `time_in_passes` times).
 
     A round that fell in a slow spell moves this by one rank at most, where a mean of
     all calls would take in its whole slow tail.

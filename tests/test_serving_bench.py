@@ -19,6 +19,7 @@ from serving.bench import (
     median_of_round_medians_ms,
     synthetic_batch,
     time_calls,
+    time_in_passes,
     time_interleaved,
 )
 from serving.loadtest import check_loopback_url, run_load_test
@@ -103,6 +104,21 @@ def test_time_interleaved_alternates_entries_round_by_round():
     # One slow round moves the median of round medians by a rank, not by its size.
     rounds = np.array([[0.001, 0.003], [0.002, 0.002], [1.0, 1.0]])
     assert median_of_round_medians_ms(rounds) == pytest.approx(2.0)
+
+
+def test_time_in_passes_keeps_one_entry_alive_at_a_time():
+    events = []
+
+    def opener(name):
+        def open_call():
+            events.append(f"open {name}")
+            return lambda: events.append(name)
+        return open_call
+
+    times = time_in_passes({"a": opener("a"), "b": opener("b")}, warmup=1, passes=2, calls=2)
+    one_pass = ["open a", "a", "a", "a", "open b", "b", "b", "b"]
+    assert events == one_pass * 2
+    assert {name: values.shape for name, values in times.items()} == {"a": (2, 2), "b": (2, 2)}
 
 
 def test_run_benchmarks_rows(tiny):
