@@ -316,12 +316,12 @@ def time_in_passes(openers: dict[str, Callable[[], Callable[[], Any]]], warmup: 
 
     Each pass opens every entry in turn (`openers[name]()` returns the call to time, e.g.
     a new onnxruntime session's run), warms it up, times `calls` calls and drops it
-    before the next. For graphs of very different sizes this is the fair comparison:
-    with all sessions alive and alternating every few calls (`time_interleaved`), a large
-    graph's call evicts a small one's weights from the caches and the idle sessions'
-    thread pools compete with the running one, which slowed 3 x 384 int8 graphs beside a
-    12 x 768 one by 1.3-1.5x here (docs/base-size.md). Repeating the passes still spreads
-    a shared machine's slow spells over every entry.
+    before the next, as a serving process holds one model. For graphs of very different
+    sizes this is the fair comparison: with all sessions alive and alternating every few
+    calls (`time_interleaved`), 3 x 384 int8 graphs beside a 12 x 768 one ran 1.3-1.5x
+    slower here (docs/base-size.md; likely the large graph's calls evicting the small
+    one's weights from the caches). Repeating the passes still spreads a shared machine's
+    slow spells over every entry.
 
     Returns:
         name -> seconds, shaped [passes, calls].
