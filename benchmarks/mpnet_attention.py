@@ -196,7 +196,7 @@ def main() -> None:
     differences = {name: float(np.abs(make_session(path).run(["sentence_embedding"], check)[0]
                                       - reference).max()) for name, path in paths.items()}
     latency = time_graphs(paths, timing_feeds(report["vocab_size"], args.seq_len),
-                               args.threads, args.rounds, args.per_round)
+                          args.threads, args.rounds, args.per_round)
     rows = [{"graph": name, "layers_fused": layers.get(name.split(",")[0], 0),
              "p50_ms": round(latency[name], 3),
              "vs_unfused": round(latency[name.replace(name.split(",")[0],

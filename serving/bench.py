@@ -323,6 +323,13 @@ def time_in_passes(openers: dict[str, Callable[[], Callable[[], Any]]], warmup: 
     one's weights from the caches). Repeating the passes still spreads a shared machine's
     slow spells over every entry.
 
+    Args:
+        openers: name -> a function that opens the entry and returns the call to time;
+            the call (and what it holds) is dropped at the end of the entry's turn.
+        warmup: untimed calls after each opening.
+        passes: passes over all entries.
+        calls: timed calls of each entry per pass.
+
     Returns:
         name -> seconds, shaped [passes, calls].
     """
