@@ -27,17 +27,13 @@ from tf_minilm.assets import default_teacher_dir  # noqa: E402
 def time_models(folder: str, batch: int, seq: int, threads: int, rounds: int,
                 per_round: int, extra: dict[str, str] | None = None) -> dict[str, list[float]]:
     """ms of every call of each graph of the export folder (and `extra`), interleaved."""
-    from serving.bench import synthetic_batch, time_interleaved
-    from serving.runtime import make_session
+    from serving.bench import synthetic_batch, time_onnx_interleaved
 
     feeds = synthetic_batch(29000, batch, seq, seed=0)
     paths = {name: os.path.join(folder, name) for name in ("model.onnx", "model.int8.onnx")
              if os.path.exists(os.path.join(folder, name))}
     paths.update(extra or {})
-    sessions = {name: make_session(path, threads) for name, path in paths.items()}
-    calls = {name: (lambda session=session: session.run(["sentence_embedding"], feeds))
-             for name, session in sessions.items()}
-    times = time_interleaved(calls, warmup=5, rounds=rounds, per_round=per_round)
+    times = time_onnx_interleaved(paths, feeds, threads, rounds, per_round)
     return {name: (values.ravel() * 1e3).tolist() for name, values in times.items()}
 
 

@@ -150,13 +150,9 @@ def padded_feeds(vocab_size: int, seq_len: int) -> dict[str, np.ndarray]:
 def time_graphs(paths: dict[str, str], feeds: dict[str, np.ndarray], threads: int,
                 rounds: int, per_round: int) -> dict[str, float]:
     """p50 ms of each graph: the median over rounds of each round's median, interleaved."""
-    from serving.bench import median_of_round_medians_ms, time_interleaved
-    from serving.runtime import make_session
+    from serving.bench import median_of_round_medians_ms, time_onnx_interleaved
 
-    sessions = {name: make_session(path, threads) for name, path in paths.items()}
-    calls = {name: (lambda session=session: session.run(["sentence_embedding"], feeds))
-             for name, session in sessions.items()}
-    times = time_interleaved(calls, warmup=5, rounds=rounds, per_round=per_round)
+    times = time_onnx_interleaved(paths, feeds, threads, rounds, per_round)
     return {name: median_of_round_medians_ms(values) for name, values in times.items()}
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -303,11 +304,23 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], warmup: int, rounds: i
     times = {name: np.zeros((rounds, per_round)) for name in calls}
     for round_index in range(rounds):
         for name, call in calls.items():
-            for index in range(per_round):
-                start = time.perf_counter()
-                call()
-                times[name][round_index, index] = time.perf_counter() - start
+            times[name][round_index] = time_calls(call, 0, per_round, math.inf)
     return times
+
+
+def time_onnx_interleaved(paths: dict[str, str], feeds: dict[str, np.ndarray], threads: int,
+                          rounds: int, per_round: int, warmup: int = 5) -> dict[str, np.ndarray]:
+    """`time_interleaved` of onnxruntime sessions of `paths` computing the sentence
+    embedding of `feeds` (every session alive: for graphs of one model, e.g. its fp32 and
+    int8 forms or fused variants).
+
+    Returns:
+        name -> seconds, shaped [rounds, per_round].
+    """
+    sessions = {name: make_session(path, threads) for name, path in paths.items()}
+    calls = {name: (lambda session=session: session.run([EMBEDDING_OUTPUT], feeds))
+             for name, session in sessions.items()}
+    return time_interleaved(calls, warmup=warmup, rounds=rounds, per_round=per_round)
 
 
 def time_in_passes(openers: dict[str, Callable[[], Callable[[], Any]]], warmup: int,
@@ -339,12 +352,7 @@ def time_in_passes(openers: dict[str, Callable[[], Callable[[], Any]]], warmup: 
     for pass_index in range(passes):
         for name, opener in openers.items():
             call = opener()
-            for _ in range(warmup):
-                call()
-            for index in range(calls):
-                start = time.perf_counter()
-                call()
-                times[name][pass_index, index] = time.perf_counter() - start
+            times[name][pass_index] = time_calls(call, warmup, calls, math.inf)
             del call
             gc.collect()
     return times

@@ -21,6 +21,7 @@ from serving.bench import (
     time_calls,
     time_in_passes,
     time_interleaved,
+    time_onnx_interleaved,
 )
 from serving.loadtest import check_loopback_url, run_load_test
 from serving.runtime import EmbeddingModel
@@ -104,6 +105,16 @@ def test_time_interleaved_alternates_entries_round_by_round():
     # One slow round moves the median of round medians by a rank, not by its size.
     rounds = np.array([[0.001, 0.003], [0.002, 0.002], [1.0, 1.0]])
     assert median_of_round_medians_ms(rounds) == pytest.approx(2.0)
+
+
+def test_time_onnx_interleaved_times_every_graph_of_an_export(tiny):
+    feeds = synthetic_batch(99, 1, 8, seed=0)
+    times = time_onnx_interleaved({"fp32": str(tiny.folder / "model.onnx"),
+                                   "int8": str(tiny.folder / "model.int8.onnx")}, feeds,
+                                  threads=1, rounds=2, per_round=3, warmup=1)
+    assert {name: values.shape for name, values in times.items()} == {"fp32": (2, 3),
+                                                                      "int8": (2, 3)}
+    assert all((values > 0).all() for values in times.values())
 
 
 def test_time_in_passes_keeps_one_entry_alive_at_a_time():

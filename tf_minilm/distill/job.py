@@ -264,9 +264,17 @@ def resolve(config: DistillConfig) -> ResolvedJob:
             raise ConfigError("--init-layers copies teacher layers; it cannot go with --init random")
         if init != "prune":
             init = "teacher-layers"
+    prune_problem = None if init in ("random", "teacher-layers") else \
+        _prune_problem(student, teacher, fits)
     if init == "auto":
-        init = ("teacher-layers" if same_shape and fits
-                else _auto_narrow_init(student, teacher, fits))
+        if same_shape and fits:
+            init = "teacher-layers"
+        else:  # a pruned start where width pruning can cut the student out of the teacher
+            # (ahead of random starts at every measured budget but one,
+            # docs/base-size.md#pruned-starts), else random
+            init = "random" if prune_problem else "prune"
+            if prune_problem and fits:
+                logger.info("--init auto: random start (no pruned start: %s)", prune_problem)
     elif init == "teacher-layers" and not (same_shape and fits):
         raise ConfigError(
             "--init teacher-layers needs a student of the teacher's layout and width "
@@ -277,17 +285,8 @@ def resolve(config: DistillConfig) -> ResolvedJob:
             "assistant; use --init random"
         )
 
-    if init == "prune":
-        from tf_minilm.model.prune import check_prunable
-
-        if not fits:
-            raise ConfigError("--init prune needs a student with at most the teacher's "
-                              f"{teacher.num_hidden_layers} layers and no teacher assistant")
-        try:
-            check_prunable(student, teacher)
-        except ConfigError as err:
-            raise ConfigError(f"--init prune: {err} (check --student-hidden, --student-heads, "
-                              "--student-intermediate, --student-layout)") from err
+    if init == "prune" and prune_problem:
+        raise ConfigError(prune_problem)
     init_layers = None
     if init in ("teacher-layers", "prune"):
         from tf_minilm.model.student import check_layer_choice, parse_layer_list, spread_layers
@@ -322,20 +321,20 @@ def resolve(config: DistillConfig) -> ResolvedJob:
         identity=tuple(job.identity().items())))
 
 
-def _auto_narrow_init(student: EncoderConfig, teacher: EncoderConfig, fits: bool) -> str:
-    """`--init auto` for a student that cannot copy teacher layers: a pruned start when
-    width pruning can cut it out of the teacher (ahead of random starts at every
-    measured budget but one, docs/base-size.md#pruned-starts), else random."""
+def _prune_problem(student: EncoderConfig, teacher: EncoderConfig, fits: bool) -> str | None:
+    """Why width pruning cannot cut `student` out of `teacher`, in `--init prune`'s
+    words (None: it can). `fits`: at most the teacher's layers and no teacher assistant."""
     from tf_minilm.model.prune import check_prunable
 
     if not fits:
-        return "random"
+        return ("--init prune needs a student with at most the teacher's "
+                f"{teacher.num_hidden_layers} layers and no teacher assistant")
     try:
         check_prunable(student, teacher)
     except ConfigError as err:
-        logger.info("--init auto: random start (no pruned start: %s)", err)
-        return "random"
-    return "prune"
+        return (f"--init prune: {err} (check --student-hidden, --student-heads, "
+                "--student-intermediate, --student-layout)")
+    return None
 
 
 def _stored_target_kinds(config: DistillConfig, train: TrainSpec) -> tuple[str, ...]:
